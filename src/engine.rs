@@ -1,0 +1,660 @@
+//! One generation's lifecycle: listeners, readiness, the hand-over to a
+//! successor, the drain and the shutdown hooks.
+//!
+//! ```text
+//! Starting --ready()--> Serving --successor ready / shutdown()--> Draining
+//! ```
+//!
+//! The engine is a process-wide singleton: signals, the environment and the
+//! fds it hands over all belong to the process.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+
+use crate::address::{self, Address};
+use crate::error::{fail, os_fail, with_context};
+use crate::log::{debug, error, info, warning};
+use crate::notify;
+use crate::protocol::{self, check_name};
+use crate::signal;
+use crate::spawn::{self, NotReady, READY_BYTE};
+
+/// A shutdown hook, run once in reverse order of registration.
+pub(crate) type Hook = Box<dyn FnOnce() + Send>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Listeners are being set up; restarts are refused.
+    Starting,
+    /// `ready()` was called; a restart may hand over.
+    Serving,
+    /// A successor took over (or shutdown was requested): stop accepting, finish, exit.
+    Draining,
+}
+
+/// How to start a successor: what this process was started as.
+struct Origin {
+    exe: CString,
+    argv: Vec<CString>,
+    cwd: CString,
+}
+
+struct Settings {
+    ready_timeout: Duration,
+    drain_deadline: Option<Duration>,
+    pid_file: Option<PathBuf>,
+    exe: Option<CString>,
+    argv: Option<Vec<CString>>,
+}
+
+struct State {
+    phase: Phase,
+    /// Our own duplicates of the registered listeners, in registration order.
+    listeners: Vec<(String, OwnedFd)>,
+    /// Passed to us and not claimed yet; closed when we become ready.
+    inherited: Vec<(String, OwnedFd)>,
+    /// An heir's channel to its parent: "ready" goes out, EOF means the parent exited.
+    parent: Option<OwnedFd>,
+    /// Kept open until we exit, so that our successor can see when we are gone.
+    successor: Option<OwnedFd>,
+    hooks: Vec<Hook>,
+    hooks_ran: bool,
+    settings: Settings,
+}
+
+pub(crate) struct Engine {
+    generation: u64,
+    origin: Result<Origin, String>,
+    parent_pid: libc::pid_t,
+    notify_socket: Option<OsString>,
+    /// Readable once this process must drain; an event loop polls it.
+    shutdown_event: OwnedFd,
+    state: Mutex<State>,
+    drained: Condvar,
+    /// Held for the whole of a restart: one hand-over at a time.
+    restarting: Mutex<()>,
+}
+
+static ENGINE: OnceCell<Engine> = OnceCell::new();
+
+/// The engine, started on first use.
+pub(crate) fn engine() -> io::Result<&'static Engine> {
+    ENGINE.get_or_try_init(Engine::start)
+}
+
+impl Engine {
+    fn start() -> io::Result<Engine> {
+        // Fallible resources first: once the environment has been consumed
+        // below, a failed start could not be retried without losing the fds.
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let event = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if event < 0 {
+            return Err(os_fail("cannot create the shutdown eventfd"));
+        }
+        // SAFETY: a new fd that only we hold.
+        let shutdown_event = unsafe { OwnedFd::from_raw_fd(event) };
+        let signal_pipe = signal::self_pipe()?;
+        signal::install(libc::SIGUSR2)?;
+
+        let heritage = protocol::parse(|k| std::env::var(k).ok(), std::process::id(), fd_is_open);
+        for problem in &heritage.problems {
+            warning!("{problem}");
+        }
+        for variable in protocol::VARIABLES {
+            // Programs this process launches must not think they were socket-activated.
+            // SAFETY: std's environment lock guards Rust callers; like every
+            // library that consumes LISTEN_FDS we assume the application is not
+            // reading the environment from C in another thread at this moment.
+            unsafe { std::env::remove_var(variable) };
+        }
+        let adopt = |fd: RawFd| {
+            // SAFETY: the protocol checked the fd is open; it was passed to us,
+            // nothing else in this process owns it. Close-on-exec so that
+            // programs we launch don't hold our sockets.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                OwnedFd::from_raw_fd(fd)
+            }
+        };
+        let inherited: Vec<(String, OwnedFd)> = heritage
+            .fds
+            .into_iter()
+            .map(|(name, fd)| (name, adopt(fd)))
+            .collect();
+        let parent = heritage.ready_fd.map(adopt);
+
+        let engine = Engine {
+            generation: heritage.generation,
+            origin: origin().map_err(|e| e.to_string()),
+            // SAFETY: getppid cannot fail.
+            parent_pid: unsafe { libc::getppid() },
+            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            shutdown_event,
+            state: Mutex::new(State {
+                phase: Phase::Starting,
+                listeners: Vec::new(),
+                inherited,
+                parent,
+                successor: None,
+                hooks: Vec::new(),
+                hooks_ran: false,
+                settings: Settings {
+                    ready_timeout: Duration::from_secs(60),
+                    drain_deadline: None,
+                    pid_file: None,
+                    exe: None,
+                    argv: None,
+                },
+            }),
+            drained: Condvar::new(),
+            restarting: Mutex::new(()),
+        };
+        if let Err(e) = &engine.origin {
+            warning!("restarts will fail: cannot tell how this process was started: {e}");
+        }
+        let state = engine.lock();
+        let names: Vec<&str> = state.inherited.iter().map(|(n, _)| n.as_str()).collect();
+        match (&state.parent, names.is_empty()) {
+            (Some(_), _) => info!(
+                "generation {} started by pid {}, inherited {names:?}",
+                engine.generation, engine.parent_pid
+            ),
+            (None, false) => info!("socket-activated, inherited {names:?}"),
+            (None, true) => debug!("fresh start"),
+        }
+        drop(state);
+
+        thread::Builder::new()
+            .name("grestart-signal".into())
+            .spawn(move || watch_signals(signal_pipe))
+            .map_err(|e| with_context(e, "cannot start the signal watcher thread"))?;
+        Ok(engine)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (every
+        // update is a single assignment), so poisoning is not fatal here.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn register(&self, fd: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        check_name(name)?;
+        check_listener(fd)?;
+        let mut state = self.lock();
+        if state.phase == Phase::Draining {
+            return Err(fail(
+                libc::ESHUTDOWN,
+                "this process is draining; register listeners before gr_ready",
+            ));
+        }
+        add_listener(&mut state.listeners, fd, name)
+    }
+
+    /// The inherited socket named `name`, now registered again for the next restart.
+    pub(crate) fn inherit(&self, name: &str) -> io::Result<Option<OwnedFd>> {
+        check_name(name)?;
+        let mut state = self.lock();
+        match state.inherited.iter().position(|(n, _)| n == name) {
+            Some(index) => claim(&mut state, index, name).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Inherit-or-listen: an inherited socket bound to `text` (preferring one
+    /// named `name`), or else a new one bound now; registered either way.
+    pub(crate) fn listen(&self, text: &str, name: Option<&str>) -> io::Result<OwnedFd> {
+        let address = Address::parse(text)?;
+        let name = name.map_or_else(|| Address::default_name(text), String::from);
+        check_name(&name)?;
+        let mut state = self.lock();
+        if state.listeners.iter().any(|(n, _)| *n == name) {
+            return Err(duplicate(&name));
+        }
+        let bound_here = |(_, fd): &(String, OwnedFd)| address.is_bound_by(fd.as_fd());
+        let found = (state.inherited.iter())
+            .position(|entry| entry.0 == name && bound_here(entry))
+            .or_else(|| state.inherited.iter().position(bound_here));
+        if let Some(index) = found {
+            debug!(
+                "{address}: using inherited fd {}",
+                state.inherited[index].1.as_raw_fd()
+            );
+            return claim(&mut state, index, &name);
+        }
+        let fd = address.bind()?;
+        add_listener(&mut state.listeners, fd.as_fd(), &name)?;
+        debug!("{address}: listening on new fd {}", fd.as_raw_fd());
+        Ok(fd)
+    }
+
+    pub(crate) fn on_shutdown(&self, hook: Hook) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.hooks_ran {
+            return Err(fail(libc::ESHUTDOWN, "the shutdown hooks already ran"));
+        }
+        state.hooks.push(hook);
+        Ok(())
+    }
+
+    /// This process serves: tell the parent (which then drains), systemd and the PID file.
+    pub(crate) fn ready(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        match state.phase {
+            Phase::Serving => return Ok(()),
+            Phase::Draining => {
+                return Err(fail(libc::ESHUTDOWN, "this process is already draining"));
+            }
+            Phase::Starting => state.phase = Phase::Serving,
+        }
+        let unclaimed = mem::take(&mut state.inherited);
+        if !unclaimed.is_empty() {
+            let names: Vec<&str> = unclaimed.iter().map(|(n, _)| n.as_str()).collect();
+            info!("closing inherited fds nobody claimed: {names:?}");
+        }
+        drop(unclaimed);
+        if let Some(path) = &state.settings.pid_file {
+            if let Err(e) = notify::write_pid_file(path) {
+                warning!("cannot write the PID file {}: {e}", path.display());
+            }
+        }
+        // systemd must learn the new main pid before the parent exits, or it
+        // would take the parent's exit for the service's.
+        self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        if let Some(parent) = &state.parent {
+            // SAFETY: one byte from a local to our own socket; MSG_NOSIGNAL
+            // turns a vanished parent into EPIPE instead of SIGPIPE.
+            let sent = unsafe {
+                libc::send(
+                    parent.as_raw_fd(),
+                    (&READY_BYTE as *const u8).cast(),
+                    1,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if sent != 1 {
+                warning!(
+                    "cannot tell pid {} we are ready: {}",
+                    self.parent_pid,
+                    io::Error::last_os_error()
+                );
+                state.parent = None;
+            }
+        }
+        info!("ready, generation {}", self.generation);
+        Ok(())
+    }
+
+    /// Starts a successor and, once it is ready, begins to drain. Errors leave
+    /// this process serving exactly as before.
+    pub(crate) fn restart(&'static self) -> io::Result<()> {
+        let _one_at_a_time = match self.restarting.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let err = fail(libc::EALREADY, "a restart is already in progress");
+                info!("restart requested: {err}");
+                return Err(err);
+            }
+        };
+        info!("restart requested");
+        let result = self.hand_over();
+        if let Err(e) = &result {
+            error!("restart failed, still serving: {e}");
+        }
+        result
+    }
+
+    fn hand_over(&'static self) -> io::Result<()> {
+        let started = Instant::now();
+        let (successor, exe, timeout) = {
+            let mut state = self.lock();
+            self.check_may_restart(&mut state)?;
+            let (exe, argv, cwd) = self.successor_command(&state.settings)?;
+            // SAFETY: access() on a valid C string.
+            if unsafe { libc::access(exe.as_ptr(), libc::X_OK) } < 0 {
+                return Err(os_fail(format!(
+                    "cannot execute the successor {}",
+                    exe.to_string_lossy()
+                )));
+            }
+            let names: Vec<&str> = state.listeners.iter().map(|(n, _)| n.as_str()).collect();
+            let fds: Vec<BorrowedFd<'_>> =
+                state.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+            let env = protocol::successor_env(std::env::vars_os(), &names, self.generation);
+            self.notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                notify::monotonic_usec()
+            ));
+            let successor = spawn::spawn(&exe, &argv, cwd, &env, &fds)
+                .inspect_err(|_| self.notify("READY=1"))?;
+            (successor, exe, state.settings.ready_timeout)
+        };
+        info!(
+            "successor {} started as generation {}, waiting up to {timeout:?} for it to be ready",
+            successor.pid,
+            self.generation + 1
+        );
+        match successor.wait_ready(&exe, timeout) {
+            Ok(()) => {
+                info!(
+                    "successor {} ready after {} ms",
+                    successor.pid,
+                    started.elapsed().as_millis()
+                );
+                self.begin_drain(Some(successor.channel));
+                Ok(())
+            }
+            Err(not_ready) => {
+                let err = match not_ready {
+                    NotReady::Failed(err) => err,
+                    NotReady::TimedOut => {
+                        let status = successor.kill();
+                        fail(
+                            libc::ETIMEDOUT,
+                            format!(
+                                "successor {} was not ready within {timeout:?}; killed it, it {status}",
+                                successor.pid
+                            ),
+                        )
+                    }
+                };
+                // The reload systemd was told about is over: we still serve.
+                self.notify("READY=1");
+                Err(err)
+            }
+        }
+    }
+
+    /// Refuses a restart that would make two hand-overs overlap.
+    fn check_may_restart(&self, state: &mut State) -> io::Result<()> {
+        match state.phase {
+            Phase::Starting => {
+                return Err(fail(
+                    libc::EAGAIN,
+                    "this process is not ready yet (call gr_ready first)",
+                ));
+            }
+            Phase::Draining => {
+                return Err(fail(
+                    libc::ESHUTDOWN,
+                    "this process is draining; its successor serves",
+                ));
+            }
+            Phase::Serving => {}
+        }
+        if let Some(parent) = &state.parent {
+            if !peer_closed(parent.as_fd()) {
+                return Err(fail(
+                    libc::EAGAIN,
+                    format!(
+                        "the previous generation (pid {}) is still draining; try again when it has exited",
+                        self.parent_pid
+                    ),
+                ));
+            }
+            state.parent = None;
+        }
+        Ok(())
+    }
+
+    fn successor_command<'a>(
+        &'a self,
+        settings: &'a Settings,
+    ) -> io::Result<(CString, Vec<CString>, &'a CString)> {
+        let origin = self.origin.as_ref().map_err(|e| {
+            fail(
+                libc::ENOEXEC,
+                format!("cannot tell how to start a successor: {e}"),
+            )
+        })?;
+        let exe = settings.exe.clone().unwrap_or_else(|| origin.exe.clone());
+        let argv = settings.argv.clone().unwrap_or_else(|| origin.argv.clone());
+        Ok((exe, argv, &origin.cwd))
+    }
+
+    /// Stops this generation: the shutdown fd turns readable and waiters wake.
+    fn begin_drain(&'static self, successor: Option<OwnedFd>) {
+        let mut state = self.lock();
+        if successor.is_some() {
+            state.successor = successor;
+        }
+        if state.phase == Phase::Draining {
+            return;
+        }
+        state.phase = Phase::Draining;
+        // Our duplicates are no longer needed; the successor holds its own.
+        // Closing them never shuts the sockets down.
+        state.listeners.clear();
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write to our own eventfd.
+        unsafe {
+            libc::write(
+                self.shutdown_event.as_raw_fd(),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+        self.drained.notify_all();
+        info!("draining");
+        if let Some(deadline) = state.settings.drain_deadline {
+            let spawned = thread::Builder::new()
+                .name("grestart-drain".into())
+                .spawn(move || {
+                    thread::sleep(deadline);
+                    warning!(
+                        "drain deadline of {deadline:?} passed with work still in flight; exiting"
+                    );
+                    self.run_hooks();
+                    // SAFETY: flush C stdio, then leave without running atexit
+                    // handlers under the feet of the threads still working.
+                    unsafe {
+                        libc::fflush(std::ptr::null_mut());
+                        libc::_exit(0)
+                    }
+                });
+            if let Err(e) = spawned {
+                error!("cannot arm the drain deadline: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn shutdown_fd(&'static self) -> BorrowedFd<'static> {
+        self.shutdown_event.as_fd()
+    }
+
+    /// Waits until this process must drain; `false` when `timeout` passed first.
+    pub(crate) fn wait_shutdown(&self, timeout: Option<Duration>) -> bool {
+        let state = self.lock();
+        let draining = |s: &mut State| s.phase != Phase::Draining;
+        match timeout {
+            None => {
+                drop(
+                    self.drained
+                        .wait_while(state, draining)
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                true
+            }
+            Some(t) => !self
+                .drained
+                .wait_timeout_while(state, t, draining)
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .timed_out(),
+        }
+    }
+
+    /// Drains (if not already) and runs the hooks, once.
+    pub(crate) fn shutdown(&'static self) {
+        self.begin_drain(None);
+        self.run_hooks();
+        let state = self.lock();
+        if state.successor.is_none() {
+            if let Some(path) = &state.settings.pid_file {
+                notify::remove_pid_file(path);
+            }
+        }
+    }
+
+    fn run_hooks(&self) {
+        let hooks = {
+            let mut state = self.lock();
+            if state.hooks_ran {
+                return;
+            }
+            state.hooks_ran = true;
+            mem::take(&mut state.hooks)
+        };
+        info!("running {} shutdown hooks", hooks.len());
+        for hook in hooks.into_iter().rev() {
+            if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+                error!("a shutdown hook panicked; running the others");
+            }
+        }
+    }
+
+    pub(crate) fn set_ready_timeout(&self, timeout: Duration) -> io::Result<()> {
+        if timeout.is_zero() {
+            return Err(fail(libc::EINVAL, "the ready timeout must be positive"));
+        }
+        self.lock().settings.ready_timeout = timeout;
+        Ok(())
+    }
+
+    pub(crate) fn set_drain_deadline(&self, deadline: Option<Duration>) {
+        self.lock().settings.drain_deadline = deadline;
+    }
+
+    pub(crate) fn set_pid_file(&self, path: Option<PathBuf>) {
+        self.lock().settings.pid_file = path;
+    }
+
+    pub(crate) fn set_executable(&self, exe: CString, argv: Option<Vec<CString>>) {
+        let mut state = self.lock();
+        state.settings.exe = Some(exe);
+        state.settings.argv = argv;
+    }
+
+    fn notify(&self, message: &str) {
+        if let Err(e) = notify::sd_notify(self.notify_socket.as_ref(), message) {
+            warning!("cannot notify systemd ({message:?}): {e}");
+        }
+    }
+}
+
+/// Reads restart signals forever; a restart runs here, outside signal context.
+fn watch_signals(pipe: OwnedFd) {
+    loop {
+        signal::wait(&pipe);
+        let Some(engine) = ENGINE.get() else { continue };
+        let _ = engine.restart();
+        let coalesced = signal::drain(&pipe);
+        if coalesced > 0 {
+            info!("{coalesced} restart signals arrived during the restart; coalesced into it");
+        }
+    }
+}
+
+fn duplicate(name: &str) -> io::Error {
+    fail(
+        libc::EEXIST,
+        format!("a listener named {name:?} is already registered"),
+    )
+}
+
+fn add_listener(
+    listeners: &mut Vec<(String, OwnedFd)>,
+    fd: BorrowedFd<'_>,
+    name: &str,
+) -> io::Result<()> {
+    if listeners.iter().any(|(n, _)| n == name) {
+        return Err(duplicate(name));
+    }
+    let ours = fd
+        .try_clone_to_owned()
+        .map_err(|e| with_context(e, "cannot duplicate the listener"))?;
+    listeners.push((name.to_string(), ours));
+    Ok(())
+}
+
+/// Hands the inherited fd at `index` to the caller and registers it again.
+fn claim(state: &mut State, index: usize, name: &str) -> io::Result<OwnedFd> {
+    add_listener(&mut state.listeners, state.inherited[index].1.as_fd(), name)?;
+    Ok(state.inherited.remove(index).1)
+}
+
+/// Refuses what cannot be handed over as a listener.
+fn check_listener(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    match address::socket_type(fd) {
+        None => Err(fail(libc::ENOTSOCK, format!("fd {raw} is not a socket"))),
+        Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
+            if address::int_option(fd, libc::SO_ACCEPTCONN) != Some(1) =>
+        {
+            Err(fail(
+                libc::EINVAL,
+                format!(
+                    "fd {raw} is a stream socket that is not listening (call listen() before registering it)"
+                ),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the fd's flags.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// Whether the other end of a stream socket has closed (it exited).
+fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    unsafe { libc::poll(&mut poll, 1, 0) };
+    poll.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+}
+
+/// The executable, argv and working directory this process was started with.
+fn origin() -> io::Result<Origin> {
+    let exe =
+        std::fs::read_link("/proc/self/exe").map_err(|e| with_context(e, "/proc/self/exe"))?;
+    // After a rename over our binary the link reads "PATH (deleted)"; PATH is
+    // where the new binary is, which is exactly what a restart should run.
+    let mut exe = exe.into_os_string().into_vec();
+    if let Some(stripped) = exe.strip_suffix(b" (deleted)") {
+        exe.truncate(stripped.len());
+    }
+    let cmdline =
+        std::fs::read("/proc/self/cmdline").map_err(|e| with_context(e, "/proc/self/cmdline"))?;
+    let argv = (cmdline.strip_suffix(&[0]).unwrap_or(&cmdline))
+        .split(|&b| b == 0)
+        .map(|a| CString::new(a).expect("split on NUL"))
+        .collect();
+    let cwd = std::env::current_dir().map_err(|e| with_context(e, "current directory"))?;
+    let c =
+        |bytes: Vec<u8>| CString::new(bytes).map_err(|_| fail(libc::EINVAL, "path contains NUL"));
+    Ok(Origin {
+        exe: c(exe)?,
+        argv,
+        cwd: c(cwd.into_os_string().into_vec())?,
+    })
+}

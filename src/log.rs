@@ -1,0 +1,131 @@
+//! One line per lifecycle event, to stderr or to the application's logger.
+//!
+//! The level comes from `GRESTART_LOG` (`off`, `error`, `warn`, `info`, `debug`)
+//! at start-up and can be changed from code; the default is `info`, because a
+//! restart is rare and an operator wants to see each one.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// How important a log line is; a lower number is more important.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    /// Something failed; the process carries on serving.
+    Error = 1,
+    /// Something unexpected that grestart worked around.
+    Warn = 2,
+    /// A lifecycle event: restart requested, successor ready, draining, exiting.
+    Info = 3,
+    /// Details useful when debugging a hand-over.
+    Debug = 4,
+}
+
+impl Level {
+    /// The level for a number as the C ABI passes it (1 = error .. 4 = debug).
+    pub fn from_number(n: i32) -> Option<Level> {
+        Some(match n {
+            1 => Level::Error,
+            2 => Level::Warn,
+            3 => Level::Info,
+            4 => Level::Debug,
+            _ => return None,
+        })
+    }
+
+    fn parse(name: &str) -> Option<u8> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" | "0" => 0,
+            "error" | "1" => 1,
+            "warn" | "warning" | "2" => 2,
+            "info" | "3" => 3,
+            "debug" | "4" => 4,
+            _ => return None,
+        })
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+/// A destination for log lines other than stderr.
+pub type Logger = Arc<dyn Fn(Level, &str) + Send + Sync>;
+
+/// 0 means "not read from the environment yet"; otherwise the max level + 1.
+static THRESHOLD: AtomicU8 = AtomicU8::new(0);
+static LOGGER: RwLock<Option<Logger>> = RwLock::new(None);
+
+fn threshold() -> u8 {
+    match THRESHOLD.load(Ordering::Relaxed) {
+        0 => {
+            let level = std::env::var("GRESTART_LOG")
+                .ok()
+                .and_then(|v| Level::parse(&v))
+                .unwrap_or(Level::Info as u8);
+            THRESHOLD.store(level + 1, Ordering::Relaxed);
+            level
+        }
+        t => t - 1,
+    }
+}
+
+/// Lines above `level` are dropped; `None` silences grestart completely.
+pub fn set_level(level: Option<Level>) {
+    THRESHOLD.store(level.map_or(0, |l| l as u8) + 1, Ordering::Relaxed);
+}
+
+/// Send lines to `logger` instead of stderr (`None`: back to stderr).
+pub fn set_logger(logger: Option<Logger>) {
+    *LOGGER.write().unwrap_or_else(|e| e.into_inner()) = logger;
+}
+
+pub(crate) fn enabled(level: Level) -> bool {
+    level as u8 <= threshold()
+}
+
+pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    let line = format!("{args}");
+    let logger = LOGGER.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match logger {
+        Some(logger) => logger(level, &line),
+        None => {
+            let pid = std::process::id();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "grestart[{pid}] {}: {line}",
+                level.label()
+            );
+        }
+    }
+}
+
+macro_rules! error { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Error, format_args!($($t)*)) } }
+macro_rules! warning { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Warn, format_args!($($t)*)) } }
+macro_rules! info { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Info, format_args!($($t)*)) } }
+macro_rules! debug { ($($t:tt)*) => { $crate::log::emit($crate::log::Level::Debug, format_args!($($t)*)) } }
+pub(crate) use {debug, error, info, warning};
+
+#[cfg(test)]
+mod tests {
+    use super::Level;
+
+    #[test]
+    fn level_names() {
+        assert_eq!(Level::parse("WARN"), Some(2));
+        assert_eq!(Level::parse("off"), Some(0));
+        assert_eq!(Level::parse("loud"), None);
+        assert_eq!(Level::from_number(4), Some(Level::Debug));
+        assert_eq!(Level::from_number(9), None);
+    }
+}

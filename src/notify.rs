@@ -1,0 +1,96 @@
+//! Telling the service manager and the operator which process serves:
+//! systemd's notification datagrams (without libsystemd) and the PID file.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+
+/// Sends `message` to `NOTIFY_SOCKET`, if systemd gave us one.
+///
+/// `socket` is the variable's value read at start-up: a path, or `@name` for
+/// the abstract namespace. The variable stays in the environment because the
+/// successor needs it too (with `NotifyAccess=all`).
+pub(crate) fn sd_notify(socket: Option<&OsString>, message: &str) -> io::Result<()> {
+    let Some(socket) = socket else {
+        return Ok(());
+    };
+    let bytes = socket.as_bytes();
+    let address = match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
+        Some(b'/') => SocketAddr::from_pathname(Path::new(socket))?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET is neither a path nor @abstract",
+            ));
+        }
+    };
+    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &address)?;
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
+pub(crate) fn monotonic_usec() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
+
+/// Writes our pid to `path` atomically: readers see the old pid or the new one,
+/// never an empty or half-written file.
+pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
+    let pid = std::process::id();
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{pid}.tmp"));
+    let temporary = PathBuf::from(temporary);
+    let written = std::fs::File::create(&temporary)
+        .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Removes the PID file if it still names us (a successor may have replaced it).
+pub(crate) fn remove_pid_file(path: &Path) {
+    if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_reaches_a_datagram_listener() {
+        let dir = std::env::temp_dir().join(format!("gr-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let listener = UnixDatagram::bind(&path).unwrap();
+        sd_notify(Some(&path.clone().into_os_string()), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        assert!(sd_notify(Some(&OsString::from("relative")), "READY=1").is_err());
+        assert!(sd_notify(None, "READY=1").is_ok());
+
+        let pid_file = dir.join("pid");
+        write_pid_file(&pid_file).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        remove_pid_file(&pid_file);
+        assert!(!pid_file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

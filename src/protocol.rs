@@ -1,0 +1,403 @@
+//! The hand-over protocol as it travels in the environment.
+//!
+//! The listeners follow systemd's socket-activation convention exactly
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, fds from 3), so an heir also
+//! works when systemd starts it. Two variables of our own ride along: the fd of
+//! the private readiness channel and the generation number.
+//!
+//! Parsing is pure (the environment and the fd probe are passed in), so that
+//! hostile input can be tested without touching the process.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::error::fail;
+
+pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+pub(crate) const READY_FD: &str = "GRESTART_READY_FD";
+pub(crate) const GENERATION: &str = "GRESTART_GENERATION";
+
+/// Every variable this protocol owns; an heir removes them all once read.
+pub(crate) const VARIABLES: [&str; 5] =
+    [LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, READY_FD, GENERATION];
+
+/// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
+pub(crate) const FIRST_FD: RawFd = 3;
+
+/// More than this many passed fds is taken as garbage rather than trusted.
+pub(crate) const MAX_FDS: usize = 65_536;
+
+/// The name systemd gives a passed fd that has none.
+pub(crate) const UNNAMED: &str = "unknown";
+
+/// Checks a listener name against systemd's rules for `FileDescriptorName=`.
+pub fn check_name(name: &str) -> io::Result<()> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name.len() > 255 {
+        "is longer than 255 bytes"
+    } else if name.contains(':') {
+        "contains ':', which separates names in LISTEN_FDNAMES"
+    } else if !name.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        "contains a byte that is not printable ASCII"
+    } else {
+        return Ok(());
+    };
+    let shown: String = name.chars().take(40).collect();
+    Err(fail(
+        libc::EINVAL,
+        format!("listener name {shown:?} {problem}"),
+    ))
+}
+
+/// What the environment says this process inherited from whoever started it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Heritage {
+    /// Passed fds with their names, in order (fd `FIRST_FD + i`).
+    pub fds: Vec<(String, RawFd)>,
+    /// The write side of the readiness channel to a grestart parent.
+    pub ready_fd: Option<RawFd>,
+    /// 1 for a fresh start, one more for every hand-over since.
+    pub generation: u64,
+    /// Why some variables were ignored, for the log.
+    pub problems: Vec<String>,
+}
+
+/// Reads the protocol variables through `var`; `is_open` says whether an fd is open.
+///
+/// Nothing is trusted unless `LISTEN_PID` names `pid`: the variables may have been
+/// meant for a parent that forgot to remove them. An fd list that names a closed
+/// fd is ignored as a whole rather than risking handing out the wrong fd.
+pub fn parse(
+    var: impl Fn(&str) -> Option<String>,
+    pid: u32,
+    is_open: impl Fn(RawFd) -> bool,
+) -> Heritage {
+    let mut heritage = Heritage {
+        generation: 1,
+        ..Heritage::default()
+    };
+    let problems = &mut heritage.problems;
+    let Some(listen_pid) = var(LISTEN_PID) else {
+        if var(LISTEN_FDS).is_some() || var(READY_FD).is_some() {
+            problems.push("LISTEN_PID is not set; ignoring the passed fds".into());
+        }
+        return heritage;
+    };
+    if parse_number(&listen_pid) != Some(u64::from(pid)) {
+        problems.push(format!(
+            "LISTEN_PID={listen_pid:.20} is not this process ({pid}); ignoring the passed fds"
+        ));
+        return heritage;
+    }
+
+    let count = match var(LISTEN_FDS).map(|v| (parse_number(&v), v)) {
+        None => 0,
+        Some((Some(n), _)) if n as usize <= MAX_FDS => n as usize,
+        Some((_, v)) => {
+            problems.push(format!(
+                "LISTEN_FDS={v:.20} is not a number of fds; ignoring the passed fds"
+            ));
+            0
+        }
+    };
+    let last = FIRST_FD + count as RawFd;
+    if let Some(fd) = (FIRST_FD..last).find(|&fd| !is_open(fd)) {
+        problems.push(format!(
+            "LISTEN_FDS={count} but fd {fd} is not open; ignoring the passed fds"
+        ));
+    } else {
+        let names = names_for(var(LISTEN_FDNAMES), count, problems);
+        heritage.fds = names.into_iter().zip(FIRST_FD..last).collect();
+    }
+
+    if let Some(v) = var(READY_FD) {
+        match parse_number(&v) {
+            Some(fd) if fd >= last as u64 && fd <= RawFd::MAX as u64 && is_open(fd as RawFd) => {
+                heritage.ready_fd = Some(fd as RawFd);
+            }
+            _ => problems.push(format!(
+                "{READY_FD}={v:.20} is not an open fd after the listeners; not reporting readiness"
+            )),
+        }
+    }
+    if let Some(v) = var(GENERATION) {
+        match parse_number(&v) {
+            Some(g) if g >= 1 => heritage.generation = g,
+            _ => problems.push(format!("{GENERATION}={v:.20} is not a generation number")),
+        }
+    }
+    heritage
+}
+
+/// The names for `count` fds: systemd's `unknown` for each when the list is missing or bad.
+fn names_for(list: Option<String>, count: usize, problems: &mut Vec<String>) -> Vec<String> {
+    let unnamed = vec![UNNAMED.to_string(); count];
+    let Some(list) = list else {
+        return unnamed;
+    };
+    let names: Vec<String> = if count == 0 {
+        Vec::new()
+    } else {
+        list.split(':').map(String::from).collect()
+    };
+    if names.len() != count {
+        problems.push(format!(
+            "LISTEN_FDNAMES has {} names for {count} fds; treating all as unnamed",
+            names.len()
+        ));
+        return unnamed;
+    }
+    names
+        .into_iter()
+        .map(|name| match check_name(&name) {
+            Ok(()) => name,
+            Err(e) => {
+                problems.push(format!("LISTEN_FDNAMES: {e}; treating it as unnamed"));
+                UNNAMED.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A plain decimal number: no sign, no spaces, no overflow.
+fn parse_number(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The successor's environment, less `LISTEN_PID` (which only the child can know).
+///
+/// Starts from `current`, drops every protocol variable in it, and describes
+/// `names.len()` listeners at fds 3.., the readiness channel right after them,
+/// and the next generation.
+pub fn successor_env(
+    current: impl IntoIterator<Item = (OsString, OsString)>,
+    names: &[&str],
+    generation: u64,
+) -> Vec<CString> {
+    let mut env: Vec<CString> = current
+        .into_iter()
+        .filter(|(key, _)| !VARIABLES.iter().any(|v| OsStr::new(v) == key))
+        .filter_map(|(key, value)| {
+            let mut entry = key.into_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            CString::new(entry).ok()
+        })
+        .collect();
+    let ready_fd = FIRST_FD + names.len() as RawFd;
+    for entry in [
+        format!("{LISTEN_FDS}={}", names.len()),
+        format!("{LISTEN_FDNAMES}={}", names.join(":")),
+        format!("{READY_FD}={ready_fd}"),
+        format!("{GENERATION}={}", generation.saturating_add(1)),
+    ] {
+        env.push(CString::new(entry).expect("protocol entries hold no NUL"));
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse_with(vars: &[(&str, &str)], pid: u32, open_up_to: RawFd) -> Heritage {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(
+            |k| map.get(k).cloned(),
+            pid,
+            |fd| fd >= 0 && fd <= open_up_to,
+        )
+    }
+
+    #[test]
+    fn names_follow_systemd_rules() {
+        assert!(check_name("http").is_ok());
+        assert!(check_name("a b-c_d.e/f").is_ok());
+        assert!(check_name(&"x".repeat(255)).is_ok());
+        for bad in ["", "a:b", "tab\there", "é", "nul\0"] {
+            let err = check_name(bad).unwrap_err();
+            assert_eq!(crate::error::errno_of(&err), libc::EINVAL, "{bad:?}");
+        }
+        assert!(check_name(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn a_fresh_start_inherits_nothing() {
+        let h = parse_with(&[], 42, 100);
+        assert_eq!(
+            h,
+            Heritage {
+                generation: 1,
+                ..Heritage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn an_heir_reads_everything() {
+        let h = parse_with(
+            &[
+                ("LISTEN_PID", "42"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "http:admin"),
+                ("GRESTART_READY_FD", "5"),
+                ("GRESTART_GENERATION", "7"),
+            ],
+            42,
+            5,
+        );
+        assert_eq!(
+            h.fds,
+            vec![("http".to_string(), 3), ("admin".to_string(), 4)]
+        );
+        assert_eq!(h.ready_fd, Some(5));
+        assert_eq!(h.generation, 7);
+        assert!(h.problems.is_empty(), "{:?}", h.problems);
+    }
+
+    #[test]
+    fn systemd_activation_without_names() {
+        let h = parse_with(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "1")], 42, 3);
+        assert_eq!(h.fds, vec![("unknown".to_string(), 3)]);
+        assert_eq!((h.ready_fd, h.generation), (None, 1));
+    }
+
+    #[test]
+    fn variables_for_another_process_are_ignored() {
+        let h = parse_with(
+            &[
+                ("LISTEN_PID", "41"),
+                ("LISTEN_FDS", "1"),
+                ("GRESTART_READY_FD", "4"),
+            ],
+            42,
+            10,
+        );
+        assert!(h.fds.is_empty() && h.ready_fd.is_none());
+        assert_eq!(h.problems.len(), 1);
+        let h = parse_with(&[("LISTEN_FDS", "1")], 42, 10);
+        assert!(h.fds.is_empty());
+        assert_eq!(h.problems.len(), 1);
+    }
+
+    #[test]
+    fn garbage_is_never_trusted() {
+        for fds in [
+            "-1",
+            "+1",
+            " 1",
+            "1x",
+            "",
+            "99999999999999999999999",
+            "65537",
+            "0x2",
+        ] {
+            let h = parse_with(&[("LISTEN_PID", "42"), ("LISTEN_FDS", fds)], 42, 100_000);
+            assert!(h.fds.is_empty(), "LISTEN_FDS={fds:?}");
+            assert_eq!(h.problems.len(), 1, "LISTEN_FDS={fds:?}");
+        }
+        for pid in ["", "-42", "042x", "4 2"] {
+            let h = parse_with(&[("LISTEN_PID", pid), ("LISTEN_FDS", "1")], 42, 100);
+            assert!(h.fds.is_empty(), "LISTEN_PID={pid:?}");
+        }
+    }
+
+    #[test]
+    fn a_closed_fd_voids_the_whole_list() {
+        let h = parse_with(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "3")], 42, 4);
+        assert!(h.fds.is_empty());
+        assert!(
+            h.problems[0].contains("fd 5 is not open"),
+            "{:?}",
+            h.problems
+        );
+    }
+
+    #[test]
+    fn bad_names_fall_back_to_unnamed() {
+        let h = parse_with(
+            &[
+                ("LISTEN_PID", "42"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "a"),
+            ],
+            42,
+            10,
+        );
+        assert_eq!(
+            h.fds,
+            vec![("unknown".to_string(), 3), ("unknown".to_string(), 4)]
+        );
+        let h = parse_with(
+            &[
+                ("LISTEN_PID", "42"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_FDNAMES", "a:\u{1}"),
+            ],
+            42,
+            10,
+        );
+        assert_eq!(
+            h.fds,
+            vec![("a".to_string(), 3), ("unknown".to_string(), 4)]
+        );
+    }
+
+    #[test]
+    fn a_ready_fd_must_be_open_and_after_the_listeners() {
+        for (fd, open_up_to) in [("3", 10), ("9", 8), ("-5", 10), ("x", 10)] {
+            let h = parse_with(
+                &[
+                    ("LISTEN_PID", "42"),
+                    ("LISTEN_FDS", "1"),
+                    ("GRESTART_READY_FD", fd),
+                ],
+                42,
+                open_up_to,
+            );
+            assert_eq!(h.ready_fd, None, "GRESTART_READY_FD={fd}");
+            assert_eq!(h.problems.len(), 1);
+        }
+        let h = parse_with(
+            &[("LISTEN_PID", "42"), ("GRESTART_GENERATION", "0")],
+            42,
+            10,
+        );
+        assert_eq!(h.generation, 1);
+    }
+
+    #[test]
+    fn successor_env_replaces_protocol_variables() {
+        let current = [
+            ("PATH", "/bin"),
+            ("LISTEN_FDS", "9"),
+            ("GRESTART_GENERATION", "3"),
+            ("LISTEN_PID", "1"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = successor_env(current, &["http", "admin"], 3);
+        let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "LISTEN_FDS=2",
+                "LISTEN_FDNAMES=http:admin",
+                "GRESTART_READY_FD=5",
+                "GRESTART_GENERATION=4"
+            ]
+        );
+    }
+}

@@ -1,0 +1,480 @@
+//! Starting the successor: the fd plan, fork + exec, and waiting for "ready".
+//!
+//! Everything the child needs (argv, envp, the fd plan, scratch space) is built
+//! before forking. Between fork and exec the child runs a short straight line of
+//! async-signal-safe system calls and never allocates or takes a lock: another
+//! thread of the parent may have held the allocator's lock at the moment of the
+//! fork, and it would stay held forever in the child.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use crate::error::{fail, os_fail};
+use crate::protocol::{FIRST_FD, LISTEN_PID};
+
+/// What the child tells the parent on the readiness channel.
+pub(crate) const READY_BYTE: u8 = b'R';
+/// Sent by the child when it cannot exec, followed by a stage byte and the errno.
+const FAILED_BYTE: u8 = b'E';
+const STAGE_FDS: u8 = 1;
+const STAGE_CWD: u8 = 2;
+const STAGE_EXEC: u8 = 3;
+
+/// Room for `LISTEN_PID=` and the longest pid, patched in by the child.
+const LISTEN_PID_ENTRY: usize = LISTEN_PID.len() + 1 + 20 + 1;
+
+/// Everything the child needs, built before forking.
+struct Prepared<'a> {
+    exe: &'a CStr,
+    cwd: &'a CStr,
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+    /// Stable storage for the `LISTEN_PID=` entry that `envp` points at.
+    listen_pid: *mut u8,
+    /// The fds to pass, in order; the last one is the child's end of the channel.
+    sources: Vec<RawFd>,
+    /// Scratch space for the fd plan, so the child does not allocate.
+    lifted: Vec<RawFd>,
+    /// Fallback for `close_range` on kernels before 5.9: close below this.
+    fd_limit: RawFd,
+}
+
+/// A started successor that has not reported ready yet.
+pub(crate) struct Successor {
+    pub pid: i32,
+    pidfd: OwnedFd,
+    /// Our end of the readiness channel.
+    pub channel: OwnedFd,
+}
+
+/// Why a successor did not become ready.
+pub(crate) enum NotReady {
+    /// It could not even be started, or died, or closed the channel.
+    Failed(io::Error),
+    /// It is alive but did not report ready in time.
+    TimedOut,
+}
+
+/// Forks and execs `exe` with `argv` in `cwd`, passing `listeners` at fds 3..
+/// and the other end of a new readiness channel right after them.
+///
+/// `env` is the successor's environment without `LISTEN_PID`, which the child
+/// fills in with its own pid after the fork.
+pub(crate) fn spawn(
+    exe: &CStr,
+    argv: &[CString],
+    cwd: &CStr,
+    env: &[CString],
+    listeners: &[BorrowedFd<'_>],
+) -> io::Result<Successor> {
+    let (ours, theirs) = channel()?;
+    let mut listen_pid = [0u8; LISTEN_PID_ENTRY];
+    listen_pid[..LISTEN_PID.len()].copy_from_slice(LISTEN_PID.as_bytes());
+    listen_pid[LISTEN_PID.len()] = b'=';
+
+    let mut sources: Vec<RawFd> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
+    sources.push(theirs.as_raw_fd());
+    let mut plan = Prepared {
+        exe,
+        cwd,
+        argv: argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([ptr::null()])
+            .collect(),
+        envp: env.iter().map(|e| e.as_ptr()).collect(),
+        listen_pid: listen_pid.as_mut_ptr(),
+        lifted: vec![-1; sources.len()],
+        sources,
+        fd_limit: fd_limit(),
+    };
+    plan.envp.push(plan.listen_pid as *const c_char);
+    plan.envp.push(ptr::null());
+
+    // Block every signal while forking so that no handler of the parent (ours
+    // writes to the parent's self-pipe) runs in the child before the child has
+    // reset the dispositions. The child empties its mask just before exec.
+    let mut all: libc::sigset_t = unsafe { mem::zeroed() };
+    let mut previous: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: both sets are valid, initialised by sigfillset/pthread_sigmask.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+    }
+    let forked = fork_with_pidfd();
+    if let Ok(Forked::Child) = forked {
+        // SAFETY: we are the freshly forked child; `plan` was built before the fork.
+        unsafe { exec_child(&mut plan) }
+    }
+    // SAFETY: `previous` was filled by pthread_sigmask above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, ptr::null_mut()) };
+    drop(theirs);
+    let Forked::Parent(pid, pidfd) = forked? else {
+        unreachable!("the child never returns from exec_child")
+    };
+    Ok(Successor {
+        pid,
+        pidfd,
+        channel: ours,
+    })
+}
+
+/// A connected pair for "ready" (child to parent) and "parent gone" (EOF the
+/// other way). A socket rather than a pipe so that writing to a dead peer is an
+/// `EPIPE` we can ask not to be signalled for (`MSG_NOSIGNAL`).
+fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` has room for the two fds socketpair writes.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(os_fail("cannot create the readiness channel"));
+    }
+    // SAFETY: socketpair succeeded, so both fds are open and ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn fd_limit() -> RawFd {
+    let mut limit: libc::rlimit = unsafe { mem::zeroed() };
+    // SAFETY: `limit` is a valid rlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1024
+    }
+}
+
+/// `struct clone_args` of `clone3(2)`; libc only defines it on some targets.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+enum Forked {
+    Child,
+    Parent(i32, OwnedFd),
+}
+
+/// Forks, returning in the parent the child's pid and a pidfd for it.
+///
+/// The pidfd comes from the same system call as the child (`CLONE_PIDFD`), so it
+/// refers to our child even if the application reaps children with
+/// `waitpid(-1)` or ignores `SIGCHLD` and the pid is recycled.
+fn fork_with_pidfd() -> io::Result<Forked> {
+    let mut pidfd: c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: without CLONE_VM and with no stack given this is fork(): the child
+    // continues here on a copy of our memory.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        return Ok(Forked::Child);
+    }
+    if pid > 0 {
+        // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd that only we hold.
+        return Ok(Forked::Parent(pid as i32, unsafe {
+            OwnedFd::from_raw_fd(pidfd)
+        }));
+    }
+    if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+        return Err(os_fail("cannot fork the successor"));
+    }
+    // clone3 is missing (kernel < 5.3) or filtered (older container seccomp
+    // profiles): fork, then ask for the pidfd. The child cannot be reaped by
+    // anyone before it execs, so the pid still names it here.
+    // SAFETY: plain fork; the child only runs exec_child.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => Ok(Forked::Child),
+        pid if pid > 0 => {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd < 0 {
+                let err = os_fail("pidfd_open (grestart needs Linux 5.3 or later)");
+                // SAFETY: the child is ours and not reaped yet.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, ptr::null_mut(), 0);
+                }
+                return Err(err);
+            }
+            // SAFETY: pidfd_open returned a new close-on-exec fd that only we hold.
+            Ok(Forked::Parent(pid, unsafe {
+                OwnedFd::from_raw_fd(fd as RawFd)
+            }))
+        }
+        _ => Err(os_fail("cannot fork the successor")),
+    }
+}
+
+/// The child between fork and exec. Only async-signal-safe system calls.
+///
+/// # Safety
+/// Must be called only in a freshly forked child, with `plan` built before the fork.
+unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
+    unsafe {
+        // Handlers are reset by exec anyway, but ignored signals stay ignored;
+        // the successor starts from the defaults like any freshly started program.
+        let mut default: libc::sigaction = mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signo in 1..65 {
+            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                libc::sigaction(signo, &default, ptr::null_mut());
+            }
+        }
+
+        // First lift every fd above the target range, so that moving one into
+        // place never overwrites another that is still to be moved; dup2 onto
+        // the target then also clears close-on-exec, which a lifted fd never
+        // equals (dup2 of an fd onto itself would keep the flag).
+        let count = plan.sources.len() as RawFd;
+        let above = FIRST_FD + count;
+        let mut report_fd = *plan.sources.last().unwrap_unchecked();
+        for (i, &source) in plan.sources.iter().enumerate() {
+            let lifted = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above);
+            if lifted < 0 {
+                child_failed(report_fd, STAGE_FDS);
+            }
+            plan.lifted[i] = lifted;
+        }
+        for (i, &lifted) in plan.lifted.iter().enumerate() {
+            if libc::dup2(lifted, FIRST_FD + i as RawFd) < 0 {
+                child_failed(report_fd, STAGE_FDS);
+            }
+        }
+        report_fd = above - 1;
+        // Nothing else of the parent's leaks into the successor.
+        if libc::syscall(libc::SYS_close_range, above as u32, u32::MAX, 0) < 0 {
+            for fd in above..plan.fd_limit {
+                libc::close(fd);
+            }
+        }
+
+        write_decimal(
+            plan.listen_pid.add(LISTEN_PID.len() + 1),
+            libc::getpid() as u32,
+        );
+
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            child_failed(report_fd, STAGE_CWD);
+        }
+        // A fork from a thread that blocks signals would otherwise hand the
+        // successor a blocked SIGTERM.
+        let mut empty: libc::sigset_t = mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        child_failed(report_fd, STAGE_EXEC)
+    }
+}
+
+/// Writes `n` in decimal and a NUL at `out`, which has room for 21 bytes.
+///
+/// # Safety
+/// `out` must be valid for 21 bytes of writes.
+unsafe fn write_decimal(out: *mut u8, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: at most 10 digits and the NUL, within the caller's 21 bytes.
+        unsafe { *out.add(i) = digits[len - 1 - i] };
+    }
+    unsafe { *out.add(len) = 0 };
+}
+
+/// Tells the parent which step failed with which errno, then exits.
+unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut message = [FAILED_BYTE, stage, 0, 0, 0, 0];
+        message[2..].copy_from_slice(&errno.to_ne_bytes());
+        libc::send(
+            report_fd,
+            message.as_ptr().cast(),
+            message.len(),
+            libc::MSG_NOSIGNAL,
+        );
+        libc::_exit(127)
+    }
+}
+
+impl Successor {
+    /// Waits until the successor reports ready, exits, or `timeout` passes.
+    pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<(), NotReady> {
+        let deadline = Instant::now() + timeout;
+        let mut fds = [
+            libc::pollfd {
+                fd: self.channel.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NotReady::TimedOut);
+            }
+            let ms = left.as_millis().clamp(1, c_int::MAX as u128) as c_int;
+            // SAFETY: `fds` is a valid array of two pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(NotReady::Failed(os_fail("waiting for the successor")));
+            }
+            if fds[0].revents != 0 {
+                // The channel speaks first: the child may report an exec error and
+                // exit at once, and its message is better than its exit status.
+                let mut message = [0u8; 6];
+                // SAFETY: reading into a local buffer of the given length.
+                let got = unsafe {
+                    libc::recv(
+                        fds[0].fd,
+                        message.as_mut_ptr().cast(),
+                        message.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                return match (got, message[0]) {
+                    (1.., READY_BYTE) => Ok(()),
+                    (6, FAILED_BYTE) => {
+                        let errno =
+                            i32::from_ne_bytes([message[2], message[3], message[4], message[5]]);
+                        let what = match message[1] {
+                            STAGE_FDS => "could not place the listener fds".to_string(),
+                            STAGE_CWD => "could not enter the working directory".to_string(),
+                            _ => format!("could not execute {}", exe.to_string_lossy()),
+                        };
+                        let reason = io::Error::from_raw_os_error(errno);
+                        Err(NotReady::Failed(fail(
+                            errno,
+                            format!("successor {}: {what}: {reason}", self.pid),
+                        )))
+                    }
+                    _ => Err(NotReady::Failed(self.died())),
+                };
+            }
+            if fds[1].revents != 0 {
+                return Err(NotReady::Failed(self.died()));
+            }
+        }
+    }
+
+    /// Kills a successor that will never be ready, and reaps it.
+    pub(crate) fn kill(&self) -> String {
+        // SAFETY: pidfd_send_signal with a pidfd we own; it cannot hit a recycled pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                ptr::null::<()>(),
+                0,
+            )
+        };
+        self.reap()
+    }
+
+    /// The error for a successor that died (or closed the channel) before ready.
+    fn died(&self) -> io::Error {
+        let status = self.reap();
+        fail(
+            libc::ECHILD,
+            format!("successor {} {status} before it was ready", self.pid),
+        )
+    }
+
+    /// Waits for the successor to exit and says how it ended. It never stays a zombie.
+    fn reap(&self) -> String {
+        let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
+        loop {
+            // SAFETY: waitid on our own pidfd into a zeroed siginfo.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // The application reaps children itself or ignores SIGCHLD.
+                Some(libc::ECHILD) => "exited (its status was collected elsewhere)".to_string(),
+                _ => format!("could not be waited for ({})", io::Error::last_os_error()),
+            };
+        }
+        // SAFETY: waitid filled `info` for an exited child.
+        let status = unsafe { info.si_status() };
+        match info.si_code {
+            libc::CLD_EXITED => format!("exited with status {status}"),
+            libc::CLD_DUMPED => format!("was killed by signal {status} (core dumped)"),
+            _ => format!("was killed by signal {status}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_pid_fits_in_place() {
+        let mut buf = [b'x'; 21];
+        for (n, text) in [
+            (0u32, "0"),
+            (7, "7"),
+            (4194304, "4194304"),
+            (u32::MAX, "4294967295"),
+        ] {
+            unsafe { write_decimal(buf.as_mut_ptr(), n) };
+            let end = buf.iter().position(|&b| b == 0).unwrap();
+            assert_eq!(&buf[..end], text.as_bytes());
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Whole-process restarts under load: the C and the Rust example each restart
+//! 20 times while clients hammer them (keep-alive and one connection per
+//! request), halfway onto a rebuilt binary with another version. Nothing may
+//! fail, every old generation must exit, and nothing may be left behind.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+
+use support::{Load, Server, TempDir};
+
+const RESTARTS: usize = 20;
+
+/// Restarts `binary` (which answers as version "1") `RESTARTS` times under
+/// load; `swap_in_v2` replaces it on disk by a version "2" halfway.
+fn restarts_under_load(binary: &Path, swap_in_v2: impl FnOnce()) {
+    support::become_subreaper();
+    let mut server = Server::start(
+        binary,
+        &[] as &[&OsStr],
+        "127.0.0.1:0",
+        &[("GRESTART_LOG", "warn")],
+    );
+    let load = Load::start(server.addr, 4, 4);
+    let mut swap_in_v2 = Some(swap_in_v2);
+    let mut latencies = Vec::new();
+    for i in 0..RESTARTS {
+        if i == RESTARTS / 2 {
+            (swap_in_v2.take().expect("swapped once"))();
+        }
+        let restart = server.restart(libc::SIGUSR2);
+        let expected = if i < RESTARTS / 2 { "1" } else { "2" };
+        assert_eq!(
+            restart.version, expected,
+            "restart {i} runs the binary on disk"
+        );
+        latencies.push(restart.latency);
+    }
+    let stats = load.finish();
+    latencies.sort();
+    println!(
+        "{}: {} requests answered, {} failed; restart latency median {:?}, max {:?}; generations served: {}",
+        binary.display(),
+        stats.ok,
+        stats.failed,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        stats.by_pid.len()
+    );
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(stats.ok > 0, "the load got answers");
+    assert_eq!(server.generation, 1 + RESTARTS as u64);
+    server.stop();
+}
+
+#[test]
+fn c_example_restarts_under_load() {
+    let dir = TempDir::new("restart-c");
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    restarts_under_load(&binary, || support::build_c_example(&binary, 2));
+}
+
+#[test]
+fn rust_example_restarts_under_load() {
+    let dir = TempDir::new("restart-rust");
+    let binary = dir.join("http_server");
+    std::fs::copy(support::profile_dir().join("examples/http_server"), &binary)
+        .expect("copy the Rust example");
+    restarts_under_load(&binary, || {
+        // Rebuild the example as version 2 in a target directory of its own (the
+        // one running this test is locked by cargo), then rename it into place.
+        let target = support::repo().join("target/versioned");
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                "http_server",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .env("APP_VERSION", "2")
+            .current_dir(support::repo())
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build of version 2");
+        let fresh = binary.with_extension("new");
+        std::fs::copy(target.join("debug/examples/http_server"), &fresh).expect("copy version 2");
+        std::fs::rename(&fresh, &binary).expect("rename version 2 into place");
+    });
+}
