@@ -106,7 +106,7 @@ impl Engine {
         let signal_pipe = signal::self_pipe()?;
         signal::install(libc::SIGUSR2)?;
 
-        let heritage = protocol::parse(|k| std::env::var(k).ok(), std::process::id(), fd_is_open);
+        let heritage = protocol::parse(|k| std::env::var(k).ok(), std::process::id(), fd_is_socket);
         for problem in &heritage.problems {
             warning!("{problem}");
         }
@@ -614,6 +614,11 @@ fn check_listener(fd: BorrowedFd<'_>) -> io::Result<()> {
         }
         Some(_) => Ok(()),
     }
+}
+
+fn fd_is_socket(fd: RawFd) -> bool {
+    // SAFETY: only looked at while the probe runs; the fd is checked open first.
+    fd_is_open(fd) && address::socket_type(unsafe { BorrowedFd::borrow_raw(fd) }).is_some()
 }
 
 pub(crate) fn fd_is_open(fd: RawFd) -> bool {

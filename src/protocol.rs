@@ -67,15 +67,17 @@ pub struct Heritage {
     pub problems: Vec<String>,
 }
 
-/// Reads the protocol variables through `var`; `is_open` says whether an fd is open.
+/// Reads the protocol variables through `var`; `is_socket` says whether an fd is
+/// an open socket.
 ///
 /// Nothing is trusted unless `LISTEN_PID` names `pid`: the variables may have been
-/// meant for a parent that forgot to remove them. An fd list that names a closed
-/// fd is ignored as a whole rather than risking handing out the wrong fd.
+/// meant for a parent that forgot to remove them. An fd list that names an fd
+/// that is not an open socket is ignored as a whole, and none of its fds is
+/// touched: handing out, or closing, an fd that is not ours would be worse.
 pub fn parse(
     var: impl Fn(&str) -> Option<String>,
     pid: u32,
-    is_open: impl Fn(RawFd) -> bool,
+    is_socket: impl Fn(RawFd) -> bool,
 ) -> Heritage {
     let mut heritage = Heritage {
         generation: 1,
@@ -106,9 +108,9 @@ pub fn parse(
         }
     };
     let last = FIRST_FD + count as RawFd;
-    if let Some(fd) = (FIRST_FD..last).find(|&fd| !is_open(fd)) {
+    if let Some(fd) = (FIRST_FD..last).find(|&fd| !is_socket(fd)) {
         problems.push(format!(
-            "LISTEN_FDS={count} but fd {fd} is not open; ignoring the passed fds"
+            "LISTEN_FDS={count} but fd {fd} is not an open socket; ignoring the passed fds"
         ));
     } else {
         let names = names_for(var(LISTEN_FDNAMES), count, problems);
@@ -117,11 +119,11 @@ pub fn parse(
 
     if let Some(v) = var(READY_FD) {
         match parse_number(&v) {
-            Some(fd) if fd >= last as u64 && fd <= RawFd::MAX as u64 && is_open(fd as RawFd) => {
+            Some(fd) if fd >= last as u64 && fd <= RawFd::MAX as u64 && is_socket(fd as RawFd) => {
                 heritage.ready_fd = Some(fd as RawFd);
             }
             _ => problems.push(format!(
-                "{READY_FD}={v:.20} is not an open fd after the listeners; not reporting readiness"
+                "{READY_FD}={v:.20} is not an open socket after the listeners; not reporting readiness"
             )),
         }
     }
@@ -319,7 +321,7 @@ mod tests {
         let h = parse_with(&[("LISTEN_PID", "42"), ("LISTEN_FDS", "3")], 42, 4);
         assert!(h.fds.is_empty());
         assert!(
-            h.problems[0].contains("fd 5 is not open"),
+            h.problems[0].contains("fd 5 is not an open socket"),
             "{:?}",
             h.problems
         );

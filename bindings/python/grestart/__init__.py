@@ -1,0 +1,251 @@
+"""Graceful (hot) restart for Linux servers.
+
+On SIGUSR2 (or :func:`restart`) the running server starts the program on disk
+again, hands it its listening sockets, and once the new process calls
+:func:`ready`, drains: it stops accepting, finishes what it accepted, runs its
+shutdown hooks and exits. No connection is refused, no accepted request lost.
+
+Every function raises :class:`OSError` with the errno and grestart's message
+on failure, and may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import socket
+import sys
+import traceback
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+from ._ffi import HOOK, LOG, check, lib
+
+__all__ = [
+    "register_listener",
+    "inherit_listener",
+    "listen",
+    "on_shutdown",
+    "set_signal",
+    "ready",
+    "restart",
+    "shutdown_fd",
+    "wait_shutdown",
+    "shutdown_requested",
+    "shutdown",
+    "generation",
+    "set_ready_timeout",
+    "set_drain_deadline",
+    "set_pid_file",
+    "set_executable",
+    "set_log_level",
+    "set_logger",
+    "LOG_OFF",
+    "LOG_ERROR",
+    "LOG_WARN",
+    "LOG_INFO",
+    "LOG_DEBUG",
+    "__version__",
+]
+
+LOG_OFF, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG = range(5)
+
+__version__: str = lib.gr_version().decode()
+
+# The hand-over variables; the library removes them from the C environment when
+# it starts, and Python's copy of the environment must not keep them either, or
+# a subprocess started with os.environ would think it was socket-activated.
+_PROTOCOL_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GRESTART_READY_FD", "GRESTART_GENERATION")
+_GENERATION = check(lib.gr_generation())  # starts the engine: it reads the variables now
+for _name in _PROTOCOL_VARIABLES:
+    os.environ.pop(_name, None)
+
+# ctypes callbacks must stay alive as long as C may call them.
+_keep_alive: list = []
+
+Address = Union[str, Tuple[str, int]]
+
+
+def _name(name: object, what: str = "name") -> bytes:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    return name.encode()
+
+
+def _fd(sock: object) -> int:
+    if isinstance(sock, int) and not isinstance(sock, bool):
+        return sock
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"expected a socket or an fd, not {type(sock).__name__}")
+    return fileno()
+
+
+def register_listener(sock: Union[socket.socket, int], name: str) -> None:
+    """Hands ``sock`` (a listening socket, or a UDP socket) to every future
+    successor under ``name``. grestart keeps its own duplicate."""
+    fd, name_bytes = _fd(sock), _name(name)
+    check(lib.gr_register_listener(fd, name_bytes))
+
+
+def inherit_listener(name: str) -> Optional[socket.socket]:
+    """The socket the previous generation registered as ``name`` (registered
+    again for the next restart), or ``None`` on a fresh start."""
+    name_bytes = _name(name)
+    fd = lib.gr_inherit_listener(name_bytes)
+    if fd < 0 and ctypes.get_errno() == errno.ENOENT:
+        return None
+    return socket.socket(fileno=check(fd))
+
+
+def _address(address: Address, kind: str) -> str:
+    if isinstance(address, tuple):
+        if len(address) != 2 or not isinstance(address[0], str) or not isinstance(address[1], int):
+            raise TypeError("address must be (host: str, port: int)")
+        host, port = address
+        host = f"[{host}]" if ":" in host else host
+        return f"{kind}://{host}:{port}"
+    if not isinstance(address, (str, os.PathLike)):
+        raise TypeError(f"address must be a str, a path or (host, port), not {type(address).__name__}")
+    text = os.fspath(address)
+    if "://" in text or text.startswith("unix:"):
+        return text
+    return f"unix:{text}"  # a filesystem path, or @name for the abstract namespace
+
+
+def listen(address: Address, name: Optional[str] = None, *, kind: str = "tcp") -> socket.socket:
+    """Inherit-or-listen: the inherited socket bound to ``address``, or a new
+    one bound (and listening) now; registered for the next restart either way.
+
+    ``address`` is ``("0.0.0.0", 8080)`` (``kind`` "tcp" or "udp"), a Unix socket
+    path, ``"@abstract"``, or a full grestart address like ``"tcp6://[::1]:8080"``.
+    """
+    text = _address(address, kind).encode()
+    name_bytes = None if name is None else _name(name)
+    return socket.socket(fileno=check(lib.gr_listen(text, name_bytes)))
+
+
+def on_shutdown(hook: Callable[[], object]) -> Callable[[], object]:
+    """Runs ``hook()`` once when this process shuts down (hooks run in reverse
+    order of registration). Usable as a decorator. An exception in a hook is
+    printed to stderr and the other hooks still run."""
+    if not callable(hook):
+        raise TypeError("the shutdown hook must be callable")
+
+    def run(_arg: Optional[int]) -> None:
+        try:
+            hook()
+        except BaseException:  # never let it reach C
+            print(f"grestart: shutdown hook {hook!r} raised:", file=sys.stderr)
+            traceback.print_exc()
+
+    callback = HOOK(run)
+    check(lib.gr_on_shutdown(callback, None))
+    _keep_alive.append(callback)
+    return hook
+
+
+def set_signal(signo: int) -> None:
+    """Makes ``signo`` (e.g. ``signal.SIGHUP``) the restart signal (default SIGUSR2)."""
+    if not isinstance(signo, int):
+        raise TypeError("signo must be an int or a signal.Signals")
+    check(lib.gr_set_signal(int(signo)))
+
+
+def ready() -> None:
+    """Says this process serves; in an heir the previous generation then drains."""
+    check(lib.gr_ready())
+
+
+def restart() -> None:
+    """Restarts now and waits: returns once the successor is ready (this
+    process then drains); raises OSError when it failed (this process serves on)."""
+    check(lib.gr_restart())
+
+
+def shutdown_fd() -> int:
+    """An fd that turns readable when this process must drain. Owned by
+    grestart: poll it, never read or close it."""
+    return check(lib.gr_shutdown_fd())
+
+
+def wait_shutdown(timeout: Optional[float] = None) -> bool:
+    """Blocks until this process must drain (True) or ``timeout`` seconds pass (False)."""
+    if timeout is None:
+        return check(lib.gr_wait_shutdown(-1)) == 1
+    milliseconds = max(0, min(int(timeout * 1000), 2**31 - 1))
+    return check(lib.gr_wait_shutdown(milliseconds)) == 1
+
+
+async def shutdown_requested() -> None:
+    """Waits, in asyncio, until this process must drain."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    fd = shutdown_fd()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+
+
+def shutdown() -> None:
+    """Drains if not already, then runs the shutdown hooks (once)."""
+    check(lib.gr_shutdown())
+
+
+def generation() -> int:
+    """1 for a fresh start, one more with every hand-over."""
+    return _GENERATION
+
+
+def set_ready_timeout(seconds: float) -> None:
+    """How long a successor may take to become ready before it is killed (default 60)."""
+    check(lib.gr_set_ready_timeout_ms(int(seconds * 1000)))
+
+
+def set_drain_deadline(seconds: Optional[float]) -> None:
+    """After this long draining, run the hooks and exit anyway (None: no deadline)."""
+    check(lib.gr_set_drain_deadline_ms(0 if seconds is None else max(1, int(seconds * 1000))))
+
+
+def set_pid_file(path: Optional[Union[str, os.PathLike]]) -> None:
+    """Each generation writes its pid here, atomically, when it becomes ready."""
+    check(lib.gr_set_pid_file(None if path is None else os.fsencode(path)))
+
+
+def set_executable(path: Union[str, os.PathLike], argv: Optional[Sequence[str]] = None) -> None:
+    """Starts successors from ``path`` (with ``argv``, or this process's own)."""
+    array = None
+    if argv is not None:
+        array = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(a) for a in argv], None)
+    check(lib.gr_set_executable(os.fsencode(path), array))
+
+
+def set_log_level(level: int) -> None:
+    """LOG_OFF .. LOG_DEBUG; the default is GRESTART_LOG, else LOG_INFO."""
+    check(lib.gr_set_log_level(level))
+
+
+def set_logger(logger: Optional[Callable[[int, str], object]]) -> None:
+    """Sends grestart's log lines to ``logger(level, line)`` instead of stderr
+    (``None``: back to stderr). Called from any thread."""
+    if logger is None:
+        check(lib.gr_set_log_callback(LOG(), None))
+        return
+
+    def forward(level: int, line: bytes, _arg: Optional[int]) -> None:
+        try:
+            logger(level, line.decode("utf-8", "replace"))
+        except BaseException:
+            traceback.print_exc()
+
+    callback = LOG(forward)
+    check(lib.gr_set_log_callback(callback, None))
+    _keep_alive.append(callback)

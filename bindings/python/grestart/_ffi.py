@@ -1,0 +1,72 @@
+"""The ctypes layer: loads libgrestart.so and declares every C function.
+
+`SIGNATURES` mirrors include/grestart.h; tests/test_header.py fails when the
+two drift apart.
+"""
+
+import ctypes
+import os
+from pathlib import Path
+
+c_int, c_char_p, c_void_p, c_int64, c_uint64 = (
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_uint64,
+)
+
+HOOK = ctypes.CFUNCTYPE(None, c_void_p)
+LOG = ctypes.CFUNCTYPE(None, c_int, c_char_p, c_void_p)
+
+# name: (restype, argtypes)
+SIGNATURES = {
+    "gr_register_listener": (c_int, [c_int, c_char_p]),
+    "gr_inherit_listener": (c_int, [c_char_p]),
+    "gr_listen": (c_int, [c_char_p, c_char_p]),
+    "gr_on_shutdown": (c_int, [HOOK, c_void_p]),
+    "gr_set_signal": (c_int, [c_int]),
+    "gr_ready": (c_int, []),
+    "gr_restart": (c_int, []),
+    "gr_shutdown_fd": (c_int, []),
+    "gr_wait_shutdown": (c_int, [c_int]),
+    "gr_shutdown": (c_int, []),
+    "gr_generation": (c_int64, []),
+    "gr_set_ready_timeout_ms": (c_int, [c_uint64]),
+    "gr_set_drain_deadline_ms": (c_int, [c_uint64]),
+    "gr_set_pid_file": (c_int, [c_char_p]),
+    "gr_set_executable": (c_int, [c_char_p, ctypes.POINTER(c_char_p)]),
+    "gr_set_log_level": (c_int, [c_int]),
+    "gr_set_log_callback": (c_int, [LOG, c_void_p]),
+    "gr_last_error": (c_char_p, []),
+    "gr_version": (c_char_p, []),
+}
+
+
+def _load() -> ctypes.CDLL:
+    override = os.environ.get("GRESTART_LIBRARY")
+    path = Path(override) if override else Path(__file__).with_name("libgrestart.so")
+    if not path.exists():
+        where = "GRESTART_LIBRARY" if override else "the grestart package"
+        raise ImportError(
+            f"libgrestart.so not found at {path} (from {where}); reinstall with "
+            "`pip install ./bindings/python` or set GRESTART_LIBRARY to the library's path"
+        )
+    library = ctypes.CDLL(str(path), use_errno=True)
+    for name, (restype, argtypes) in SIGNATURES.items():
+        function = getattr(library, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return library
+
+
+lib = _load()
+
+
+def check(result: int) -> int:
+    """Raises OSError(errno, message) for a failed call; returns the result otherwise."""
+    if result < 0:
+        errno = ctypes.get_errno()
+        message = (lib.gr_last_error() or b"").decode("utf-8", "replace")
+        raise OSError(errno, message)
+    return result

@@ -1,0 +1,40 @@
+"""The ctypes declarations match include/grestart.h exactly."""
+
+import ctypes
+import re
+
+from grestart import _ffi
+
+from conftest import REPO
+
+C_TYPES = {
+    "int": ctypes.c_int,
+    "int64_t": ctypes.c_int64,
+    "uint64_t": ctypes.c_uint64,
+    "const char *": ctypes.c_char_p,
+    "void *": ctypes.c_void_p,
+    "const char *const *": ctypes.POINTER(ctypes.c_char_p),
+    "gr_hook_fn": _ffi.HOOK,
+    "gr_log_fn": _ffi.LOG,
+}
+
+
+def header_functions():
+    text = (REPO / "include" / "grestart.h").read_text()
+    functions = {}
+    for ret, name, args in re.findall(r"^([\w ]+?\s*\*?)\s*(gr_\w+)\((.*?)\);", text, re.M | re.S):
+        params = [] if args.strip() == "void" else [re.sub(r"\s*\w+$", "", a.strip()) for a in args.split(",")]
+        functions[name] = (ret.strip(), params)
+    return functions
+
+
+def test_every_function_is_declared_with_the_header_types():
+    functions = header_functions()
+    assert set(functions) == set(_ffi.SIGNATURES), "functions added or removed: update _ffi.SIGNATURES"
+    for name, (ret, params) in functions.items():
+        restype, argtypes = _ffi.SIGNATURES[name]
+        assert C_TYPES[ret] is restype or C_TYPES[ret] == restype, f"{name} returns {ret}"
+        assert len(params) == len(argtypes), f"{name} takes {params}"
+        for param, argtype in zip(params, argtypes):
+            expected = C_TYPES[param]
+            assert expected is argtype or expected == argtype, f"{name}: {param} declared as {argtype}"
