@@ -1,4 +1,4 @@
-//! Whole-process restarts under load: the C and the Rust example each restart
+//! Whole-process restarts under load: the C, C++ and Rust examples each restart
 //! 20 times while clients hammer them (keep-alive and one connection per
 //! request), halfway onto a rebuilt binary with another version. Nothing may
 //! fail, every old generation must exit, and nothing may be left behind.
@@ -61,6 +61,14 @@ fn c_example_restarts_under_load() {
     let binary = dir.join("http_server");
     support::build_c_example(&binary, 1);
     restarts_under_load(&binary, || support::build_c_example(&binary, 2));
+}
+
+#[test]
+fn cpp_example_restarts_under_load() {
+    let dir = TempDir::new("restart-cpp");
+    let binary = dir.join("http_server_cpp");
+    support::build_cpp_example(&binary, 1);
+    restarts_under_load(&binary, || support::build_cpp_example(&binary, 2));
 }
 
 #[test]

@@ -92,13 +92,28 @@ pub fn compile(compiler: &str, sources: &[&Path], output: &Path, extra: &[&str])
 /// over whatever is there: a running server's binary is replaced the way a
 /// package manager replaces it.
 pub fn build_c_example(path: &Path, version: u32) {
+    build_example("cc", "examples/c/http_server.c", "-std=c99", path, version);
+}
+
+/// [`build_c_example`] for the C++ example.
+pub fn build_cpp_example(path: &Path, version: u32) {
+    build_example(
+        "c++",
+        "examples/cpp/http_server.cpp",
+        "-std=c++17",
+        path,
+        version,
+    );
+}
+
+fn build_example(compiler: &str, source: &str, standard: &str, path: &Path, version: u32) {
     let fresh = path.with_extension("new");
     let define = format!("-DAPP_VERSION=\"{version}\"");
     compile(
-        "cc",
-        &[&repo().join("examples/c/http_server.c")],
+        compiler,
+        &[&repo().join(source)],
         &fresh,
-        &["-std=c99", &define],
+        &[standard, "-pthread", &define],
     );
     std::fs::rename(&fresh, path).expect("rename the new binary into place");
 }

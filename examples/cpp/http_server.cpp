@@ -1,0 +1,183 @@
+// A small HTTP/1.1 server in C++17 that restarts gracefully on SIGUSR2.
+//
+//   g++ -std=c++17 -O2 -Iinclude -Ibindings/cpp examples/cpp/http_server.cpp
+//       -Ltarget/release -lgrestart -pthread -o http_server_cpp
+//   LD_LIBRARY_PATH=target/release ./http_server_cpp 127.0.0.1:8080
+//
+// Every GET gets 200 with X-Pid, X-Generation and X-Version. A thread per
+// connection; the main thread accepts until grestart's shutdown fd turns
+// readable, then waits for the connections (each answers its next request
+// with "Connection: close") and runs the shutdown hooks.
+#include <algorithm>
+#include <cctype>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "grestart.hpp"
+
+#ifndef APP_VERSION
+#define APP_VERSION "1"
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kDrainIdle = std::chrono::seconds(5);
+
+std::atomic<bool> draining{false};
+std::atomic<unsigned long long> served{0};
+std::mutex open_mutex;
+std::condition_variable all_closed;
+int open_connections = 0;
+
+std::string lower(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return s;
+}
+
+bool send_all(int fd, const std::string &data) {
+    for (size_t sent = 0; sent < data.size();) {
+        ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        sent += static_cast<size_t>(n);
+    }
+    return true;
+}
+
+/// Answers one request head; returns false when the connection must close after it.
+bool answer(int fd, const std::string &head) {
+    std::string h = lower(head);
+    std::string line = h.substr(0, h.find("\r\n"));
+    bool http10 = line.size() >= 8 && line.compare(line.size() - 8, 8, "http/1.0") == 0;
+    std::string connection;
+    if (auto at = h.find("\r\nconnection:"); at != std::string::npos) {
+        auto start = h.find_first_not_of(" \t", at + 13);
+        connection = h.substr(start, h.find("\r\n", start) - start);
+    }
+    bool is_get = h.rfind("get ", 0) == 0;
+    bool close = draining || !is_get || (http10 ? connection != "keep-alive" : connection == "close");
+    std::string pid = std::to_string(::getpid()), generation = std::to_string(grestart::generation());
+    std::string body = is_get ? "served by pid " + pid + " generation " + generation + "\n" : "only GET is served here\n";
+    std::string response = std::string("HTTP/1.1 ") + (is_get ? "200 OK" : "405 Method Not Allowed") +
+                           "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+                           "\r\nX-Pid: " + pid + "\r\nX-Generation: " + generation + "\r\nX-Version: " APP_VERSION +
+                           "\r\nConnection: " + (close ? "close" : "keep-alive") + "\r\n\r\n" + body;
+    if (!send_all(fd, response)) {
+        return false;
+    }
+    served++;
+    return !close;
+}
+
+void serve(grestart::Fd connection) {
+    timeval tick{0, 200 * 1000}; // wake up now and then to notice the drain
+    ::setsockopt(connection.get(), SOL_SOCKET, SO_RCVTIMEO, &tick, sizeof tick);
+    std::string buffer;
+    auto idle_since = Clock::now();
+    for (;;) {
+        size_t end;
+        while ((end = buffer.find("\r\n\r\n")) != std::string::npos) {
+            std::string head = buffer.substr(0, end + 4);
+            buffer.erase(0, end + 4); // request bodies are not expected for GET
+            if (!answer(connection.get(), head)) {
+                return;
+            }
+            idle_since = Clock::now();
+        }
+        char chunk[4096];
+        ssize_t n = ::recv(connection.get(), chunk, sizeof chunk, 0);
+        if (n > 0) {
+            buffer.append(chunk, static_cast<size_t>(n));
+        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+            if (draining && buffer.empty() && Clock::now() - idle_since > kDrainIdle) {
+                return;
+            }
+        } else {
+            return; // closed by the client, or broken
+        }
+        if (buffer.size() > 64 * 1024) {
+            return;
+        }
+    }
+}
+
+void accept_until_shutdown(int listener) {
+    pollfd fds[2] = {{listener, POLLIN, 0}, {grestart::shutdown_fd(), POLLIN, 0}};
+    while (!(fds[1].revents & POLLIN)) {
+        if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+            throw std::system_error(errno, std::generic_category(), "poll");
+        }
+        for (;;) {
+            int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) {
+                break; // EAGAIN: nothing more queued
+            }
+            std::lock_guard<std::mutex> lock(open_mutex);
+            open_connections++;
+            std::thread([fd] {
+                serve(grestart::Fd(fd));
+                std::lock_guard<std::mutex> done(open_mutex);
+                open_connections--;
+                all_closed.notify_all();
+            }).detach();
+        }
+    }
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        std::fprintf(stderr, "usage: %s HOST:PORT   (e.g. 127.0.0.1:8080)\n", argv[0]);
+        return 2;
+    }
+    try {
+        // The previous generation's socket, or a new one on a fresh start.
+        grestart::Fd listener = grestart::listen(std::string("tcp://") + argv[1], "http");
+        ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
+        grestart::on_shutdown([] {
+            std::fprintf(stderr, "http_server_cpp: pid %d generation %lld exiting after %llu requests\n", ::getpid(),
+                         static_cast<long long>(grestart::generation()), served.load());
+        });
+        grestart::set_drain_deadline(std::chrono::seconds(30));
+        sockaddr_in bound{};
+        socklen_t length = sizeof bound;
+        ::getsockname(listener.get(), reinterpret_cast<sockaddr *>(&bound), &length);
+        char host[INET_ADDRSTRLEN] = "?";
+        ::inet_ntop(AF_INET, &bound.sin_addr, host, sizeof host);
+        std::printf("http_server_cpp: pid %d generation %lld version %s listening on %s:%d\n", ::getpid(),
+                    static_cast<long long>(grestart::generation()), APP_VERSION, host, ntohs(bound.sin_port));
+        std::fflush(stdout);
+        grestart::ready();
+
+        accept_until_shutdown(listener.get());
+        listener.reset(); // our copy; the successor accepts what is still queued
+        draining = true;
+        std::unique_lock<std::mutex> lock(open_mutex);
+        all_closed.wait(lock, [] { return open_connections == 0; });
+        lock.unlock();
+        grestart::shutdown();
+        return 0;
+    } catch (const std::exception &e) {
+        std::fprintf(stderr, "http_server_cpp: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,55 @@
+// The C++ wrapper from two translation units linked into one program (a
+// missing `inline` would be a duplicate symbol), checking that errors arrive
+// as grestart::Error with the errno, that Fd owns, and that an exception
+// thrown by a hook stops at the C boundary.
+#include <cerrno>
+#include <cstdio>
+#include <string>
+
+#include "grestart.hpp"
+
+int run_hooks_and_count();  // wrapper_b.cpp
+
+static int failures;
+#define EXPECT(cond)                                                             \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            failures++;                                                          \
+            std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                        \
+    } while (0)
+
+template <typename F>
+static int errno_of(F f) {
+    try {
+        f();
+    } catch (const grestart::Error &e) {
+        std::printf("ok: %s\n", e.what());
+        return e.code().value();
+    }
+    return 0;
+}
+
+int main() {
+    EXPECT(grestart::version() == GR_VERSION);
+    EXPECT(grestart::generation() == 1);
+    EXPECT(errno_of([] { grestart::register_listener(-1, "web"); }) == EBADF);
+    EXPECT(errno_of([] { grestart::set_signal(9); }) == EINVAL);
+    EXPECT(errno_of([] { grestart::listen("nonsense"); }) == EINVAL);
+    EXPECT(errno_of([] { grestart::restart(); }) == EAGAIN);
+    EXPECT(!grestart::inherit_listener("web"));
+
+    grestart::Fd listener = grestart::listen("tcp://127.0.0.1:0", "web");
+    EXPECT(listener.get() >= 3);
+    grestart::Fd moved = std::move(listener);
+    EXPECT(!listener && moved);
+    EXPECT(errno_of([] { grestart::listen("tcp://127.0.0.1:0", "web"); }) == EEXIST);
+    EXPECT(!grestart::wait_shutdown(std::chrono::milliseconds(0)));
+
+    grestart::ready();
+    EXPECT(run_hooks_and_count() == 3);
+    EXPECT(grestart::wait_shutdown());
+    EXPECT(errno_of([] { grestart::on_shutdown([] {}); }) == ESHUTDOWN);
+    std::printf("wrapper: %d failed\n", failures);
+    return failures != 0;
+}
