@@ -106,14 +106,26 @@ pub fn build_cpp_example(path: &Path, version: u32) {
     );
 }
 
-fn build_example(compiler: &str, source: &str, standard: &str, path: &Path, version: u32) {
+/// The C example built with AddressSanitizer (and LeakSanitizer, which makes
+/// a process that leaked exit with a non-zero status).
+pub fn build_c_example_with_asan(path: &Path) {
+    build_example(
+        "cc",
+        "examples/c/http_server.c",
+        "-fsanitize=address",
+        path,
+        1,
+    );
+}
+
+fn build_example(compiler: &str, source: &str, flag: &str, path: &Path, version: u32) {
     let fresh = path.with_extension("new");
     let define = format!("-DAPP_VERSION=\"{version}\"");
     compile(
         compiler,
         &[&repo().join(source)],
         &fresh,
-        &[standard, "-pthread", &define],
+        &[flag, "-pthread", &define],
     );
     std::fs::rename(&fresh, path).expect("rename the new binary into place");
 }
@@ -279,7 +291,7 @@ impl Server {
             wait_exit(&old_exit, Duration::from_secs(40)),
             "generation pid {old} did not exit after draining"
         );
-        reap(old);
+        let old_status = reap(old);
         let zombies = zombie_children(self.pid);
         assert!(
             zombies.is_empty(),
@@ -290,6 +302,7 @@ impl Server {
             latency,
             pid: response.pid,
             version: response.version,
+            old_status,
         }
     }
 
@@ -319,6 +332,8 @@ impl Drop for Server {
 
 pub struct Restart {
     pub latency: Duration,
+    /// How the previous generation ended (a `waitpid` status), if we reaped it.
+    pub old_status: Option<i32>,
     pub pid: i32,
     pub version: String,
 }
