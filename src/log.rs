@@ -100,12 +100,13 @@ pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
     match logger {
         Some(logger) => logger(level, &line),
         None => {
-            let pid = std::process::id();
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "grestart[{pid}] {}: {line}",
+            // One write, so lines of several generations sharing stderr never interleave.
+            let line = format!(
+                "grestart[{}] {}: {line}\n",
+                std::process::id(),
                 level.label()
             );
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
 }

@@ -402,4 +402,70 @@ mod tests {
             ]
         );
     }
+
+    /// A fixed-budget property test (the "fuzz target" of the parser): random
+    /// and hostile values never panic, and every fd handed out is one the
+    /// probe called a socket, in the listed range, with a valid name.
+    #[test]
+    fn random_environments_never_yield_a_wrong_fd() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize % bound
+        };
+        let pieces = [
+            "",
+            "0",
+            "1",
+            "3",
+            "42",
+            "-1",
+            "65536",
+            "65537",
+            "99999999999999999999",
+            " 2",
+            "x",
+            ":",
+            "a",
+            "unknown",
+            "\u{7f}",
+            "é",
+            "4294967338",
+        ];
+        let keys = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD, GENERATION];
+        for _ in 0..20_000 {
+            let mut vars: Vec<(&str, String)> = Vec::new();
+            for key in keys {
+                if next(4) == 0 {
+                    continue;
+                }
+                let mut value = String::new();
+                for k in 0..next(3) + 1 {
+                    if k > 0 && next(2) == 0 {
+                        value.push(':');
+                    }
+                    value.push_str(pieces[next(pieces.len())]);
+                }
+                if key == LISTEN_PID && next(2) == 0 {
+                    value = "42".into();
+                }
+                vars.push((key, value));
+            }
+            let sockets_up_to = next(8) as RawFd;
+            let var = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            let h = parse(var, 42, |fd| (3..=sockets_up_to).contains(&fd));
+            for (i, (name, fd)) in h.fds.iter().enumerate() {
+                assert_eq!(*fd, FIRST_FD + i as RawFd, "{vars:?}");
+                assert!(*fd <= sockets_up_to, "{vars:?}");
+                assert!(check_name(name).is_ok(), "{vars:?}");
+            }
+            if let Some(fd) = h.ready_fd {
+                let after = FIRST_FD + h.fds.len() as RawFd;
+                assert!(fd <= sockets_up_to && fd >= after, "{vars:?}");
+            }
+            assert!(h.generation >= 1);
+        }
+    }
 }

@@ -235,6 +235,17 @@ fn fork_with_pidfd() -> io::Result<Forked> {
     }
 }
 
+/// The kernel's `struct sigaction` (not the C library's, which is laid out
+/// differently); all zero means `SIG_DFL`.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
 /// The child between fork and exec. Only async-signal-safe system calls.
 ///
 /// # Safety
@@ -242,12 +253,19 @@ fn fork_with_pidfd() -> io::Result<Forked> {
 unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
     unsafe {
         // Handlers are reset by exec anyway, but ignored signals stay ignored;
-        // the successor starts from the defaults like any freshly started program.
-        let mut default: libc::sigaction = mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
+        // the successor starts from the defaults like any freshly started
+        // program. The raw system call, because the C library refuses to touch
+        // the signals it reserves (32, 33), which may be ignored too.
+        let default = KernelSigaction::default(); // SIG_DFL, no flags, empty mask
         for signo in 1..65 {
             if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                libc::sigaction(signo, &default, ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signo,
+                    &default as *const KernelSigaction,
+                    ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
             }
         }
 

@@ -75,28 +75,35 @@ fn cpp_example_restarts_under_load() {
 fn rust_example_restarts_under_load() {
     let dir = TempDir::new("restart-rust");
     let binary = dir.join("http_server");
-    std::fs::copy(support::profile_dir().join("examples/http_server"), &binary)
-        .expect("copy the Rust example");
-    restarts_under_load(&binary, || {
-        // Rebuild the example as version 2 in a target directory of its own (the
-        // one running this test is locked by cargo), then rename it into place.
-        let target = support::repo().join("target/versioned");
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "http_server",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .env("APP_VERSION", "2")
-            .current_dir(support::repo())
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build of version 2");
-        let fresh = binary.with_extension("new");
-        std::fs::copy(target.join("debug/examples/http_server"), &fresh).expect("copy version 2");
-        std::fs::rename(&fresh, &binary).expect("rename version 2 into place");
-    });
+    build_rust_example(&binary, 1);
+    restarts_under_load(&binary, || build_rust_example(&binary, 2));
+}
+
+/// Builds the Rust example reporting `version` and renames it into `path`.
+///
+/// `cargo test` builds examples only as test targets, so the example is built
+/// here, in a target directory of its own (the one running this test is
+/// cargo's), by the same cargo that runs the tests.
+fn build_rust_example(path: &Path, version: u32) {
+    let target = support::repo().join("target/example-under-test");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "http_server",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env("APP_VERSION", version.to_string())
+        .current_dir(support::repo())
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build of the Rust example, version {version}"
+    );
+    let fresh = path.with_extension("new");
+    std::fs::copy(target.join("debug/examples/http_server"), &fresh).expect("copy the example");
+    std::fs::rename(&fresh, path).expect("rename the example into place");
 }

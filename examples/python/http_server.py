@@ -71,6 +71,9 @@ def main() -> int:
         return 2
     host, port = sys.argv[1].rsplit(":", 1)
     listener = grestart.listen((host.strip("[]"), int(port)))
+    # Non-blocking accept: the socket is shared with the next generation, which
+    # may take a queued connection between our select() and our accept().
+    listener.setblocking(False)
 
     server = ThreadingHTTPServer(listener.getsockname()[:2], Handler, bind_and_activate=False)
     server.socket.close()

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -75,7 +76,9 @@ pub fn compile(compiler: &str, sources: &[&Path], output: &Path, extra: &[&str])
         .arg(output)
         .arg("-L")
         .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        // DT_RPATH, not RUNPATH: cargo test sets LD_LIBRARY_PATH, which would
+        // otherwise win and may point at a stale copy in target/<profile>.
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
         .arg("-lgrestart");
     let out = cmd
         .output()
@@ -207,6 +210,8 @@ pub struct Server {
     pub generation: u64,
     /// Every pid that ever served, for cleaning up.
     pub pids: Vec<i32>,
+    /// The lines every generation writes to stderr (also echoed to ours).
+    log: Receiver<String>,
 }
 
 impl Server {
@@ -219,6 +224,7 @@ impl Server {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let mut line = String::new();
@@ -227,6 +233,14 @@ impl Server {
         // Every generation inherits this pipe and prints its own first line:
         // keep reading, or a successor would die of SIGPIPE.
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+        let (sender, log) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = sender.send(line);
+            }
+        });
         let addr = line
             .trim()
             .rsplit(' ')
@@ -240,12 +254,26 @@ impl Server {
             pid,
             generation: 1,
             pids: vec![pid],
+            log,
         };
         let first = server
             .probe(Duration::from_secs(10))
             .expect("the server answers");
         assert_eq!(first.pid, pid);
         server
+    }
+
+    /// Waits for a line of the servers' stderr that contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
+            }
+        }
     }
 
     /// One GET on a fresh connection; retried until it works or `timeout` passes.

@@ -1,0 +1,274 @@
+//! SPEC §4: the parent survives every way a restart can go wrong, keeps
+//! serving under load, leaves no zombie, and a later restart still works.
+//! Driven with tests/c/flaky_server.c, whose successors misbehave on request.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::{Load, Server, TempDir};
+
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
+struct Flaky {
+    dir: TempDir,
+    binary: PathBuf,
+    mode_file: PathBuf,
+}
+
+impl Flaky {
+    fn new(tag: &str) -> Flaky {
+        let dir = TempDir::new(tag);
+        let binary = dir.join("flaky_server");
+        let source = support::repo().join("tests/c/flaky_server.c");
+        support::compile("cc", &[&source], &binary, &["-std=c99"]);
+        let mode_file = dir.join("mode");
+        std::fs::write(&mode_file, "serve").unwrap();
+        Flaky {
+            dir,
+            binary,
+            mode_file,
+        }
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> Server {
+        support::become_subreaper();
+        let mut env = env.to_vec();
+        let mode_file = self.mode_file.to_str().unwrap();
+        env.push(("GR_TEST_MODE_FILE", mode_file));
+        env.push(("GRESTART_LOG", "info"));
+        Server::start(&self.binary, &[], "127.0.0.1:0", &env)
+    }
+
+    fn set_mode(&self, mode: &str) {
+        std::fs::write(&self.mode_file, mode).unwrap();
+    }
+}
+
+/// Signals a restart that must fail, and returns the parent's log line for it.
+fn failed_restart(server: &Server) -> String {
+    support::kill(server.pid, libc::SIGUSR2);
+    let line = server.wait_for_log("restart failed, still serving", LOG_WAIT);
+    let answer = server
+        .probe(Duration::from_secs(5))
+        .expect("the parent still serves");
+    assert_eq!(answer.pid, server.pid, "nobody took over");
+    let zombies = support::zombie_children(server.pid);
+    assert!(
+        zombies.is_empty(),
+        "the failed successor was reaped: {zombies:?}"
+    );
+    line
+}
+
+#[test]
+fn failed_successors_leave_the_parent_serving() {
+    let flaky = Flaky::new("fail");
+    let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "500")]);
+    let load = Load::start(server.addr, 0, 3);
+
+    flaky.set_mode("exit");
+    assert!(failed_restart(&server).contains("exited with status 3"));
+    flaky.set_mode("crash");
+    assert!(failed_restart(&server).contains("killed by signal 11"));
+    flaky.set_mode("hang");
+    let line = failed_restart(&server);
+    assert!(
+        line.contains("was not ready within") && line.contains("killed it"),
+        "{line}"
+    );
+
+    flaky.set_mode("serve");
+    let hidden = flaky.dir.join("hidden");
+    std::fs::rename(&flaky.binary, &hidden).unwrap();
+    assert!(failed_restart(&server).contains("No such file or directory"));
+    std::fs::rename(&hidden, &flaky.binary).unwrap();
+    set_mode_bits(&flaky.binary, 0o644);
+    assert!(failed_restart(&server).contains("Permission denied"));
+    set_mode_bits(&flaky.binary, 0o755);
+
+    // State fully reset: the next restart works.
+    server.restart(libc::SIGUSR2);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
+
+fn set_mode_bits(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_storm_of_signals_is_one_restart() {
+    let flaky = Flaky::new("storm");
+    let mut server = flaky.start(&[]);
+    let load = Load::start(server.addr, 0, 2);
+    for _ in 0..50 {
+        support::kill(server.pid, libc::SIGUSR2);
+    }
+    let old = server.pid;
+    server.wait_for_log("ready after", LOG_WAIT);
+    let old_exit = support::pidfd(old).unwrap();
+    assert!(support::wait_exit(&old_exit, Duration::from_secs(20)));
+    support::reap(old);
+    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.generation, 2, "exactly one hand-over");
+    server.pid = answer.pid;
+    server.pids.push(answer.pid);
+    assert!(support::zombie_children(answer.pid).is_empty());
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
+
+#[test]
+fn no_second_hand_over_while_the_parent_drains_and_the_deadline_ends_a_drain() {
+    let flaky = Flaky::new("drain");
+    let mut server = flaky.start(&[("GR_TEST_DRAIN_DEADLINE_MS", "1500")]);
+    let first = server.pid;
+    // A client that connects and never sends holds the first generation's
+    // single-threaded loop: it cannot finish draining.
+    let holder = std::net::TcpStream::connect(server.addr).unwrap();
+    let exited = support::pidfd(first).unwrap();
+    support::kill(first, libc::SIGUSR2);
+    server.wait_for_log("ready after", LOG_WAIT);
+    let heir = server.probe(Duration::from_secs(5)).unwrap();
+    server.pid = heir.pid;
+    server.pids.push(heir.pid);
+    server.generation = 2;
+
+    support::kill(heir.pid, libc::SIGUSR2);
+    let refused = server.wait_for_log("restart failed", LOG_WAIT);
+    assert!(refused.contains("still draining"), "{refused}");
+
+    // The drain deadline ends the first generation although the client stays.
+    assert!(
+        support::wait_exit(&exited, Duration::from_secs(10)),
+        "the deadline ended the drain"
+    );
+    server.wait_for_log("drain deadline", LOG_WAIT);
+    support::reap(first);
+    drop(holder);
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
+
+#[test]
+fn the_heir_starts_with_a_clean_signal_state_and_dies_of_sigterm() {
+    let flaky = Flaky::new("signals");
+    let mut server = flaky.start(&[("GR_TEST_BLOCK_SIGTERM", "1")]);
+    let status = |pid: i32, field: &str| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap()
+            .to_string();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let sigterm = 1u64 << (libc::SIGTERM - 1);
+    assert_ne!(
+        status(server.pid, "SigBlk:") & sigterm,
+        0,
+        "the first generation blocks SIGTERM"
+    );
+    server.restart(libc::SIGUSR2);
+    assert_eq!(
+        status(server.pid, "SigBlk:"),
+        0,
+        "the heir's signal mask is empty"
+    );
+    assert_eq!(
+        status(server.pid, "SigIgn:"),
+        0,
+        "the heir ignores no signal"
+    );
+    let heir = support::pidfd(server.pid).unwrap();
+    support::kill(server.pid, libc::SIGTERM);
+    assert!(
+        support::wait_exit(&heir, Duration::from_secs(5)),
+        "SIGTERM kills the heir"
+    );
+    let status = support::reap(server.pid).unwrap();
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
+    server.stop();
+}
+
+#[test]
+fn an_application_that_ignores_sigchld_still_restarts() {
+    let flaky = Flaky::new("sigchld");
+    let mut server = flaky.start(&[("GR_TEST_IGNORE_SIGCHLD", "1")]);
+    flaky.set_mode("exit");
+    let line = failed_restart(&server);
+    assert!(line.contains("before it was ready"), "{line}");
+    flaky.set_mode("serve");
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
+
+#[test]
+fn garbage_in_the_environment_is_ignored() {
+    let flaky = Flaky::new("garbage");
+    for env in [
+        [
+            ("LISTEN_FDS", "3"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "a:b:c"),
+        ],
+        [
+            ("LISTEN_FDS", "-1"),
+            ("LISTEN_PID", "x"),
+            ("GRESTART_READY_FD", "999"),
+        ],
+        [
+            ("LISTEN_FDS", "99999999999999999999"),
+            ("LISTEN_PID", ""),
+            ("LISTEN_FDNAMES", "::::"),
+        ],
+    ] {
+        let mut server = flaky.start(&env);
+        assert_eq!(server.generation, 1);
+        server.restart(libc::SIGUSR2);
+        server.stop();
+    }
+}
+
+#[test]
+fn two_hundred_restarts_leave_no_trace() {
+    let flaky = Flaky::new("hygiene");
+    // No load here: a connection in flight would count as an fd.
+    let mut server = flaky.start(&[]);
+    let sample = |pid: i32| {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        (fds, field("Threads:"), field("VmRSS:"))
+    };
+    let mut samples = Vec::new();
+    for i in 0..200 {
+        server.restart(libc::SIGUSR2);
+        if i % 50 == 0 || i == 199 {
+            samples.push(sample(server.pid));
+        }
+    }
+    for (i, (fds, threads, rss)) in samples.iter().enumerate() {
+        println!("sample {i}: {fds} fds, {threads} threads, {rss} kB RSS");
+    }
+    let first = samples[0];
+    for &(fds, threads, rss) in &samples {
+        assert_eq!(
+            (fds, threads),
+            (first.0, first.1),
+            "fds and threads stay flat: {samples:?}"
+        );
+        assert!(rss < first.2 + 1024, "RSS stays flat: {samples:?}");
+    }
+    server.stop();
+}
