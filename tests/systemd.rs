@@ -1,0 +1,143 @@
+//! Operations: systemd's notification protocol across a restart, the PID
+//! file across restarts and failed restarts, and socket activation by
+//! systemd-socket-activate followed by restarts under load.
+
+mod support;
+
+use std::ffi::OsStr;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::{Load, Server, TempDir};
+
+fn flaky(dir: &TempDir) -> PathBuf {
+    let binary = dir.join("flaky_server");
+    let source = support::repo().join("tests/c/flaky_server.c");
+    support::compile("cc", &[&source], &binary, &["-std=c99"]);
+    binary
+}
+
+fn next_message(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_follows_the_new_main_pid() {
+    let dir = TempDir::new("notify");
+    let binary = flaky(&dir);
+    let path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    support::become_subreaper();
+    let mut server = Server::start(
+        &binary,
+        &[],
+        "127.0.0.1:0",
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let first = server.pid;
+    assert_eq!(next_message(&notify), format!("MAINPID={first}\nREADY=1"));
+    server.restart(libc::SIGUSR2);
+    let reloading = next_message(&notify);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    // The heir names itself main pid before its parent exits.
+    assert_eq!(
+        next_message(&notify),
+        format!("MAINPID={}\nREADY=1", server.pid)
+    );
+    server.stop();
+}
+
+#[test]
+fn the_pid_file_names_the_serving_generation() {
+    let dir = TempDir::new("pidfile");
+    let binary = flaky(&dir);
+    let pid_file = dir.join("server.pid");
+    let mode = dir.join("mode");
+    std::fs::write(&mode, "serve").unwrap();
+    support::become_subreaper();
+    let env = [
+        ("GR_TEST_PID_FILE", pid_file.to_str().unwrap()),
+        ("GR_TEST_MODE_FILE", mode.to_str().unwrap()),
+        ("GRESTART_LOG", "info"),
+    ];
+    let mut server = Server::start(&binary, &[], "127.0.0.1:0", &env);
+    let read = || {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+    };
+    assert_eq!(read(), server.pid);
+    server.restart(libc::SIGUSR2);
+    assert_eq!(
+        read(),
+        server.pid,
+        "the heir wrote it; the drained parent left it"
+    );
+    std::fs::write(&mode, "exit").unwrap();
+    support::kill(server.pid, libc::SIGUSR2);
+    server.wait_for_log("restart failed", Duration::from_secs(20));
+    assert_eq!(read(), server.pid, "a failed successor never wrote it");
+    server.stop();
+}
+
+#[test]
+fn socket_activated_by_systemd_then_restarted_under_load() {
+    let dir = TempDir::new("activate");
+    let binary = flaky(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    support::become_subreaper();
+    // systemd-socket-activate binds the address and, on the first connection,
+    // execs the server with it as fd 3 and LISTEN_FDS/LISTEN_PID; the server
+    // must claim it by address. This first client is what activates it.
+    let activating_address = address.clone();
+    let activation = std::thread::spawn(move || {
+        let addr = activating_address.parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Refused until the activator has bound the address.
+            match support::get(addr, true) {
+                Err(e) if e.contains("refused") && std::time::Instant::now() < deadline => {
+                    std::thread::yield_now()
+                }
+                answered => return answered,
+            }
+        }
+    });
+    let args = [OsStr::new("-l"), OsStr::new(&address), binary.as_os_str()];
+    let mut server = Server::start(
+        std::path::Path::new("systemd-socket-activate"),
+        &args,
+        &address,
+        &[("GRESTART_LOG", "info")],
+    );
+    server.wait_for_log("socket-activated", Duration::from_secs(20));
+    activation
+        .join()
+        .unwrap()
+        .expect("the activating request is answered");
+    let load = Load::start(server.addr, 0, 3);
+    for _ in 0..5 {
+        server.restart(libc::SIGUSR2);
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
