@@ -81,6 +81,14 @@ mod tests {
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
         assert!(sd_notify(Some(&OsString::from("relative")), "READY=1").is_err());
+
+        let name = format!("grestart-notify-{}", std::process::id());
+        let abstract_listener =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        sd_notify(Some(&OsString::from(format!("@{name}"))), "RELOADING=1").unwrap();
+        let n = abstract_listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"RELOADING=1");
         assert!(sd_notify(None, "READY=1").is_ok());
 
         let pid_file = dir.join("pid");
