@@ -5,44 +5,36 @@ mod support;
 
 use std::process::Command;
 
+/// Builds tests/c/abi_test.c with `flags`, runs it, and returns its exit
+/// status with what it printed on stdout and stderr.
+fn run_abi_test(tag: &str, flags: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let dir = support::TempDir::new(tag);
+    let binary = dir.join("abi_test");
+    let source = support::repo().join("tests/c/abi_test.c");
+    support::compile("cc", &[&source], &binary, flags);
+    let out = Command::new(&binary).output().expect("run abi_test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("{stdout}{stderr}");
+    (out.status, stdout, stderr)
+}
+
 #[test]
 fn c_program_sees_clear_errors() {
-    let dir = support::TempDir::new("abi");
-    let binary = dir.join("abi_test");
-    support::compile(
-        "cc",
-        &[&support::repo().join("tests/c/abi_test.c")],
-        &binary,
-        &["-std=c99"],
-    );
-    let out = Command::new(&binary).output().expect("run abi_test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}{stderr}");
+    let (status, stdout, stderr) = run_abi_test("abi", &["-std=c99"]);
     assert!(
-        out.status.success(),
-        "abi_test failed ({}):\n{stdout}{stderr}",
-        out.status
+        status.success(),
+        "abi_test failed ({status}):\n{stdout}{stderr}"
     );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
 #[test]
 fn c_program_is_clean_under_address_sanitizer() {
-    let dir = support::TempDir::new("abi-asan");
-    let binary = dir.join("abi_test");
-    support::compile(
-        "cc",
-        &[&support::repo().join("tests/c/abi_test.c")],
-        &binary,
-        &["-std=c99", "-fsanitize=address"],
-    );
-    let out = Command::new(&binary).output().expect("run abi_test");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, _, stderr) = run_abi_test("abi-asan", &["-std=c99", "-fsanitize=address"]);
     assert!(
-        out.status.success(),
-        "abi_test under ASan ({}):\n{stderr}",
-        out.status
+        status.success(),
+        "abi_test under ASan ({status}):\n{stderr}"
     );
     assert!(!stderr.contains("Sanitizer"), "{stderr}");
 }
