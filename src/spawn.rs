@@ -411,7 +411,14 @@ impl Successor {
                             format!("successor {}: {what}: {reason}", self.pid),
                         )))
                     }
-                    _ => Err(NotReady::Failed(self.died())),
+                    // EOF or garbage: the channel can no longer say "ready" (the
+                    // successor may have closed it on purpose, like a daemon closing
+                    // every fd). Stop listening to it and wait for the successor's
+                    // exit or the timeout; reaping now could block on a live child.
+                    _ => {
+                        fds[0].fd = -1;
+                        continue;
+                    }
                 };
             }
             if fds[1].revents != 0 {

@@ -72,6 +72,9 @@ fn failed_successors_leave_the_parent_serving() {
     assert!(failed_restart(&server).contains("exited with status 3"));
     flaky.set_mode("crash");
     assert!(failed_restart(&server).contains("killed by signal 11"));
+    flaky.set_mode("deaf");
+    let line = failed_restart(&server);
+    assert!(line.contains("was not ready within"), "{line}");
     flaky.set_mode("hang");
     let line = failed_restart(&server);
     assert!(

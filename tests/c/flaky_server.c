@@ -4,6 +4,8 @@
  *   exit   - exit with status 3 before ready
  *   crash  - die of SIGSEGV before ready
  *   hang   - never call gr_ready
+ *   deaf   - close the readiness channel (as a daemon closing every fd would)
+ *            and never call gr_ready
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -57,6 +59,12 @@ int main(int argc, char **argv) {
     }
     if (strcmp(mode, "exit") == 0) {
         return 3;
+    }
+    if (strcmp(mode, "deaf") == 0 && getenv("GRESTART_READY_FD")) {
+        close(atoi(getenv("GRESTART_READY_FD")));
+        for (;;) {
+            pause();
+        }
     }
     char address[300];
     snprintf(address, sizeof address, "tcp://%s", argv[1]);
