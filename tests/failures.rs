@@ -22,7 +22,7 @@ impl Flaky {
         let dir = TempDir::new(tag);
         let binary = dir.join("flaky_server");
         let source = support::repo().join("tests/c/flaky_server.c");
-        support::compile("cc", &[&source], &binary, &["-std=c99"]);
+        support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
         let mode_file = dir.join("mode");
         std::fs::write(&mode_file, "serve").unwrap();
         Flaky {
@@ -273,5 +273,100 @@ fn two_hundred_restarts_leave_no_trace() {
         );
         assert!(rss < first.2 + 1024, "RSS stays flat: {samples:?}");
     }
+    server.stop();
+}
+
+#[test]
+fn unix_and_udp_sockets_are_handed_over_too() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let flaky = Flaky::new("sockets");
+    let path = flaky.dir.join("http.sock");
+    let path_text = path.to_str().unwrap().to_string();
+    let mut server = flaky.start(&[("GR_TEST_UNIX", &path_text), ("GR_TEST_UDP", "1")]);
+    let port: u16 = server
+        .wait_for_log("udp port", LOG_WAIT)
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    udp.connect(("127.0.0.1", port)).unwrap();
+
+    for _ in 0..5 {
+        server.restart(libc::SIGUSR2);
+        // The Unix path is still bound (never unlinked by the drained parent)
+        // and served by the new generation.
+        let mut stream = UnixStream::connect(&path).expect("the Unix socket still accepts");
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.contains(&format!("X-Pid: {}", server.pid)),
+            "{answer}"
+        );
+        // Datagrams reach the new generation on the same port.
+        udp.send(b"ping").unwrap();
+        let mut buf = [0u8; 64];
+        let n = udp.recv(&mut buf).expect("a UDP answer");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert_eq!(reply, format!("{} {}", server.pid, server.generation));
+    }
+    server.stop();
+    assert!(path.exists(), "grestart never unlinks a Unix socket path");
+}
+
+#[test]
+fn concurrent_restart_calls_make_one_hand_over() {
+    use std::io::{Read, Write};
+
+    let flaky = Flaky::new("concurrent");
+    let mut server = flaky.start(&[]);
+    let old = server.pid;
+    let old_exit = support::pidfd(old).unwrap();
+    let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
+    admin.write_all(b"GET /restart HTTP/1.1\r\n\r\n").unwrap();
+    let mut ignored = Vec::new();
+    admin.read_to_end(&mut ignored).unwrap();
+    let results: Vec<String> = (0..8)
+        .map(|_| server.wait_for_log("restart thread:", LOG_WAIT))
+        .collect();
+    let successes = results.iter().filter(|r| r.ends_with(": 0 0")).count();
+    assert_eq!(
+        successes, 1,
+        "exactly one gr_restart() hands over: {results:?}"
+    );
+    for refused in results.iter().filter(|r| !r.ends_with(": 0 0")) {
+        // EALREADY while the hand-over runs, ESHUTDOWN once this process drains.
+        let errno: i32 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            [libc::EALREADY, libc::ESHUTDOWN].contains(&errno),
+            "{refused}"
+        );
+    }
+    assert!(support::wait_exit(&old_exit, Duration::from_secs(20)));
+    support::reap(old);
+    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.generation, 2, "never two successors");
+    server.pid = answer.pid;
+    server.pids.push(answer.pid);
+    server.stop();
+}
+
+#[test]
+fn an_application_that_reaps_its_children_itself_still_restarts() {
+    let flaky = Flaky::new("reaper");
+    let mut server = flaky.start(&[
+        ("GR_TEST_REAP_CHILDREN", "1"),
+        ("GR_TEST_READY_TIMEOUT_MS", "2000"),
+    ]);
+    flaky.set_mode("exit");
+    let line = failed_restart(&server);
+    assert!(line.contains("before it was ready"), "{line}");
+    flaky.set_mode("serve");
+    server.restart(libc::SIGUSR2);
     server.stop();
 }

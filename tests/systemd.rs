@@ -14,7 +14,7 @@ use support::{Load, Server, TempDir};
 fn flaky(dir: &TempDir) -> PathBuf {
     let binary = dir.join("flaky_server");
     let source = support::repo().join("tests/c/flaky_server.c");
-    support::compile("cc", &[&source], &binary, &["-std=c99"]);
+    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
     binary
 }
 

@@ -9,16 +9,23 @@
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
- * the successor does not inherit that). */
+ * the successor does not inherit that), GR_TEST_REAP_CHILDREN (a thread reaps
+ * every child with waitpid(-1)), GR_TEST_UNIX (also serve HTTP on this Unix
+ * socket path), GR_TEST_UDP (also answer datagrams on udp://127.0.0.1:0 with
+ * "PID GENERATION"; the port is logged as "udp port N").
+ * "GET /restart" makes 8 threads call gr_restart() at once; each logs
+ * "restart thread: RESULT ERRNO" (connections queue meanwhile). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -28,6 +35,66 @@
 static void die(const char *what) {
     fprintf(stderr, "flaky_server: %s: %s\n", what, gr_last_error());
     exit(1);
+}
+
+static void *reap_everything(void *arg) {
+    (void)arg;
+    for (;;) {
+        if (waitpid(-1, NULL, 0) < 0) {
+            sleep(1); /* no child right now; this thread only exists to race grestart */
+        }
+    }
+    return NULL;
+}
+
+static void *restart_now(void *arg) {
+    (void)arg;
+    int result = gr_restart();
+    fprintf(stderr, "restart thread: %d %d\n", result, result < 0 ? errno : 0);
+    return NULL;
+}
+
+/* Answers one HTTP request on a new stream connection, read to the end of its
+ * head (blocking: a client that sends nothing holds this generation, on
+ * purpose). */
+static void serve_connection(int c) {
+    char request[4096];
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof request - 1 && (n = recv(c, request + got, sizeof request - 1 - got, 0)) > 0) {
+        got += (size_t)n;
+        request[got] = '\0';
+        if (strstr(request, "\r\n\r\n")) {
+            break;
+        }
+    }
+    char response[256];
+    int size = snprintf(response, sizeof response,
+                        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pid: %d\r\nX-Generation: %lld\r\n"
+                        "Connection: close\r\n\r\n",
+                        (int)getpid(), (long long)gr_generation());
+    send(c, response, (size_t)size, MSG_NOSIGNAL);
+    close(c);
+    if (got > 0 && strncmp(request, "GET /restart ", 13) == 0) {
+        pthread_t threads[8];
+        for (int i = 0; i < 8; i++) {
+            pthread_create(&threads[i], NULL, restart_now, NULL);
+        }
+        for (int i = 0; i < 8; i++) {
+            pthread_join(threads[i], NULL); /* so every result is logged before we exit */
+        }
+    }
+}
+
+/* Non-blocking: the socket is shared with the next generation, which may take
+ * a connection or datagram between our poll() and our accept()/recv(). */
+static int claim(const char *address, const char *name) {
+    int fd = gr_listen(address, name);
+    if (fd < 0) {
+        die(address);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
 }
 
 int main(int argc, char **argv) {
@@ -68,13 +135,24 @@ int main(int argc, char **argv) {
     }
     char address[300];
     snprintf(address, sizeof address, "tcp://%s", argv[1]);
-    int listener = gr_listen(address, "http");
-    if (listener < 0) {
-        die("listen");
+    int listener = claim(address, "http");
+    int unix_listener = -1, udp = -1;
+    const char *unix_path = getenv("GR_TEST_UNIX");
+    if (unix_path) {
+        snprintf(address, sizeof address, "unix:%s", unix_path);
+        unix_listener = claim(address, "unix");
     }
-    /* Non-blocking: the socket is shared with the next generation, which may
-     * take a connection between our poll() and our accept(). */
-    fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK);
+    if (getenv("GR_TEST_UDP")) {
+        udp = claim("udp://127.0.0.1:0", "udp");
+        struct sockaddr_in udp_bound;
+        socklen_t udp_len = sizeof udp_bound;
+        getsockname(udp, (struct sockaddr *)&udp_bound, &udp_len);
+        fprintf(stderr, "udp port %d\n", ntohs(udp_bound.sin_port));
+    }
+    if (getenv("GR_TEST_REAP_CHILDREN")) {
+        pthread_t reaper;
+        pthread_create(&reaper, NULL, reap_everything, NULL);
+    }
     const char *knob;
     if ((knob = getenv("GR_TEST_READY_TIMEOUT_MS")) && gr_set_ready_timeout_ms(strtoull(knob, NULL, 10)) < 0) {
         die("ready timeout");
@@ -99,34 +177,33 @@ int main(int argc, char **argv) {
     if (gr_ready() < 0) {
         die("ready");
     }
-    struct pollfd fds[2] = {{listener, POLLIN, 0}, {gr_shutdown_fd(), POLLIN, 0}};
-    while (!(fds[1].revents & POLLIN)) {
-        if (poll(fds, 2, -1) < 0 || !(fds[0].revents & POLLIN)) {
+    struct pollfd fds[4] = {
+        {gr_shutdown_fd(), POLLIN, 0}, {listener, POLLIN, 0}, {unix_listener, POLLIN, 0}, {udp, POLLIN, 0}};
+    while (!(fds[0].revents & POLLIN)) {
+        if (poll(fds, 4, -1) < 0) {
             continue;
         }
-        int c = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0) {
-            continue;
-        }
-        /* One request per connection, read to the end of its head (blocking:
-         * a client that sends nothing holds this generation, on purpose). */
-        char request[4096];
-        size_t got = 0;
-        ssize_t n;
-        while (got < sizeof request - 1 && (n = recv(c, request + got, sizeof request - 1 - got, 0)) > 0) {
-            got += (size_t)n;
-            request[got] = '\0';
-            if (strstr(request, "\r\n\r\n")) {
-                break;
+        for (int i = 1; i <= 2; i++) {
+            int c = (fds[i].revents & POLLIN) ? accept4(fds[i].fd, NULL, NULL, SOCK_CLOEXEC) : -1;
+            if (c >= 0) {
+                serve_connection(c);
             }
         }
-        char response[256];
-        int size = snprintf(response, sizeof response,
-                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pid: %d\r\nX-Generation: %lld\r\n"
-                            "Connection: close\r\n\r\n",
-                            (int)getpid(), (long long)gr_generation());
-        send(c, response, (size_t)size, MSG_NOSIGNAL);
-        close(c);
+        struct sockaddr_storage peer;
+        socklen_t peer_len = sizeof peer;
+        char datagram[64];
+        if ((fds[3].revents & POLLIN) &&
+            recvfrom(udp, datagram, sizeof datagram, 0, (struct sockaddr *)&peer, &peer_len) >= 0) {
+            int size = snprintf(datagram, sizeof datagram, "%d %lld", (int)getpid(), (long long)gr_generation());
+            sendto(udp, datagram, (size_t)size, 0, (struct sockaddr *)&peer, peer_len);
+        }
+    }
+    /* Closing our copies never unlinks the Unix path nor stops the successor. */
+    if (unix_listener >= 0) {
+        close(unix_listener);
+    }
+    if (udp >= 0) {
+        close(udp);
     }
     close(listener);
     return gr_shutdown() < 0;
