@@ -458,12 +458,16 @@ pub struct LoadStats {
     pub failures: Vec<String>,
     /// Requests answered per pid.
     pub by_pid: HashMap<i32, u64>,
+    /// Requests answered in each 10 ms since the load started.
+    pub per_10ms: Vec<u64>,
 }
 
 /// Concurrent HTTP clients hammering a server until stopped: some reuse their
 /// connection (keep-alive), some open one per request. Every request that does
 /// not come back as a 200 counts as failed: refused, reset, cut off.
 pub struct Load {
+    /// When the clients started; the origin of `LoadStats::per_10ms`.
+    pub started: Instant,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<LoadStats>>,
     threads: Vec<JoinHandle<()>>,
@@ -473,23 +477,20 @@ impl Load {
     pub fn start(addr: SocketAddr, keep_alive_clients: usize, close_clients: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(LoadStats::default()));
+        let started = Instant::now();
         let threads = (0..keep_alive_clients + close_clients)
             .map(|i| {
                 let (stop, stats) = (Arc::clone(&stop), Arc::clone(&stats));
                 let keep_alive = i < keep_alive_clients;
-                thread::spawn(move || client(addr, keep_alive, &stop, &stats))
+                thread::spawn(move || client(addr, keep_alive, started, &stop, &stats))
             })
             .collect();
         Load {
+            started,
             stop,
             stats,
             threads,
         }
-    }
-
-    /// Requests answered so far.
-    pub fn answered(&self) -> u64 {
-        self.stats.lock().unwrap().ok
     }
 
     pub fn finish(self) -> LoadStats {
@@ -503,7 +504,13 @@ impl Load {
     }
 }
 
-fn client(addr: SocketAddr, keep_alive: bool, stop: &AtomicBool, stats: &Mutex<LoadStats>) {
+fn client(
+    addr: SocketAddr,
+    keep_alive: bool,
+    started: Instant,
+    stop: &AtomicBool,
+    stats: &Mutex<LoadStats>,
+) {
     let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
     // Bounded: a client never runs for more than ten minutes.
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -534,6 +541,11 @@ fn client(addr: SocketAddr, keep_alive: bool, stop: &AtomicBool, stats: &Mutex<L
             Ok(response) => {
                 stats.ok += 1;
                 *stats.by_pid.entry(response.pid).or_default() += 1;
+                let bucket = (started.elapsed().as_millis() / 10) as usize;
+                if stats.per_10ms.len() <= bucket {
+                    stats.per_10ms.resize(bucket + 1, 0);
+                }
+                stats.per_10ms[bucket] += 1;
             }
             Err(e) => {
                 stats.failed += 1;
