@@ -111,15 +111,10 @@ fn a_storm_of_signals_is_one_restart() {
     for _ in 0..50 {
         support::kill(server.pid, libc::SIGUSR2);
     }
-    let old = server.pid;
+    let old_exit = support::pidfd(server.pid).unwrap();
     server.wait_for_log("ready after", LOG_WAIT);
-    let old_exit = support::pidfd(old).unwrap();
-    assert!(support::wait_exit(&old_exit, Duration::from_secs(20)));
-    support::reap(old);
-    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    let answer = server.follow_hand_over(&old_exit);
     assert_eq!(answer.generation, 2, "exactly one hand-over");
-    server.pid = answer.pid;
-    server.pids.push(answer.pid);
     assert!(support::zombie_children(answer.pid).is_empty());
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.failures);
@@ -325,8 +320,7 @@ fn concurrent_restart_calls_make_one_hand_over() {
 
     let flaky = Flaky::new("concurrent");
     let mut server = flaky.start(&[]);
-    let old = server.pid;
-    let old_exit = support::pidfd(old).unwrap();
+    let old_exit = support::pidfd(server.pid).unwrap();
     let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
     admin.write_all(b"GET /restart HTTP/1.1\r\n\r\n").unwrap();
     let mut ignored = Vec::new();
@@ -347,12 +341,8 @@ fn concurrent_restart_calls_make_one_hand_over() {
             "{refused}"
         );
     }
-    assert!(support::wait_exit(&old_exit, Duration::from_secs(20)));
-    support::reap(old);
-    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    let answer = server.follow_hand_over(&old_exit);
     assert_eq!(answer.generation, 2, "never two successors");
-    server.pid = answer.pid;
-    server.pids.push(answer.pid);
     server.stop();
 }
 

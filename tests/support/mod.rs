@@ -334,6 +334,25 @@ impl Server {
         }
     }
 
+    /// For a hand-over triggered some other way than [`Server::restart`]:
+    /// waits for the serving generation (watched by `old_exit`) to exit, reaps
+    /// it, and follows the generation that answers now.
+    pub fn follow_hand_over(&mut self, old_exit: &OwnedFd) -> Response {
+        assert!(
+            wait_exit(old_exit, Duration::from_secs(20)),
+            "pid {} did not exit",
+            self.pid
+        );
+        reap(self.pid);
+        let answer = self
+            .probe(Duration::from_secs(5))
+            .expect("the successor answers");
+        self.pid = answer.pid;
+        self.generation = answer.generation;
+        self.pids.push(answer.pid);
+        answer
+    }
+
     /// Stops every generation still alive and reaps them all.
     pub fn stop(mut self) {
         self.stop_all();
