@@ -194,16 +194,22 @@ fn the_heir_starts_with_a_clean_signal_state_and_dies_of_sigterm() {
     server.stop();
 }
 
-#[test]
-fn an_application_that_ignores_sigchld_still_restarts() {
-    let flaky = Flaky::new("sigchld");
-    let mut server = flaky.start(&[("GR_TEST_IGNORE_SIGCHLD", "1")]);
+/// With the application configured by `env`, a successor that exits before
+/// ready is handled without a hang, and the next restart works.
+fn failed_then_good_restart(tag: &str, env: &[(&str, &str)]) {
+    let flaky = Flaky::new(tag);
+    let mut server = flaky.start(env);
     flaky.set_mode("exit");
     let line = failed_restart(&server);
     assert!(line.contains("before it was ready"), "{line}");
     flaky.set_mode("serve");
     server.restart(libc::SIGUSR2);
     server.stop();
+}
+
+#[test]
+fn an_application_that_ignores_sigchld_still_restarts() {
+    failed_then_good_restart("sigchld", &[("GR_TEST_IGNORE_SIGCHLD", "1")]);
 }
 
 #[test]
@@ -348,15 +354,9 @@ fn concurrent_restart_calls_make_one_hand_over() {
 
 #[test]
 fn an_application_that_reaps_its_children_itself_still_restarts() {
-    let flaky = Flaky::new("reaper");
-    let mut server = flaky.start(&[
+    let env = [
         ("GR_TEST_REAP_CHILDREN", "1"),
         ("GR_TEST_READY_TIMEOUT_MS", "2000"),
-    ]);
-    flaky.set_mode("exit");
-    let line = failed_restart(&server);
-    assert!(line.contains("before it was ready"), "{line}");
-    flaky.set_mode("serve");
-    server.restart(libc::SIGUSR2);
-    server.stop();
+    ];
+    failed_then_good_restart("reaper", &env);
 }
