@@ -2,7 +2,9 @@
 //! systemd's notification datagrams (without libsystemd) and the PID file.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -45,13 +47,26 @@ pub(crate) fn monotonic_usec() -> u64 {
 
 /// Writes our pid to `path` atomically: readers see the old pid or the new one,
 /// never an empty or half-written file.
+///
+/// The temporary file gets an unpredictable name and is created with
+/// `O_EXCL|O_NOFOLLOW`: a root server writing in a shared directory must not
+/// follow a symlink planted there and truncate whatever it points to. `rename`
+/// replaces a symlink at `path` itself, never its target.
 pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
     let pid = std::process::id();
+    let mut random = [0u8; 8];
+    File::open("/dev/urandom")?.read_exact(&mut random)?;
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(format!(".{pid}.tmp"));
+    temporary.push(format!(".{pid}.{:016x}.tmp", u64::from_ne_bytes(random)));
     let temporary = PathBuf::from(temporary);
-    let written = std::fs::File::create(&temporary)
-        .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)?;
+    let written = file
+        .write_all(format!("{pid}\n").as_bytes())
         .and_then(|()| std::fs::rename(&temporary, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
@@ -99,6 +114,34 @@ mod tests {
         );
         remove_pid_file(&pid_file);
         assert!(!pid_file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pid_file_never_follows_a_planted_symlink() {
+        let dir = std::env::temp_dir().join(format!("gr-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let pid_file = dir.join("server.pid");
+        // Where a predictable temporary name would have been.
+        let planted = dir.join(format!("server.pid.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        // And the PID file itself a symlink to the victim.
+        std::os::unix::fs::symlink(&victim, &pid_file).unwrap();
+        write_pid_file(&pid_file).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!std::fs::symlink_metadata(&pid_file).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp") && dir.join(n) != planted)
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
