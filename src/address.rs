@@ -4,6 +4,12 @@
 //! An inherited socket is matched by the address it is actually bound to, not
 //! by the text, so `tcp` vs `tcp4` or a different spelling of the same address
 //! cannot pick the wrong socket, and `0.0.0.0` never matches `127.0.0.1`.
+//!
+//! One equivalence is made on purpose: a wildcard request (`tcp://0.0.0.0:P`,
+//! `tcp://:P`, `tcp://[::]:P`) matches a dual-stack `[::]:P` socket
+//! (`IPV6_V6ONLY` off), which serves IPv4 too. That is what systemd's
+//! `ListenStream=P` and `systemd-socket-activate -l P` create, and binding
+//! `0.0.0.0:P` beside it would fail with `EADDRINUSE`.
 
 use std::ffi::c_int;
 use std::io;
@@ -14,6 +20,8 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{self, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::error::{fail, with_context};
 
@@ -82,10 +90,10 @@ impl Address {
     pub(crate) fn is_bound_by(&self, fd: BorrowedFd<'_>) -> bool {
         match (self, socket_type(fd)) {
             (Address::Tcp(want), Some(libc::SOCK_STREAM)) => {
-                same_inet(*want, peek(fd, |s: &TcpListener| s.local_addr()))
+                same_inet(*want, peek(fd, |s: &TcpListener| s.local_addr()), fd)
             }
             (Address::Udp(want), Some(libc::SOCK_DGRAM)) => {
-                same_inet(*want, peek(fd, |s: &UdpSocket| s.local_addr()))
+                same_inet(*want, peek(fd, |s: &UdpSocket| s.local_addr()), fd)
             }
             (Address::UnixPath(want), Some(libc::SOCK_STREAM)) => {
                 peek(fd, |s: &UnixListener| s.local_addr().ok())
@@ -150,10 +158,20 @@ fn bind_unix_path(path: &Path) -> io::Result<OwnedFd> {
     }
 }
 
-/// Whether a socket bound to `bound` is what `want` asked for. Port 0 asked
-/// for "any port", so the generation that bound it may have got any.
-fn same_inet(want: SocketAddr, bound: io::Result<SocketAddr>) -> bool {
-    bound.is_ok_and(|bound| bound == want || (want.port() == 0 && bound.ip() == want.ip()))
+/// Whether `fd`, bound to `bound`, is what `want` asked for. Port 0 asked for
+/// "any port", so the generation that bound it may have got any. A wildcard
+/// request is served by a dual-stack wildcard socket (see the module comment).
+fn same_inet(want: SocketAddr, bound: io::Result<SocketAddr>, fd: BorrowedFd<'_>) -> bool {
+    let Ok(bound) = bound else {
+        return false;
+    };
+    let port_matches = bound.port() == want.port() || want.port() == 0;
+    let dual_stack_wildcard = || {
+        want.ip().is_unspecified()
+            && matches!(bound, SocketAddr::V6(v6) if v6.ip().is_unspecified())
+            && getsockopt(&fd, sockopt::Ipv6V6Only) == Ok(false)
+    };
+    port_matches && (bound.ip() == want.ip() || dual_stack_wildcard())
 }
 
 /// Runs `f` on `fd` seen as a `T`, without taking ownership of it.
@@ -248,6 +266,60 @@ mod tests {
         assert!(any_port.is_bound_by(listener.as_fd()));
         let file = std::fs::File::open("/dev/null").unwrap();
         assert!(!same.is_bound_by(file.as_fd()));
+    }
+
+    #[test]
+    fn a_wildcard_request_matches_a_dual_stack_wildcard_socket() {
+        // What systemd's ListenStream=PORT creates: [::]:PORT, IPV6_V6ONLY off.
+        let dual = TcpListener::bind("[::]:0").unwrap();
+        assert_eq!(getsockopt(&dual, sockopt::Ipv6V6Only), Ok(false));
+        let port = dual.local_addr().unwrap().port();
+        for text in [
+            format!("tcp://0.0.0.0:{port}"),
+            format!("tcp://:{port}"),
+            format!("tcp://[::]:{port}"),
+            format!("tcp4://:{port}"),
+        ] {
+            let address = Address::parse(&text).unwrap();
+            assert!(address.is_bound_by(dual.as_fd()), "{text}");
+        }
+        for text in [
+            format!("tcp://127.0.0.1:{port}"),
+            format!("tcp://[::1]:{port}"),
+            format!("tcp://0.0.0.0:{}", port.wrapping_add(1).max(1)),
+            format!("udp://0.0.0.0:{port}"),
+        ] {
+            let address = Address::parse(&text).unwrap();
+            assert!(!address.is_bound_by(dual.as_fd()), "{text}");
+        }
+        // An IPv6-only wildcard socket does not serve IPv4 clients.
+        let v6_only = v6_only_listener();
+        let port = v6_only.local_addr().unwrap().port();
+        let address = Address::parse(&format!("tcp://0.0.0.0:{port}")).unwrap();
+        assert!(!address.is_bound_by(v6_only.as_fd()));
+        let address = Address::parse(&format!("tcp://[::]:{port}")).unwrap();
+        assert!(address.is_bound_by(v6_only.as_fd()));
+    }
+
+    /// A listening `[::]:0` socket with `IPV6_V6ONLY` on.
+    fn v6_only_listener() -> TcpListener {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt,
+            socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet6,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true).unwrap();
+        let any: SocketAddr = "[::]:0".parse().unwrap();
+        let SocketAddr::V6(any) = any else { unreachable!() };
+        bind(fd.as_raw_fd(), &SockaddrIn6::from(any)).unwrap();
+        listen(&fd, Backlog::new(16).unwrap()).unwrap();
+        TcpListener::from(fd)
     }
 
     #[test]

@@ -93,23 +93,22 @@ fn the_pid_file_names_the_serving_generation() {
     server.stop();
 }
 
-#[test]
-fn socket_activated_by_systemd_then_restarted_under_load() {
-    let dir = TempDir::new("activate");
-    let binary = flaky(&dir);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free TCP port on 127.0.0.1 (and, on this machine, on `[::]`).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+        .port()
+}
+
+/// Starts `binary SERVER_ADDRESS` under `systemd-socket-activate -l LISTEN`,
+/// which binds LISTEN and, on the first connection (made here, to
+/// 127.0.0.1:port), execs the server with the socket as fd 3 and LISTEN_FDS.
+fn socket_activated(binary: &std::path::Path, listen: &str, server_address: &str, port: u16) -> Server {
     support::become_subreaper();
-    // systemd-socket-activate binds the address and, on the first connection,
-    // execs the server with it as fd 3 and LISTEN_FDS/LISTEN_PID; the server
-    // must claim it by address. This first client is what activates it.
-    let activating_address = address.clone();
     let activation = std::thread::spawn(move || {
-        let addr = activating_address.parse().unwrap();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             // Refused until the activator has bound the address.
@@ -121,11 +120,11 @@ fn socket_activated_by_systemd_then_restarted_under_load() {
             }
         }
     });
-    let args = [OsStr::new("-l"), OsStr::new(&address), binary.as_os_str()];
+    let args = [OsStr::new("-l"), OsStr::new(listen), binary.as_os_str()];
     let mut server = Server::start(
         std::path::Path::new("systemd-socket-activate"),
         &args,
-        &address,
+        server_address,
         &[("GRESTART_LOG", "info")],
     );
     server.wait_for_log("socket-activated", Duration::from_secs(20));
@@ -133,6 +132,16 @@ fn socket_activated_by_systemd_then_restarted_under_load() {
         .join()
         .unwrap()
         .expect("the activating request is answered");
+    server
+}
+
+#[test]
+fn socket_activated_by_systemd_then_restarted_under_load() {
+    let dir = TempDir::new("activate");
+    let binary = flaky(&dir);
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut server = socket_activated(&binary, &address, &address, port);
     let load = Load::start(server.addr, 0, 3);
     for _ in 0..5 {
         server.restart(libc::SIGUSR2);
@@ -140,4 +149,27 @@ fn socket_activated_by_systemd_then_restarted_under_load() {
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.failures);
     server.stop();
+}
+
+/// systemd's `ListenStream=PORT` (and `systemd-socket-activate -l PORT`) is
+/// one dual-stack `[::]:PORT` socket. Each way of asking for "every address on
+/// PORT" must claim it, never fail with EADDRINUSE beside it.
+#[test]
+fn a_port_only_socket_unit_serves_every_wildcard_spelling() {
+    let dir = TempDir::new("activate-port");
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    for spelling in ["0.0.0.0:{}", ":{}", "[::]:{}"] {
+        let port = free_port();
+        let requested = spelling.replace("{}", &port.to_string());
+        let mut server = socket_activated(&binary, &port.to_string(), &requested, port);
+        assert_eq!(server.addr.port(), port, "{requested}: serves the activated port");
+        // IPv4 clients on the dual-stack socket.
+        server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let load = Load::start(server.addr, 1, 1);
+        server.restart(libc::SIGUSR2);
+        let stats = load.finish();
+        assert_eq!(stats.failed, 0, "{requested}: {:?}", stats.failures);
+        server.stop();
+    }
 }

@@ -221,8 +221,9 @@ int main(int argc, char **argv) {
             port = ntohs(v6->sin6_port);
         }
     }
-    printf("http_server: pid %d generation %lld version %s listening on %s:%d\n", (int)getpid(),
-           (long long)gr_generation(), APP_VERSION, host, port);
+    int v6 = bound.ss_family == AF_INET6;
+    printf("http_server: pid %d generation %lld version %s listening on %s%s%s:%d\n", (int)getpid(),
+           (long long)gr_generation(), APP_VERSION, v6 ? "[" : "", host, v6 ? "]" : "", port);
     fflush(stdout);
     if (gr_ready() < 0) {
         fprintf(stderr, "http_server: %s\n", gr_last_error());
