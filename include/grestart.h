@@ -6,6 +6,11 @@
  * Conventions: every function returns 0 or a non-negative value on success
  * and -1 with errno set on failure; gr_last_error() describes the failure.
  * Every function may be called from any thread. Link with -lgrestart.
+ *
+ * In a child forked after grestart started (a prefork worker) only
+ * gr_shutdown_fd, gr_wait_shutdown, gr_accept, gr_work_begin, gr_work_end,
+ * gr_generation and the logging, error and version calls work; the others
+ * fail with EPERM: the worker is not the generation, its master is.
  */
 
 #ifndef GRESTART_H
@@ -150,14 +155,16 @@ int gr_restart(void);
  * Returns an fd that turns readable (and stays readable) when this process
  * must drain: poll it in the event loop next to the listeners.
  *
- * The fd belongs to grestart: do not read from it or close it. Returns the
- * fd, or -1 with errno when grestart could not start (e.g. `EMFILE`).
+ * The fd belongs to grestart: do not read from it or close it. A child forked
+ * after grestart started (a prefork worker) shares it with its master, so the
+ * worker sees the master's drain. Returns the fd, or -1 with errno when
+ * grestart could not start (e.g. `EMFILE`).
  */
 int gr_shutdown_fd(void);
 
 /**
  * Blocks until this process must drain, for at most `timeout_ms`
- * milliseconds (a negative value waits forever).
+ * milliseconds (a negative value waits forever). Works in a forked worker too.
  *
  * Returns 1 when this process must drain, 0 when the time passed first, or -1
  * with errno when grestart could not start.
@@ -165,9 +172,39 @@ int gr_shutdown_fd(void);
 int gr_wait_shutdown(int timeout_ms);
 
 /**
- * Starts draining if not already, then runs the shutdown hooks in reverse
- * order of registration, once. Call it when the in-flight work is finished;
- * later calls return 0 at once.
+ * Waits for a connection on the listening socket `listener` and accepts it;
+ * returns -1 with errno `ESHUTDOWN` as soon as this process must drain, so
+ * that a blocking accept loop ends when a successor serves (a thread blocked
+ * in plain `accept` would go on accepting).
+ *
+ * The returned connection is blocking and close-on-exec, belongs to the
+ * caller, and counts as work in flight: call `gr_work_end` once it is
+ * finished (after closing it), because `gr_shutdown` waits for that. The
+ * listener is made non-blocking (a flag every generation shares). May be
+ * called from several threads, and from a forked worker. Other errors (e.g.
+ * `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+ */
+int gr_accept(int listener);
+
+/**
+ * Counts one more piece of work in flight (a request being served, a job
+ * being finished): `gr_shutdown` waits until every one has ended with
+ * `gr_work_end`, or the drain deadline passed. Returns 0, or -1 with errno
+ * when grestart could not start.
+ */
+int gr_work_begin(void);
+
+/**
+ * Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
+ * 0, or -1 with errno `EINVAL` when no work is in flight.
+ */
+int gr_work_end(void);
+
+/**
+ * Starts draining if not already, waits until no work is in flight (see
+ * `gr_work_begin`), then runs the shutdown hooks in reverse order of
+ * registration, once. A second caller, on any thread, returns when the hooks
+ * have finished.
  *
  * Returns 0, or -1 with errno when grestart could not start.
  */

@@ -316,7 +316,9 @@ mod tests {
         .unwrap();
         setsockopt(&fd, sockopt::Ipv6V6Only, &true).unwrap();
         let any: SocketAddr = "[::]:0".parse().unwrap();
-        let SocketAddr::V6(any) = any else { unreachable!() };
+        let SocketAddr::V6(any) = any else {
+            unreachable!()
+        };
         bind(fd.as_raw_fd(), &SockaddrIn6::from(any)).unwrap();
         listen(&fd, Backlog::new(16).unwrap()).unwrap();
         TcpListener::from(fd)

@@ -11,20 +11,24 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::mem;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use once_cell::sync::OnceCell;
 
 use crate::address::{self, Address};
 use crate::error::{fail, os_fail, with_context};
-use crate::log::{debug, error, info, warning};
+use crate::log::{self, debug, error, info, warning};
 use crate::notify;
+use crate::origin::{self, Origin};
 use crate::protocol::{self, check_name};
 use crate::signal;
 use crate::spawn::{self, NotReady, READY_BYTE};
@@ -42,11 +46,12 @@ enum Phase {
     Draining,
 }
 
-/// How to start a successor: what this process was started as.
-struct Origin {
-    exe: CString,
-    argv: Vec<CString>,
-    cwd: CString,
+/// The shutdown hooks: they run once, to completion, whoever asks first; a
+/// later caller (another thread, the drain deadline) waits for them.
+enum Hooks {
+    Pending(Vec<Hook>),
+    Running,
+    Done,
 }
 
 struct Settings {
@@ -67,46 +72,110 @@ struct State {
     parent: Option<OwnedFd>,
     /// Kept open until we exit, so that our successor can see when we are gone.
     successor: Option<OwnedFd>,
-    hooks: Vec<Hook>,
-    hooks_ran: bool,
+    hooks: Hooks,
     settings: Settings,
 }
 
 pub(crate) struct Engine {
     generation: u64,
     origin: Result<Origin, String>,
+    /// The process that started the engine. A child it forks (a prefork
+    /// worker) shares its memory image but is not the generation.
+    owner: u32,
     parent_pid: libc::pid_t,
     notify_socket: Option<OsString>,
-    /// Readable once this process must drain; an event loop polls it.
-    shutdown_event: OwnedFd,
+    /// Readable once this process must drain; an event loop polls it. A forked
+    /// worker shares it, so it drains with its master.
+    shutdown_event: EventFd,
     state: Mutex<State>,
-    drained: Condvar,
+    /// Work the application said is in flight; `shutdown` waits for none.
+    in_flight: AtomicUsize,
+    /// Signalled when the hooks finished or the last work in flight ended.
+    changed: Condvar,
     /// Held for the whole of a restart: one hand-over at a time.
     restarting: Mutex<()>,
 }
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
 
-/// The engine, started on first use.
+/// The engine, started on first use, for the process that started it.
+///
+/// A child forked from that process (a prefork worker) gets `EPERM`: its
+/// copy of the engine is not the generation, and acting on it would hand over
+/// or drain behind the real one's back. See [`engine_in_any_process`].
 pub(crate) fn engine() -> io::Result<&'static Engine> {
+    let engine = engine_in_any_process()?;
+    let pid = std::process::id();
+    if pid != engine.owner {
+        return Err(fail(
+            libc::EPERM,
+            format!(
+                "pid {pid} is a child forked by pid {}, which runs grestart; a forked child may only \
+                 poll gr_shutdown_fd, call gr_wait_shutdown, gr_generation and gr_accept, and count its work",
+                engine.owner
+            ),
+        ));
+    }
+    Ok(engine)
+}
+
+/// The engine for what a forked worker may use too: the shutdown fd (shared
+/// with the master, so the worker drains when its master does), the generation
+/// and the count of work in flight (its own).
+pub(crate) fn engine_in_any_process() -> io::Result<&'static Engine> {
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine);
+    }
+    // What the start logs goes out once the engine exists: a logger that
+    // calls into grestart must not find its initialisation under way.
+    let _defer = log::Defer::new();
     ENGINE.get_or_try_init(Engine::start)
+}
+
+/// The state under the engine's lock. Log lines written meanwhile are
+/// delivered after the lock is released, so a logger may call into grestart.
+struct Locked<'a> {
+    // Dropped in this order: the lock first, then the queued lines go out.
+    guard: MutexGuard<'a, State>,
+    _defer: log::Defer,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
 }
 
 impl Engine {
     fn start() -> io::Result<Engine> {
-        // Fallible resources first: once the environment has been consumed
-        // below, a failed start could not be retried without losing the fds.
-        // SAFETY: eventfd with valid flags; the result is checked.
-        let event = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if event < 0 {
-            return Err(os_fail("cannot create the shutdown eventfd"));
-        }
-        // SAFETY: a new fd that only we hold.
-        let shutdown_event = unsafe { OwnedFd::from_raw_fd(event) };
-        let signal_pipe = signal::self_pipe()?;
-        signal::install(libc::SIGUSR2)?;
-
+        // Read first, consume last: everything that can fail comes before the
+        // environment is cleared and the passed fds are adopted, so that a
+        // failed start (no thread to be had) can be retried without losing them.
         let heritage = protocol::parse(|k| std::env::var(k).ok(), std::process::id(), fd_is_socket);
+        let shutdown_event =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
+        let (signal_pipe, wake) = signal::self_pipe()?;
+        thread::Builder::new()
+            .name("grestart-signal".into())
+            .spawn(move || watch_signals(signal_pipe))
+            .map_err(|e| with_context(e, "cannot start the signal watcher thread"))?;
+        let restart_signal = heritage
+            .restart_signal
+            .filter(|&signo| signal::check(signo).is_ok());
+        signal::arm(
+            wake,
+            restart_signal.unwrap_or(libc::SIGUSR2),
+            restart_signal.is_some(),
+        )?;
+
         for problem in &heritage.problems {
             warning!("{problem}");
         }
@@ -135,9 +204,9 @@ impl Engine {
 
         let engine = Engine {
             generation: heritage.generation,
-            origin: origin().map_err(|e| e.to_string()),
-            // SAFETY: getppid cannot fail.
-            parent_pid: unsafe { libc::getppid() },
+            origin: origin::get().map_err(|e| e.to_string()),
+            owner: std::process::id(),
+            parent_pid: nix::unistd::getppid().as_raw(),
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             shutdown_event,
             state: Mutex::new(State {
@@ -146,8 +215,7 @@ impl Engine {
                 inherited,
                 parent,
                 successor: None,
-                hooks: Vec::new(),
-                hooks_ran: false,
+                hooks: Hooks::Pending(Vec::new()),
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
                     drain_deadline: None,
@@ -156,11 +224,13 @@ impl Engine {
                     argv: None,
                 },
             }),
-            drained: Condvar::new(),
+            in_flight: AtomicUsize::new(0),
+            changed: Condvar::new(),
             restarting: Mutex::new(()),
         };
-        if let Err(e) = &engine.origin {
-            warning!("restarts will fail: cannot tell how this process was started: {e}");
+        match &engine.origin {
+            Err(e) => warning!("restarts will fail: cannot tell how this process was started: {e}"),
+            Ok(origin) => debug!("successors start as {origin}"),
         }
         let state = engine.lock();
         let names: Vec<&str> = state.inherited.iter().map(|(n, _)| n.as_str()).collect();
@@ -173,18 +243,33 @@ impl Engine {
             (None, true) => debug!("fresh start"),
         }
         drop(state);
-
-        thread::Builder::new()
-            .name("grestart-signal".into())
-            .spawn(move || watch_signals(signal_pipe))
-            .map_err(|e| with_context(e, "cannot start the signal watcher thread"))?;
         Ok(engine)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
+        let defer = log::Defer::new();
+        Locked {
+            guard: self.lock_quietly(),
+            _defer: defer,
+        }
+    }
+
+    /// The lock without log deferral, for condition variables; log nothing
+    /// while holding it.
+    fn lock_quietly(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the state consistent (every
         // update is a single assignment), so poisoning is not fatal here.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until `done` holds for the state.
+    fn wait_until(&self, done: impl Fn(&State) -> bool) {
+        let state = self.lock_quietly();
+        drop(
+            self.changed
+                .wait_while(state, |s| !done(s))
+                .unwrap_or_else(|e| e.into_inner()),
+        );
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -242,12 +327,13 @@ impl Engine {
     }
 
     pub(crate) fn on_shutdown(&self, hook: Hook) -> io::Result<()> {
-        let mut state = self.lock();
-        if state.hooks_ran {
-            return Err(fail(libc::ESHUTDOWN, "the shutdown hooks already ran"));
+        match &mut self.lock().hooks {
+            Hooks::Pending(hooks) => {
+                hooks.push(hook);
+                Ok(())
+            }
+            _ => Err(fail(libc::ESHUTDOWN, "the shutdown hooks already ran")),
         }
-        state.hooks.push(hook);
-        Ok(())
     }
 
     /// This process serves: tell the parent (which then drains), systemd and the PID file.
@@ -273,7 +359,7 @@ impl Engine {
         }
         // systemd must learn the new main pid before the parent exits, or it
         // would take the parent's exit for the service's.
-        self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+        self.notify_serving();
         if let Some(parent) = &state.parent {
             // SAFETY: one byte from a local to our own socket; MSG_NOSIGNAL
             // turns a vanished parent into EPIPE instead of SIGPIPE.
@@ -334,13 +420,19 @@ impl Engine {
             let names: Vec<&str> = state.listeners.iter().map(|(n, _)| n.as_str()).collect();
             let fds: Vec<BorrowedFd<'_>> =
                 state.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
-            let env = protocol::successor_env(std::env::vars_os(), &names, self.generation);
+            let restart_signal = signal::current();
+            let env = protocol::successor_env(
+                std::env::vars_os(),
+                &names,
+                self.generation,
+                restart_signal,
+            );
             self.notify(&format!(
                 "RELOADING=1\nMONOTONIC_USEC={}",
                 notify::monotonic_usec()
             ));
-            let successor = spawn::spawn(&exe, &argv, cwd, &env, &fds)
-                .inspect_err(|_| self.notify("READY=1"))?;
+            let successor = spawn::spawn(&exe, &argv, cwd, &env, &fds, restart_signal)
+                .inspect_err(|_| self.notify_serving())?;
             (successor, exe, state.settings.ready_timeout)
         };
         info!(
@@ -372,8 +464,7 @@ impl Engine {
                         )
                     }
                 };
-                // The reload systemd was told about is over: we still serve.
-                self.notify("READY=1");
+                self.notify_serving();
                 Err(err)
             }
         }
@@ -439,36 +530,31 @@ impl Engine {
         // Our duplicates are no longer needed; the successor holds its own.
         // Closing them never shuts the sockets down.
         state.listeners.clear();
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write to our own eventfd.
-        unsafe {
-            libc::write(
-                self.shutdown_event.as_raw_fd(),
-                (&one as *const u64).cast(),
-                8,
-            )
+        if let Err(e) = self.shutdown_event.write(1) {
+            error!("cannot signal the drain on the shutdown fd: {e}");
+        }
+        let Some(deadline) = state.settings.drain_deadline else {
+            info!("draining (no deadline)");
+            return;
         };
-        self.drained.notify_all();
-        info!("draining");
-        if let Some(deadline) = state.settings.drain_deadline {
-            let spawned = thread::Builder::new()
-                .name("grestart-drain".into())
-                .spawn(move || {
-                    thread::sleep(deadline);
-                    warning!(
-                        "drain deadline of {deadline:?} passed with work still in flight; exiting"
-                    );
-                    self.run_hooks();
-                    // SAFETY: flush C stdio, then leave without running atexit
-                    // handlers under the feet of the threads still working.
-                    unsafe {
-                        libc::fflush(std::ptr::null_mut());
-                        libc::_exit(0)
-                    }
-                });
-            if let Err(e) = spawned {
-                error!("cannot arm the drain deadline: {e}");
-            }
+        info!("draining (deadline {deadline:?})");
+        let spawned = thread::Builder::new()
+            .name("grestart-drain".into())
+            .spawn(move || {
+                thread::sleep(deadline);
+                warning!(
+                    "drain deadline of {deadline:?} passed with work still in flight; exiting"
+                );
+                self.run_hooks();
+                // SAFETY: flush C stdio, then leave without running atexit
+                // handlers under the feet of the threads still working.
+                unsafe {
+                    libc::fflush(std::ptr::null_mut());
+                    libc::_exit(0)
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot arm the drain deadline: {e}");
         }
     }
 
@@ -476,31 +562,57 @@ impl Engine {
         self.shutdown_event.as_fd()
     }
 
-    /// Waits until this process must drain; `false` when `timeout` passed first.
+    /// Waits until this process must drain; `false` when `timeout` passed
+    /// first. Polls the shutdown fd rather than waiting on the state, so that a
+    /// forked worker (whose memory the master no longer writes) wakes too.
     pub(crate) fn wait_shutdown(&self, timeout: Option<Duration>) -> bool {
-        let state = self.lock();
-        let draining = |s: &mut State| s.phase != Phase::Draining;
-        match timeout {
-            None => {
-                drop(
-                    self.drained
-                        .wait_while(state, draining)
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
-                true
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = match left {
+                None => PollTimeout::NONE,
+                Some(left) => PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+            };
+            let mut fds = [PollFd::new(self.shutdown_event.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => return true,
+                Ok(_) if left.is_some_and(|l| l.is_zero()) => return false,
+                // EINTR, or a timeout capped at PollTimeout::MAX: look again.
+                _ => {}
             }
-            Some(t) => !self
-                .drained
-                .wait_timeout_while(state, t, draining)
-                .unwrap_or_else(|e| e.into_inner())
-                .1
-                .timed_out(),
         }
     }
 
-    /// Drains (if not already) and runs the hooks, once.
+    /// Counts one more piece of work in flight (any process, a forked worker
+    /// counts its own).
+    pub(crate) fn begin_work(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends one piece of work; `EINVAL` when none is in flight.
+    pub(crate) fn end_work(&self) -> io::Result<()> {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map_err(|_| fail(libc::EINVAL, "no work is in flight"))?;
+        if before == 1 && std::process::id() == self.owner {
+            // Under the lock, so that a waiter between its check and its wait
+            // cannot miss the notification.
+            drop(self.lock_quietly());
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Drains (if not already), waits for the work in flight, and runs the
+    /// hooks, once; a second caller waits for them to finish.
     pub(crate) fn shutdown(&'static self) {
         self.begin_drain(None);
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        if in_flight > 0 {
+            info!("waiting for {in_flight} pieces of work in flight");
+            self.wait_until(|_| self.in_flight.load(Ordering::SeqCst) == 0);
+        }
         self.run_hooks();
         let state = self.lock();
         if state.successor.is_none() {
@@ -513,11 +625,15 @@ impl Engine {
     fn run_hooks(&self) {
         let hooks = {
             let mut state = self.lock();
-            if state.hooks_ran {
-                return;
+            match mem::replace(&mut state.hooks, Hooks::Running) {
+                Hooks::Pending(hooks) => hooks,
+                other => {
+                    state.hooks = other;
+                    drop(state);
+                    self.wait_until(|s| matches!(s.hooks, Hooks::Done));
+                    return;
+                }
             }
-            state.hooks_ran = true;
-            mem::take(&mut state.hooks)
         };
         info!("running {} shutdown hooks", hooks.len());
         for hook in hooks.into_iter().rev() {
@@ -525,6 +641,8 @@ impl Engine {
                 error!("a shutdown hook panicked; running the others");
             }
         }
+        self.lock_quietly().hooks = Hooks::Done;
+        self.changed.notify_all();
     }
 
     pub(crate) fn set_ready_timeout(&self, timeout: Duration) -> io::Result<()> {
@@ -535,8 +653,9 @@ impl Engine {
         Ok(())
     }
 
+    /// `None` or zero: no deadline (zero means the same in every language).
     pub(crate) fn set_drain_deadline(&self, deadline: Option<Duration>) {
-        self.lock().settings.drain_deadline = deadline;
+        self.lock().settings.drain_deadline = deadline.filter(|d| !d.is_zero());
     }
 
     pub(crate) fn set_pid_file(&self, path: Option<PathBuf>) {
@@ -547,6 +666,12 @@ impl Engine {
         let mut state = self.lock();
         state.settings.exe = Some(exe);
         state.settings.argv = argv;
+    }
+
+    /// Tells systemd this process is the one serving: after `ready`, and after
+    /// a failed restart, whose successor may have named itself main pid first.
+    fn notify_serving(&self) {
+        self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
     fn notify(&self, message: &str) {
@@ -636,30 +761,4 @@ fn peer_closed(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: one valid pollfd, no waiting.
     unsafe { libc::poll(&mut poll, 1, 0) };
     poll.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
-}
-
-/// The executable, argv and working directory this process was started with.
-fn origin() -> io::Result<Origin> {
-    let exe =
-        std::fs::read_link("/proc/self/exe").map_err(|e| with_context(e, "/proc/self/exe"))?;
-    // After a rename over our binary the link reads "PATH (deleted)"; PATH is
-    // where the new binary is, which is exactly what a restart should run.
-    let mut exe = exe.into_os_string().into_vec();
-    if let Some(stripped) = exe.strip_suffix(b" (deleted)") {
-        exe.truncate(stripped.len());
-    }
-    let cmdline =
-        std::fs::read("/proc/self/cmdline").map_err(|e| with_context(e, "/proc/self/cmdline"))?;
-    let argv = (cmdline.strip_suffix(&[0]).unwrap_or(&cmdline))
-        .split(|&b| b == 0)
-        .map(|a| CString::new(a).expect("split on NUL"))
-        .collect();
-    let cwd = std::env::current_dir().map_err(|e| with_context(e, "current directory"))?;
-    let c =
-        |bytes: Vec<u8>| CString::new(bytes).map_err(|_| fail(libc::EINVAL, "path contains NUL"));
-    Ok(Origin {
-        exe: c(exe)?,
-        argv,
-        cwd: c(cwd.into_os_string().into_vec())?,
-    })
 }

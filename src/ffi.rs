@@ -16,7 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::{engine, fd_is_open};
+use crate::engine::{engine, engine_in_any_process, fd_is_open};
 use crate::error::{errno_of, fail};
 use crate::log::{self, Level};
 
@@ -229,27 +229,71 @@ pub extern "C" fn gr_restart() -> c_int {
 /// Returns an fd that turns readable (and stays readable) when this process
 /// must drain: poll it in the event loop next to the listeners.
 ///
-/// The fd belongs to grestart: do not read from it or close it. Returns the
-/// fd, or -1 with errno when grestart could not start (e.g. `EMFILE`).
+/// The fd belongs to grestart: do not read from it or close it. A child forked
+/// after grestart started (a prefork worker) shares it with its master, so the
+/// worker sees the master's drain. Returns the fd, or -1 with errno when
+/// grestart could not start (e.g. `EMFILE`).
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_shutdown_fd() -> c_int {
-    call(|| Ok(std::os::fd::AsRawFd::as_raw_fd(&engine()?.shutdown_fd())))
+    call(|| {
+        let engine = engine_in_any_process()?;
+        Ok(std::os::fd::AsRawFd::as_raw_fd(&engine.shutdown_fd()))
+    })
 }
 
 /// Blocks until this process must drain, for at most `timeout_ms`
-/// milliseconds (a negative value waits forever).
+/// milliseconds (a negative value waits forever). Works in a forked worker too.
 ///
 /// Returns 1 when this process must drain, 0 when the time passed first, or -1
 /// with errno when grestart could not start.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_wait_shutdown(timeout_ms: c_int) -> c_int {
     let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-    call(|| Ok(c_int::from(engine()?.wait_shutdown(timeout))))
+    call(|| Ok(c_int::from(engine_in_any_process()?.wait_shutdown(timeout))))
 }
 
-/// Starts draining if not already, then runs the shutdown hooks in reverse
-/// order of registration, once. Call it when the in-flight work is finished;
-/// later calls return 0 at once.
+/// Waits for a connection on the listening socket `listener` and accepts it;
+/// returns -1 with errno `ESHUTDOWN` as soon as this process must drain, so
+/// that a blocking accept loop ends when a successor serves (a thread blocked
+/// in plain `accept` would go on accepting).
+///
+/// The returned connection is blocking and close-on-exec, belongs to the
+/// caller, and counts as work in flight: call `gr_work_end` once it is
+/// finished (after closing it), because `gr_shutdown` waits for that. The
+/// listener is made non-blocking (a flag every generation shares). May be
+/// called from several threads, and from a forked worker. Other errors (e.g.
+/// `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_accept(listener: c_int) -> c_int {
+    call(|| {
+        let engine = engine_in_any_process()?;
+        Ok(crate::serve::accept(engine, open_fd(listener)?)?.into_raw_fd())
+    })
+}
+
+/// Counts one more piece of work in flight (a request being served, a job
+/// being finished): `gr_shutdown` waits until every one has ended with
+/// `gr_work_end`, or the drain deadline passed. Returns 0, or -1 with errno
+/// when grestart could not start.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_work_begin() -> c_int {
+    call(|| {
+        engine_in_any_process()?.begin_work();
+        Ok(0)
+    })
+}
+
+/// Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
+/// 0, or -1 with errno `EINVAL` when no work is in flight.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_work_end() -> c_int {
+    call(|| engine_in_any_process()?.end_work().map(ok))
+}
+
+/// Starts draining if not already, waits until no work is in flight (see
+/// `gr_work_begin`), then runs the shutdown hooks in reverse order of
+/// registration, once. A second caller, on any thread, returns when the hooks
+/// have finished.
 ///
 /// Returns 0, or -1 with errno when grestart could not start.
 #[unsafe(no_mangle)]
@@ -266,7 +310,7 @@ pub extern "C" fn gr_shutdown() -> c_int {
 pub extern "C" fn gr_generation() -> i64 {
     let mut generation = 0;
     let status = call(|| {
-        generation = engine()?.generation() as i64;
+        generation = engine_in_any_process()?.generation() as i64;
         Ok(0)
     });
     if status < 0 { -1 } else { generation }

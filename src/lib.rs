@@ -46,21 +46,24 @@ mod error;
 pub mod ffi;
 mod log;
 mod notify;
+mod origin;
 mod protocol;
+mod serve;
 mod signal;
 mod spawn;
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::net::{TcpListener, UdpSocket};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::engine;
+use engine::{Engine, engine, engine_in_any_process};
 pub use error::errno_of;
 pub use log::Level;
 
@@ -165,18 +168,20 @@ pub fn restart() -> io::Result<()> {
 }
 
 /// An fd that turns readable when this process must drain, for an event loop.
-/// It stays readable; do not read from it or close it.
+/// It stays readable; do not read from it or close it. A forked worker shares
+/// it with its master, and so drains when the master does.
 pub fn shutdown_fd() -> io::Result<BorrowedFd<'static>> {
-    Ok(engine()?.shutdown_fd())
+    Ok(engine_in_any_process()?.shutdown_fd())
 }
 
 /// Blocks until this process must drain, or `timeout` passes (`Ok(false)`).
 pub fn wait_shutdown(timeout: Option<Duration>) -> io::Result<bool> {
-    Ok(engine()?.wait_shutdown(timeout))
+    Ok(engine_in_any_process()?.wait_shutdown(timeout))
 }
 
-/// Starts draining if not already, and runs the shutdown hooks (once; later
-/// calls return at once). Call it when the in-flight work is finished.
+/// Starts draining if not already, waits until no [`Work`] is in flight (no
+/// [`Accepted`] connection is left), and runs the shutdown hooks, once. A
+/// second caller, on any thread, returns when the hooks have finished.
 pub fn shutdown() -> io::Result<()> {
     engine()?.shutdown();
     Ok(())
@@ -184,7 +189,126 @@ pub fn shutdown() -> io::Result<()> {
 
 /// 1 for a fresh start, one more with every hand-over.
 pub fn generation() -> io::Result<u64> {
-    Ok(engine()?.generation())
+    Ok(engine_in_any_process()?.generation())
+}
+
+/// A listener [`incoming`] accepts on.
+pub trait Listener: AsFd {
+    /// What a connection accepted on it is.
+    type Stream: From<OwnedFd>;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+}
+
+/// The connections arriving on `listener`, until this process must drain.
+///
+/// The iterator ends as soon as a successor serves (or [`shutdown`] began),
+/// leaving the connections still queued to the successor, even while it is
+/// blocked waiting: a plain `listener.incoming()` loop would go on accepting.
+/// Each connection counts as work in flight until it is dropped, and
+/// [`shutdown`] waits for them. The streams are blocking; the listener is made
+/// non-blocking, a flag every generation shares. Works in a forked worker too.
+///
+/// ```no_run
+/// let listener = grestart::listen_tcp("127.0.0.1:8080")?;
+/// grestart::ready()?;
+/// for connection in grestart::incoming(&listener) {
+///     let connection = connection?;
+///     std::thread::spawn(move || drop(connection)); // serve it, then drop it
+/// }
+/// grestart::shutdown() // returns once every connection was dropped
+/// # ; Ok::<(), std::io::Error>(())
+/// ```
+pub fn incoming<L: Listener>(listener: &L) -> Incoming<'_, L> {
+    Incoming {
+        listener,
+        done: false,
+    }
+}
+
+/// The iterator of [`incoming`].
+pub struct Incoming<'a, L> {
+    listener: &'a L,
+    done: bool,
+}
+
+impl<L: Listener> Iterator for Incoming<'_, L> {
+    type Item = io::Result<Accepted<L::Stream>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let engine = match engine_in_any_process() {
+            Ok(engine) => engine,
+            Err(e) => return Some(Err(e)),
+        };
+        match serve::accept(engine, self.listener.as_fd()) {
+            Ok(fd) => Some(Ok(Accepted {
+                stream: L::Stream::from(fd),
+                _work: Work { engine },
+            })),
+            Err(e) if serve::is_drain(&e) => {
+                self.done = true;
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// A connection from [`incoming`]: use it as the stream it derefs to; it
+/// counts as work in flight until dropped.
+pub struct Accepted<S> {
+    stream: S,
+    _work: Work,
+}
+
+impl<S> Accepted<S> {
+    /// The stream and its [`Work`], for a stream that must move on alone.
+    pub fn into_parts(self) -> (S, Work) {
+        (self.stream, self._work)
+    }
+}
+
+impl<S> Deref for Accepted<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S> DerefMut for Accepted<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+}
+
+/// One piece of work in flight: [`shutdown`] waits until every `Work` is
+/// dropped (or the drain deadline passes) before it runs the hooks.
+#[must_use = "the work counts as in flight only while the Work is alive"]
+pub struct Work {
+    engine: &'static Engine,
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let _ = self.engine.end_work();
+    }
+}
+
+/// Counts work in flight (a request a thread is serving, a job being
+/// finished) until the returned [`Work`] is dropped.
+pub fn work() -> io::Result<Work> {
+    let engine = engine_in_any_process()?;
+    engine.begin_work();
+    Ok(Work { engine })
 }
 
 /// How long a successor may take to become ready before it is killed (default 60 s).
@@ -193,7 +317,7 @@ pub fn set_ready_timeout(timeout: Duration) -> io::Result<()> {
 }
 
 /// How long a draining process may take before it runs its hooks and exits
-/// anyway (`None`, the default: as long as it takes).
+/// anyway (`None` or zero, the default: as long as it takes).
 pub fn set_drain_deadline(deadline: Option<Duration>) -> io::Result<()> {
     engine()?.set_drain_deadline(deadline);
     Ok(())

@@ -4,6 +4,7 @@
 //! at start-up and can be changed from code; the default is `info`, because a
 //! restart is rare and an operator wants to see each one.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -91,14 +92,64 @@ pub(crate) fn enabled(level: Level) -> bool {
     level as u8 <= threshold()
 }
 
+thread_local! {
+    /// Lines this thread logged while it holds the engine's lock, not yet delivered.
+    static DEFERRED: RefCell<Option<Vec<(Level, String)>>> = const { RefCell::new(None) };
+}
+
+/// While a `Defer` lives, this thread's log lines are queued; they are
+/// delivered when the outermost one drops. The engine holds one with its lock,
+/// so that a logger which calls back into grestart never finds the lock taken
+/// by its own thread (a deadlock).
+pub(crate) struct Defer {
+    outermost: bool,
+}
+
+impl Defer {
+    pub(crate) fn new() -> Defer {
+        let outermost = DEFERRED.with(|d| {
+            let mut queue = d.borrow_mut();
+            let outermost = queue.is_none();
+            if outermost {
+                *queue = Some(Vec::new());
+            }
+            outermost
+        });
+        Defer { outermost }
+    }
+}
+
+impl Drop for Defer {
+    fn drop(&mut self) {
+        if self.outermost {
+            for (level, line) in DEFERRED.take().into_iter().flatten() {
+                deliver(level, &line);
+            }
+        }
+    }
+}
+
 pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
     let line = format!("{args}");
+    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(queue) => {
+            queue.push((level, line.clone()));
+            true
+        }
+        None => false,
+    });
+    if !deferred {
+        deliver(level, &line);
+    }
+}
+
+fn deliver(level: Level, line: &str) {
     let logger = LOGGER.read().unwrap_or_else(|e| e.into_inner()).clone();
     match logger {
-        Some(logger) => logger(level, &line),
+        Some(logger) => logger(level, line),
         None => {
             // One write, so lines of several generations sharing stderr never interleave.
             let line = format!(

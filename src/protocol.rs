@@ -20,10 +20,18 @@ pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const READY_FD: &str = "GRESTART_READY_FD";
 pub(crate) const GENERATION: &str = "GRESTART_GENERATION";
+/// The restart signal, which the successor starts with ignored.
+pub(crate) const RESTART_SIGNAL: &str = "GRESTART_SIGNAL";
 
 /// Every variable this protocol owns; an heir removes them all once read.
-pub(crate) const VARIABLES: [&str; 5] =
-    [LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES, READY_FD, GENERATION];
+pub(crate) const VARIABLES: [&str; 6] = [
+    LISTEN_FDS,
+    LISTEN_PID,
+    LISTEN_FDNAMES,
+    READY_FD,
+    GENERATION,
+    RESTART_SIGNAL,
+];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
 pub(crate) const FIRST_FD: RawFd = 3;
@@ -63,6 +71,8 @@ pub struct Heritage {
     pub ready_fd: Option<RawFd>,
     /// 1 for a fresh start, one more for every hand-over since.
     pub generation: u64,
+    /// The parent's restart signal, which this process was started with ignored.
+    pub restart_signal: Option<i32>,
     /// Why some variables were ignored, for the log.
     pub problems: Vec<String>,
 }
@@ -127,6 +137,12 @@ pub fn parse(
             )),
         }
     }
+    if let Some(v) = var(RESTART_SIGNAL) {
+        match parse_number(&v) {
+            Some(signo @ 1..=64) => heritage.restart_signal = Some(signo as i32),
+            _ => problems.push(format!("{RESTART_SIGNAL}={v:.20} is not a signal number")),
+        }
+    }
     if let Some(v) = var(GENERATION) {
         match parse_number(&v) {
             Some(g) if g >= 1 => heritage.generation = g,
@@ -178,11 +194,12 @@ fn parse_number(s: &str) -> Option<u64> {
 ///
 /// Starts from `current`, drops every protocol variable in it, and describes
 /// `names.len()` listeners at fds 3.., the readiness channel right after them,
-/// and the next generation.
+/// the next generation and the restart signal `signo`.
 pub fn successor_env(
     current: impl IntoIterator<Item = (OsString, OsString)>,
     names: &[&str],
     generation: u64,
+    signo: i32,
 ) -> Vec<CString> {
     let mut env: Vec<CString> = current
         .into_iter()
@@ -200,6 +217,7 @@ pub fn successor_env(
         format!("{LISTEN_FDNAMES}={}", names.join(":")),
         format!("{READY_FD}={ready_fd}"),
         format!("{GENERATION}={}", generation.saturating_add(1)),
+        format!("{RESTART_SIGNAL}={signo}"),
     ] {
         env.push(CString::new(entry).expect("protocol entries hold no NUL"));
     }
@@ -389,7 +407,7 @@ mod tests {
             ("LISTEN_PID", "1"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = successor_env(current, &["http", "admin"], 3);
+        let env = successor_env(current, &["http", "admin"], 3, 12);
         let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
         assert_eq!(
             env,
@@ -398,7 +416,8 @@ mod tests {
                 "LISTEN_FDS=2",
                 "LISTEN_FDNAMES=http:admin",
                 "GRESTART_READY_FD=5",
-                "GRESTART_GENERATION=4"
+                "GRESTART_GENERATION=4",
+                "GRESTART_SIGNAL=12"
             ]
         );
     }

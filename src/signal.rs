@@ -1,19 +1,32 @@
 //! The restart signal: a handler that only writes to a self-pipe, and a
 //! watcher thread that reads the pipe and runs the restart outside of signal
 //! context, where it may allocate, lock and fork.
+//!
+//! A successor is started with the restart signal *ignored* (an ignored signal
+//! stays ignored across exec), so that `systemctl kill -s USR2` or `pkill -USR2`
+//! during a restart cannot kill a successor that is still starting. Its engine
+//! then installs the handler on that same signal; the ignore was ours, so the
+//! disposition to give back later is the default, not "ignored".
 
 use std::ffi::c_int;
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use crate::error::{fail, os_fail};
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
 
-/// The write end of the self-pipe; the handler's only state.
+use crate::error::{fail, os_fail, with_context};
+
+/// The write end of the self-pipe; the handler's only state with [`OWNER`].
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The process that installed the handler. A process it forks (a prefork
+/// worker) inherits the handler and the pipe, but a signal sent to a worker is
+/// not a request to restart its master.
+static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// The signal we handle now and the disposition it had before us.
 static INSTALLED: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
@@ -24,6 +37,9 @@ extern "C" fn on_signal(_signo: c_int) {
     // SAFETY: errno is thread-local; we restore it so the interrupted code
     // does not see our write's errno.
     unsafe {
+        if libc::getpid() != OWNER.load(Ordering::Relaxed) {
+            return;
+        }
         let errno = *libc::__errno_location();
         let byte = 1u8;
         libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
@@ -52,17 +68,38 @@ pub(crate) fn check(signo: c_int) -> io::Result<()> {
     ))
 }
 
-/// Creates the self-pipe, returning its read end for the watcher.
-pub(crate) fn self_pipe() -> io::Result<OwnedFd> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(os_fail("cannot create the signal pipe"));
-    }
+/// Creates the self-pipe: (read end for the watcher, write end for [`arm`]).
+pub(crate) fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| with_context(e.into(), "cannot create the signal pipe"))
+}
+
+/// Points the handler at `wake`, for this process, and installs it on `signo`.
+/// `inherited`: this process was started with `signo` ignored by its parent's
+/// grestart (see the module comment).
+pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()> {
     // The write end lives as long as the process: the handler may run at any time.
-    WAKE.store(fds[1], Ordering::Relaxed);
-    // SAFETY: pipe2 succeeded; the read end is ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(fds[0]) })
+    WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
+    OWNER.store(std::process::id() as i32, Ordering::Relaxed);
+    install(signo)?;
+    if inherited {
+        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, previous)) = installed.as_mut() {
+            if previous.sa_sigaction == libc::SIG_IGN {
+                previous.sa_sigaction = libc::SIG_DFL;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The restart signal now (`SIGUSR2` until the engine started or the
+/// application chose another).
+pub(crate) fn current() -> c_int {
+    let installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    installed
+        .as_ref()
+        .map_or(libc::SIGUSR2, |(signo, _)| *signo)
 }
 
 /// Makes `signo` the restart signal, giving the previous one back its old disposition.

@@ -13,7 +13,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use crate::error::{fail, os_fail};
+use crate::error::{fail, os_fail, with_context};
+use crate::log::debug;
 use crate::protocol::{FIRST_FD, LISTEN_PID};
 
 /// What the child tells the parent on the readiness channel.
@@ -41,6 +42,8 @@ struct Prepared<'a> {
     lifted: Vec<RawFd>,
     /// Fallback for `close_range` on kernels before 5.9: close below this.
     fd_limit: RawFd,
+    /// Ignored across exec, until the successor's grestart installs its handler.
+    restart_signal: c_int,
 }
 
 /// A started successor that has not reported ready yet.
@@ -63,13 +66,15 @@ pub(crate) enum NotReady {
 /// and the other end of a new readiness channel right after them.
 ///
 /// `env` is the successor's environment without `LISTEN_PID`, which the child
-/// fills in with its own pid after the fork.
+/// fills in with its own pid after the fork. Every signal disposition is reset
+/// to the default but `restart_signal`'s, which is ignored.
 pub(crate) fn spawn(
     exe: &CStr,
     argv: &[CString],
     cwd: &CStr,
     env: &[CString],
     listeners: &[BorrowedFd<'_>],
+    restart_signal: c_int,
 ) -> io::Result<Successor> {
     let (ours, theirs) = channel()?;
     let mut listen_pid = [0u8; LISTEN_PID_ENTRY];
@@ -91,6 +96,7 @@ pub(crate) fn spawn(
         lifted: vec![-1; sources.len()],
         sources,
         fd_limit: fd_limit(),
+        restart_signal,
     };
     plan.envp.push(plan.listen_pid as *const c_char);
     plan.envp.push(ptr::null());
@@ -204,12 +210,15 @@ fn fork_with_pidfd() -> io::Result<Forked> {
             OwnedFd::from_raw_fd(pidfd)
         }));
     }
-    if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-        return Err(os_fail("cannot fork the successor"));
+    let refused = io::Error::last_os_error();
+    if !matches!(refused.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+        return Err(with_context(refused, "cannot fork the successor"));
     }
-    // clone3 is missing (kernel < 5.3) or filtered (older container seccomp
-    // profiles): fork, then ask for the pidfd. The child cannot be reaped by
-    // anyone before it execs, so the pid still names it here.
+    // clone3 is missing (kernel < 5.3) or filtered: seccomp profiles answer
+    // ENOSYS (Docker today) or EPERM (older container runtimes). Fork, then
+    // ask for the pidfd. The child cannot be reaped by anyone before it
+    // execs, so the pid still names it here.
+    debug!("clone3 refused ({refused}); forking instead");
     // SAFETY: plain fork; the child only runs exec_child.
     let pid = unsafe { libc::fork() };
     match pid {
@@ -256,13 +265,25 @@ unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
         // the successor starts from the defaults like any freshly started
         // program. The raw system call, because the C library refuses to touch
         // the signals it reserves (32, 33), which may be ignored too.
+        // One exception: the restart signal stays ignored until the successor's
+        // grestart installs its handler, so that a restart signal sent to every
+        // process of the service cannot kill a successor that is still starting.
         let default = KernelSigaction::default(); // SIG_DFL, no flags, empty mask
+        let ignore = KernelSigaction {
+            handler: libc::SIG_IGN,
+            ..KernelSigaction::default()
+        };
         for signo in 1..65 {
             if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                let action = if signo == plan.restart_signal {
+                    &ignore
+                } else {
+                    &default
+                };
                 libc::syscall(
                     libc::SYS_rt_sigaction,
                     signo,
-                    &default as *const KernelSigaction,
+                    action as *const KernelSigaction,
                     ptr::null_mut::<KernelSigaction>(),
                     8usize,
                 );

@@ -58,6 +58,48 @@ fn systemd_follows_the_new_main_pid() {
     server.stop();
 }
 
+/// A successor may name itself main pid and still fail (here: its "ready"
+/// never reaches the parent, which times it out and kills it). systemd must
+/// then be told the parent is the main pid again, or it would take the dead
+/// successor's exit for the service's.
+#[test]
+fn after_a_failed_restart_systemd_follows_the_parent_again() {
+    let dir = TempDir::new("notify-failed");
+    let binary = flaky(&dir);
+    let path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mode = dir.join("mode");
+    std::fs::write(&mode, "serve").unwrap();
+    support::become_subreaper();
+    let server = Server::start(
+        &binary,
+        &[],
+        "127.0.0.1:0",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("GR_TEST_MODE_FILE", mode.to_str().unwrap()),
+            ("GR_TEST_READY_TIMEOUT_MS", "500"),
+            ("GRESTART_LOG", "info"),
+        ],
+    );
+    let parent = server.pid;
+    assert_eq!(next_message(&notify), format!("MAINPID={parent}\nREADY=1"));
+    std::fs::write(&mode, "lost").unwrap();
+    support::kill(parent, libc::SIGUSR2);
+    assert!(next_message(&notify).starts_with("RELOADING=1\n"));
+    let heir = next_message(&notify);
+    assert!(
+        heir.starts_with("MAINPID=") && heir != format!("MAINPID={parent}\nREADY=1"),
+        "{heir}"
+    );
+    server.wait_for_log("restart failed", Duration::from_secs(20));
+    assert_eq!(next_message(&notify), format!("MAINPID={parent}\nREADY=1"));
+    server.stop();
+}
+
 #[test]
 fn the_pid_file_names_the_serving_generation() {
     let dir = TempDir::new("pidfile");
@@ -105,7 +147,12 @@ fn free_port() -> u16 {
 /// Starts `binary SERVER_ADDRESS` under `systemd-socket-activate -l LISTEN`,
 /// which binds LISTEN and, on the first connection (made here, to
 /// 127.0.0.1:port), execs the server with the socket as fd 3 and LISTEN_FDS.
-fn socket_activated(binary: &std::path::Path, listen: &str, server_address: &str, port: u16) -> Server {
+fn socket_activated(
+    binary: &std::path::Path,
+    listen: &str,
+    server_address: &str,
+    port: u16,
+) -> Server {
     support::become_subreaper();
     let activation = std::thread::spawn(move || {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -121,7 +168,7 @@ fn socket_activated(binary: &std::path::Path, listen: &str, server_address: &str
         }
     });
     let args = [OsStr::new("-l"), OsStr::new(listen), binary.as_os_str()];
-    let mut server = Server::start(
+    let server = Server::start(
         std::path::Path::new("systemd-socket-activate"),
         &args,
         server_address,
@@ -163,7 +210,11 @@ fn a_port_only_socket_unit_serves_every_wildcard_spelling() {
         let port = free_port();
         let requested = spelling.replace("{}", &port.to_string());
         let mut server = socket_activated(&binary, &port.to_string(), &requested, port);
-        assert_eq!(server.addr.port(), port, "{requested}: serves the activated port");
+        assert_eq!(
+            server.addr.port(),
+            port,
+            "{requested}: serves the activated port"
+        );
         // IPv4 clients on the dual-stack socket.
         server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let load = Load::start(server.addr, 1, 1);

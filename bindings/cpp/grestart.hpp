@@ -13,8 +13,10 @@
 #ifndef GRESTART_HPP
 #define GRESTART_HPP
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -44,6 +46,23 @@ namespace detail {
 [[noreturn]] inline void fail() {
     int errno_value = errno;
     throw Error(errno_value, gr_last_error());
+}
+
+/// A wait in milliseconds for the C ABI's `int`: negative waits nothing, more
+/// than INT_MAX (24 days) waits INT_MAX, never the C ABI's "forever" (-1).
+inline int wait_ms(std::chrono::milliseconds timeout) noexcept {
+    if (timeout.count() < 0) {
+        return 0;
+    }
+    return static_cast<int>(std::min<std::chrono::milliseconds::rep>(timeout.count(), INT_MAX));
+}
+
+/// A setting in milliseconds for the C ABI's `uint64_t`; a negative one is an error.
+inline std::uint64_t setting_ms(std::chrono::milliseconds value, const char *what) {
+    if (value.count() < 0) {
+        throw Error(EINVAL, what);
+    }
+    return static_cast<std::uint64_t>(value.count());
 }
 
 inline int check(int result) {
@@ -123,8 +142,10 @@ inline void on_shutdown(std::function<void()> hook) {
     // Owned until the process exits: the library may call it at any time until then.
     auto *owned = new std::function<void()>(std::move(hook));
     if (gr_on_shutdown(detail::run_hook, owned) < 0) {
+        // Read the failure before the hook's destructor may touch errno.
+        Error failure(errno, gr_last_error());
         delete owned;
-        detail::fail();
+        throw failure;
     }
 }
 
@@ -140,11 +161,53 @@ inline void restart() { detail::check(gr_restart()); }
 /// Readable when this process must drain; owned by grestart (never read or close it).
 inline int shutdown_fd() { return detail::check(gr_shutdown_fd()); }
 
-/// Blocks until this process must drain (true) or `timeout` passes (false).
+/// Blocks until this process must drain (true) or `timeout` passes (false);
+/// no timeout waits as long as it takes, a negative one not at all.
 inline bool wait_shutdown(std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
-    int ms = timeout ? static_cast<int>(timeout->count()) : -1;
+    int ms = timeout ? detail::wait_ms(*timeout) : -1;
     return detail::check(gr_wait_shutdown(ms)) == 1;
 }
+
+/// Waits for a connection on `listener` and accepts it; std::nullopt once this
+/// process must drain (a successor serves). The connection counts as work in
+/// flight until its Work ends: see `Work`.
+inline std::optional<Fd> accept(int listener) {
+    int fd = gr_accept(listener);
+    if (fd < 0 && errno == ESHUTDOWN) {
+        return std::nullopt;
+    }
+    return Fd(detail::check(fd));
+}
+
+/// Work in flight while this object lives: shutdown() waits for it. Adopt the
+/// count of an accepted connection with `Work(Work::adopt)`; a default-made
+/// Work counts one more. Move-only.
+class Work {
+public:
+    struct Adopt {};
+    static constexpr Adopt adopt{};
+    Work() { detail::check(gr_work_begin()); }
+    explicit Work(Adopt) noexcept {}
+    Work(Work &&other) noexcept : active_(std::exchange(other.active_, false)) {}
+    Work &operator=(Work &&other) noexcept {
+        if (this != &other) {
+            end();
+            active_ = std::exchange(other.active_, false);
+        }
+        return *this;
+    }
+    Work(const Work &) = delete;
+    Work &operator=(const Work &) = delete;
+    ~Work() { end(); }
+
+private:
+    void end() noexcept {
+        if (std::exchange(active_, false)) {
+            gr_work_end();
+        }
+    }
+    bool active_ = true;
+};
 
 /// Drains if not already, then runs the shutdown hooks (once).
 inline void shutdown() { detail::check(gr_shutdown()); }
@@ -158,13 +221,16 @@ inline std::int64_t generation() {
     return g;
 }
 
+/// How long a successor may take to become ready (default 60 s); zero or
+/// negative throws Error(EINVAL).
 inline void set_ready_timeout(std::chrono::milliseconds timeout) {
-    detail::check(gr_set_ready_timeout_ms(static_cast<std::uint64_t>(timeout.count())));
+    detail::check(gr_set_ready_timeout_ms(detail::setting_ms(timeout, "the ready timeout is negative")));
 }
 
-/// After this long draining, run the hooks and exit anyway (zero: no deadline).
+/// After this long draining, run the hooks and exit anyway (zero: no deadline,
+/// as in every language); negative throws Error(EINVAL).
 inline void set_drain_deadline(std::chrono::milliseconds deadline) {
-    detail::check(gr_set_drain_deadline_ms(static_cast<std::uint64_t>(deadline.count())));
+    detail::check(gr_set_drain_deadline_ms(detail::setting_ms(deadline, "the drain deadline is negative")));
 }
 
 inline void set_pid_file(const std::string &path) { detail::check(gr_set_pid_file(path.c_str())); }

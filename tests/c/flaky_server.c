@@ -6,6 +6,8 @@
  *   hang   - never call gr_ready
  *   deaf   - close the readiness channel (as a daemon closing every fd would)
  *            and never call gr_ready
+ *   lost   - close the readiness channel, then call gr_ready (which tells
+ *            systemd MAINPID=<self> while the parent never hears "ready")
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -133,6 +135,10 @@ int main(int argc, char **argv) {
             pause();
         }
     }
+    int lost = strcmp(mode, "lost") == 0 && getenv("GRESTART_READY_FD");
+    if (lost) {
+        close(atoi(getenv("GRESTART_READY_FD")));
+    }
     char address[300];
     snprintf(address, sizeof address, "tcp://%s", argv[1]);
     int listener = claim(address, "http");
@@ -176,6 +182,11 @@ int main(int argc, char **argv) {
     }
     if (gr_ready() < 0) {
         die("ready");
+    }
+    if (lost) {
+        for (;;) {
+            pause();
+        }
     }
     struct pollfd fds[4] = {
         {gr_shutdown_fd(), POLLIN, 0}, {listener, POLLIN, 0}, {unix_listener, POLLIN, 0}, {udp, POLLIN, 0}};

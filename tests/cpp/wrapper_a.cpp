@@ -3,7 +3,9 @@
 // as grestart::Error with the errno, that Fd owns, and that an exception
 // thrown by a hook stops at the C boundary.
 #include <cerrno>
+#include <climits>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "grestart.hpp"
@@ -18,6 +20,11 @@ static int failures;
             std::fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
         }                                                                        \
     } while (0)
+
+/// A hook's captured state whose destructor touches errno, as closing an fd does.
+struct TouchesErrno {
+    ~TouchesErrno() { errno = EBADF; }
+};
 
 template <typename F>
 static int errno_of(F f) {
@@ -45,11 +52,26 @@ int main() {
     EXPECT(!listener && moved);
     EXPECT(errno_of([] { grestart::listen("tcp://127.0.0.1:0", "web"); }) == EEXIST);
     EXPECT(!grestart::wait_shutdown(std::chrono::milliseconds(0)));
+    // A negative timeout waits nothing and a huge one is capped: neither
+    // becomes the C ABI's "forever" (-1).
+    EXPECT(grestart::detail::wait_ms(std::chrono::milliseconds(-5)) == 0);
+    EXPECT(grestart::detail::wait_ms(std::chrono::milliseconds(1LL << 40)) == INT_MAX);
+    EXPECT(grestart::detail::wait_ms(std::chrono::milliseconds((1LL << 32) - 1)) == INT_MAX);
+    EXPECT(grestart::detail::wait_ms(std::chrono::milliseconds(250)) == 250);
+    if (grestart::detail::wait_ms(std::chrono::milliseconds(-5)) == 0) { // else it would hang
+        EXPECT(!grestart::wait_shutdown(std::chrono::milliseconds(-5)));
+    }
+    EXPECT(errno_of([] { grestart::set_drain_deadline(std::chrono::milliseconds(-1)); }) == EINVAL);
+    EXPECT(errno_of([] { grestart::set_ready_timeout(std::chrono::milliseconds(-1)); }) == EINVAL);
+    grestart::set_drain_deadline(std::chrono::milliseconds(0)); // none, as in C
 
     grestart::ready();
     EXPECT(run_hooks_and_count() == 3);
     EXPECT(grestart::wait_shutdown());
     EXPECT(errno_of([] { grestart::on_shutdown([] {}); }) == ESHUTDOWN);
+    // The refused hook is destroyed before the throw; its errno must not win.
+    EXPECT(errno_of([] { grestart::on_shutdown([t = std::make_shared<TouchesErrno>()] { (void)t; }); }) ==
+           ESHUTDOWN);
     std::printf("wrapper: %d failed\n", failures);
     return failures != 0;
 }

@@ -1,0 +1,84 @@
+//! What a blocking, thread-per-connection server needs to hand over without
+//! losing a request: an accept that stops when a successor serves, and a count
+//! of the work in flight that the shutdown waits for.
+//!
+//! A thread blocked in `accept` is not woken when another thread closes the
+//! listener, so a plain accept loop keeps taking connections after the
+//! hand-over, and a `main` that returns while connection threads still serve
+//! cuts their requests off. [`accept`] polls the listener together with the
+//! shutdown fd; every connection it returns counts as work in flight until
+//! the application ends it, and `shutdown` waits for that count to reach zero
+//! (bounded by the drain deadline) before it runs the hooks.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::engine::Engine;
+use crate::error::{fail, with_context};
+
+/// Waits for a connection on `listener` and accepts it (blocking and
+/// close-on-exec), counting it as work in flight; fails with `ESHUTDOWN` once
+/// this process must drain, leaving the queued connections to the successor.
+///
+/// The listener is made non-blocking (the flag is shared by every generation):
+/// the successor may take the connection between our poll and our accept.
+pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags =
+        fcntl(listener, FcntlArg::F_GETFL).map_err(|e| with_context(e.into(), "the listener"))?;
+    let flags = OFlag::from_bits_retain(flags);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(listener, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
+            .map_err(|e| with_context(e.into(), "cannot make the listener non-blocking"))?;
+    }
+    loop {
+        let mut fds = [
+            PollFd::new(engine.shutdown_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(with_context(e.into(), "waiting for a connection")),
+        }
+        if fds[0].any() == Some(true) {
+            return Err(fail(
+                libc::ESHUTDOWN,
+                "this process is draining: its successor accepts the connections now",
+            ));
+        }
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL))
+        {
+            return Err(fail(libc::EINVAL, "the listener is not a listening socket"));
+        }
+        // SAFETY: accept4 on a borrowed fd, no address wanted.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            engine.begin_work();
+            // SAFETY: a new connection that only we hold.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        match Errno::last() {
+            // Taken by the successor or another worker, or given up by the client.
+            Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED => continue,
+            e => return Err(with_context(e.into(), "accept")),
+        }
+    }
+}
+
+/// Whether `errno` says the accept loop is over (rather than one accept failed).
+pub(crate) fn is_drain(err: &io::Error) -> bool {
+    crate::error::errno_of(err) == libc::ESHUTDOWN
+}

@@ -1,0 +1,202 @@
+/* Lifecycle rules seen from C, one scenario per run (argv[1]); argv[2] is a
+ * scratch file. Every run ends within 20 s (alarm) so that a deadlock is a
+ * failure, not a hang. Prints "lifecycle: N passed, M failed".
+ *
+ *   hooks-deadline       the drain deadline (200 ms) fires while a hook (500 ms)
+ *                        runs: the hook finishes, once, before the process exits
+ *   hooks-second-caller  gr_shutdown from a second thread returns only when the
+ *                        hooks the first one runs have finished
+ *   log-reentry          a log callback that calls back into grestart
+ *   engine-start-fails   grestart cannot start (no memory for its thread): the
+ *                        call fails, and a later one still finds the inherited fd
+ *   work-in-flight       gr_shutdown waits for gr_work_end before the hooks
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <netinet/in.h>
+
+#include "grestart.h"
+
+static int failures, checks;
+static const char *scratch;
+
+#define EXPECT(cond)                                                           \
+    do {                                                                       \
+        checks++;                                                              \
+        if (!(cond)) {                                                         \
+            failures++;                                                        \
+            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                      \
+    } while (0)
+
+static void sleep_ms(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) < 0 && errno == EINTR) {
+    }
+}
+
+static int report(void) {
+    printf("lifecycle: %d passed, %d failed\n", checks - failures, failures);
+    fflush(stdout);
+    return failures != 0;
+}
+
+/* Lines in the scratch file: how many times the slow hook completed. */
+static int completed_hooks(void) {
+    FILE *f = fopen(scratch, "r");
+    int lines = 0;
+    char line[64];
+    while (f && fgets(line, sizeof line, f)) {
+        lines++;
+    }
+    if (f) {
+        fclose(f);
+    }
+    return lines;
+}
+
+static void slow_hook(void *arg) {
+    sleep_ms((long)(intptr_t)arg);
+    FILE *f = fopen(scratch, "a");
+    fputs("hook done\n", f);
+    fclose(f);
+}
+
+static void *second_caller(void *arg) {
+    (void)arg;
+    sleep_ms(100);
+    EXPECT(gr_shutdown() == 0);
+    /* Returned: the hooks the first caller runs must have finished. */
+    EXPECT(completed_hooks() == 1);
+    return NULL;
+}
+
+static void log_into_grestart(int level, const char *line, void *arg) {
+    (void)level;
+    (void)arg;
+    /* Each of these takes grestart's lock; the line may come from under it. */
+    int draining = gr_wait_shutdown(0);
+    EXPECT(draining == 0 || draining == 1);
+    EXPECT(gr_generation() == 1);
+    EXPECT(gr_shutdown_fd() >= 0);
+    fprintf(stderr, "logged: %s\n", line);
+}
+
+static void *work_then_end(void *arg) {
+    (void)arg;
+    sleep_ms(300);
+    FILE *f = fopen(scratch, "a");
+    fputs("work done\n", f);
+    fclose(f);
+    EXPECT(gr_work_end() == 0);
+    return NULL;
+}
+
+static void work_must_be_done(void *arg) {
+    (void)arg;
+    EXPECT(completed_hooks() == 1); /* the work's line is there already */
+}
+
+/* Sets up this process as an heir of a grestart parent would be: a listening
+ * socket at fd 3 named "http", described by LISTEN_* for this pid. */
+static void pose_as_heir(void) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    EXPECT(bind(s, (struct sockaddr *)&any, sizeof any) == 0 && listen(s, 16) == 0);
+    if (s != 3) {
+        EXPECT(dup2(s, 3) == 3);
+        close(s);
+    }
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    setenv("LISTEN_PID", pid, 1);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_FDNAMES", "http", 1);
+}
+
+/* The address space in use now, from /proc/self/statm (pages). */
+static rlim_t address_space_now(void) {
+    unsigned long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%lu", &pages) != 1) {
+        pages = 0;
+    }
+    if (f) {
+        fclose(f);
+    }
+    return (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: lifecycle SCENARIO SCRATCH_FILE\n");
+        return 2;
+    }
+    alarm(20);
+    scratch = argv[2];
+    const char *scenario = argv[1];
+    pthread_t thread;
+
+    if (strcmp(scenario, "hooks-deadline") == 0) {
+        EXPECT(gr_set_drain_deadline_ms(200) == 0);
+        EXPECT(gr_on_shutdown(slow_hook, (void *)(intptr_t)500) == 0);
+        EXPECT(gr_ready() == 0);
+        pthread_create(&thread, NULL, second_caller, NULL);
+        /* Runs the hook for 500 ms; the deadline thread exits the process
+         * once it has finished, maybe before this returns. */
+        gr_shutdown();
+        pthread_join(thread, NULL);
+    } else if (strcmp(scenario, "hooks-second-caller") == 0) {
+        EXPECT(gr_on_shutdown(slow_hook, (void *)(intptr_t)300) == 0);
+        EXPECT(gr_ready() == 0);
+        pthread_create(&thread, NULL, second_caller, NULL);
+        EXPECT(gr_shutdown() == 0);
+        pthread_join(thread, NULL);
+        EXPECT(completed_hooks() == 1);
+    } else if (strcmp(scenario, "log-reentry") == 0) {
+        EXPECT(gr_set_log_level(GR_LOG_DEBUG) == 0);
+        EXPECT(gr_set_log_callback(log_into_grestart, NULL) == 0);
+        int listener = gr_listen("tcp://127.0.0.1:0", "http");
+        EXPECT(listener >= 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(gr_shutdown() == 0);
+    } else if (strcmp(scenario, "engine-start-fails") == 0) {
+        pose_as_heir();
+        struct rlimit before;
+        getrlimit(RLIMIT_AS, &before);
+        /* Room for small allocations, none for a thread's stack. */
+        struct rlimit tight = {address_space_now() + (1 << 20), before.rlim_max};
+        EXPECT(setrlimit(RLIMIT_AS, &tight) == 0);
+        errno = 0;
+        int fd = gr_inherit_listener("http");
+        int err = errno;
+        EXPECT(setrlimit(RLIMIT_AS, &before) == 0);
+        fprintf(stderr, "without memory: %d errno %d (%s)\n", fd, err, gr_last_error());
+        EXPECT(fd == -1 && err != ENOENT);
+        EXPECT(getenv("LISTEN_FDS") != NULL); /* not consumed by the failed start */
+        fd = gr_inherit_listener("http");
+        fprintf(stderr, "with memory: %d (%s)\n", fd, fd < 0 ? gr_last_error() : "");
+        EXPECT(fd == 3);
+        EXPECT(getenv("LISTEN_FDS") == NULL);
+    } else if (strcmp(scenario, "work-in-flight") == 0) {
+        EXPECT(gr_on_shutdown(work_must_be_done, NULL) == 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(gr_work_end() == -1 && errno == EINVAL); /* nothing in flight */
+        EXPECT(gr_work_begin() == 0);
+        pthread_create(&thread, NULL, work_then_end, NULL);
+        EXPECT(gr_shutdown() == 0); /* waits ~300 ms for the work */
+        pthread_join(thread, NULL);
+    } else {
+        fprintf(stderr, "unknown scenario %s\n", scenario);
+        return 2;
+    }
+    return report();
+}

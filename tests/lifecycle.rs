@@ -1,0 +1,110 @@
+//! Lifecycle rules that need a fresh process each: the shutdown hooks run
+//! once and to completion whoever asks (a second thread, the drain deadline),
+//! a logger may call back into grestart, a failed start loses nothing it
+//! inherited, shutdown waits for the work in flight, and a drain deadline of
+//! zero means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
+//! through this very binary run again as a child for the Rust API.
+
+mod support;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Builds tests/c/lifecycle.c and runs `scenario`; returns the scratch file's
+/// lines after checking the program passed: exit status 0, no failed
+/// expectation, and (unless the drain deadline ends it first) its summary.
+fn run_scenario(scenario: &str) -> Vec<String> {
+    let dir = support::TempDir::new(&format!("lifecycle-{scenario}"));
+    let binary = dir.join("lifecycle");
+    let source = support::repo().join("tests/c/lifecycle.c");
+    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    let scratch = dir.join("scratch");
+    let out = Command::new(&binary)
+        .arg(scenario)
+        .arg(&scratch)
+        .env("GRESTART_LOG", "info")
+        .output()
+        .expect("run lifecycle");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "{scenario}: {}\n{stdout}{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains(": expected "), "{scenario}: {stderr}");
+    let ended_by_deadline = stderr.contains("drain deadline of");
+    assert!(
+        ended_by_deadline || stdout.contains(" 0 failed"),
+        "{scenario}: {stdout}{stderr}"
+    );
+    std::fs::read_to_string(&scratch)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_drain_deadline_waits_for_hooks_that_are_running() {
+    assert_eq!(run_scenario("hooks-deadline"), ["hook done"]);
+}
+
+#[test]
+fn a_second_shutdown_caller_waits_for_the_hooks() {
+    assert_eq!(run_scenario("hooks-second-caller"), ["hook done"]);
+}
+
+#[test]
+fn a_logger_may_call_back_into_grestart() {
+    run_scenario("log-reentry");
+}
+
+#[test]
+fn a_failed_start_keeps_the_inherited_fds() {
+    run_scenario("engine-start-fails");
+}
+
+#[test]
+fn shutdown_waits_for_the_work_in_flight() {
+    assert_eq!(run_scenario("work-in-flight"), ["work done"]);
+}
+
+/// The child half of [`a_zero_drain_deadline_is_none_in_rust`]: only does
+/// anything when that test runs this binary again with `GR_LIFECYCLE_CHILD`.
+#[test]
+fn zero_deadline_child() {
+    if std::env::var_os("GR_LIFECYCLE_CHILD").is_none() {
+        return;
+    }
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    grestart::set_log_level(Some(grestart::Level::Info));
+    grestart::set_logger(Some(move |_, line: &str| {
+        sink.lock().unwrap().push(line.to_string())
+    }));
+    grestart::set_drain_deadline(Some(Duration::ZERO)).unwrap();
+    grestart::ready().unwrap();
+    grestart::shutdown().unwrap();
+    let lines = lines.lock().unwrap();
+    println!("child log: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "draining (no deadline)"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_zero_drain_deadline_is_none_in_rust() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "zero_deadline_child", "--nocapture"])
+        .env("GR_LIFECYCLE_CHILD", "1")
+        .output()
+        .expect("run this test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("child log:"), "the child ran: {stdout}");
+}
