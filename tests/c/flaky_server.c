@@ -14,7 +14,9 @@
  * the successor does not inherit that), GR_TEST_REAP_CHILDREN (a thread reaps
  * every child with waitpid(-1)), GR_TEST_UNIX (also serve HTTP on this Unix
  * socket path), GR_TEST_UDP (also answer datagrams on udp://127.0.0.1:0 with
- * "PID GENERATION"; the port is logged as "udp port N").
+ * "PID GENERATION"; the port is logged as "udp port N"), GR_TEST_WANDER (before
+ * any grestart call: chdir("/") and overwrite argv[0], as programs that set
+ * their process title do). Answers carry X-Version: APP_VERSION.
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
  * "restart thread: RESULT ERRNO" (connections queue meanwhile). */
 #define _GNU_SOURCE
@@ -33,6 +35,10 @@
 #include <netinet/in.h>
 
 #include "grestart.h"
+
+#ifndef APP_VERSION
+#define APP_VERSION "1"
+#endif
 
 static void die(const char *what) {
     fprintf(stderr, "flaky_server: %s: %s\n", what, gr_last_error());
@@ -73,8 +79,8 @@ static void serve_connection(int c) {
     char response[256];
     int size = snprintf(response, sizeof response,
                         "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pid: %d\r\nX-Generation: %lld\r\n"
-                        "Connection: close\r\n\r\n",
-                        (int)getpid(), (long long)gr_generation());
+                        "X-Version: %s\r\nConnection: close\r\n\r\n",
+                        (int)getpid(), (long long)gr_generation(), APP_VERSION);
     send(c, response, (size_t)size, MSG_NOSIGNAL);
     close(c);
     if (got > 0 && strncmp(request, "GET /restart ", 13) == 0) {
@@ -122,6 +128,12 @@ int main(int argc, char **argv) {
     }
     if (getenv("GR_TEST_IGNORE_SIGCHLD") && !getenv("LISTEN_FDS")) {
         signal(SIGCHLD, SIG_IGN);
+    }
+    if (getenv("GR_TEST_WANDER")) {
+        if (chdir("/") < 0) {
+            return 4;
+        }
+        memset(argv[0], 'x', strlen(argv[0]));
     }
     if (strcmp(mode, "crash") == 0) {
         raise(SIGSEGV);

@@ -218,10 +218,16 @@ impl Server {
     /// Starts `program args... ADDRESS` and reads the address it listens on
     /// from its first line ("... listening on HOST:PORT").
     pub fn start(program: &Path, args: &[&OsStr], address: &str, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(program)
-            .args(args)
-            .arg(address)
-            .envs(env.iter().copied())
+        let mut command = Command::new(program);
+        command.args(args).arg(address).envs(env.iter().copied());
+        Server::launch(command)
+    }
+
+    /// [`Server::start`] for a prepared command (working directory, `PATH`...)
+    /// whose last argument is the address.
+    pub fn launch(mut command: Command) -> Server {
+        let program = PathBuf::from(command.get_program());
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

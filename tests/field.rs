@@ -1,0 +1,151 @@
+//! The way servers are really run: a symlink-flip deploy (started through an
+//! absolute path, a relative one or a `PATH` lookup; the old release deleted
+//! after the flip), an application that changes directory and argv before it
+//! calls grestart, and a container's seccomp profile refusing `clone3`.
+
+mod support;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{Load, Server, TempDir};
+
+/// `DIR/releases/v1/NAME` and `DIR/releases/v2/NAME`, built by `build` with
+/// those versions, and `DIR/current -> releases/v1`.
+fn releases(tag: &str, name: &str, build: impl Fn(&Path, u32)) -> TempDir {
+    let dir = TempDir::new(tag);
+    for version in [1, 2] {
+        let release = dir.join(&format!("releases/v{version}"));
+        std::fs::create_dir_all(&release).unwrap();
+        build(&release.join(name), version);
+    }
+    symlink("releases/v1", dir.join("current")).unwrap();
+    dir
+}
+
+/// Points `DIR/current` at `releases/v2` atomically, as `ln -sfn` + `mv -T` do.
+fn flip_to_v2(dir: &TempDir) {
+    let fresh = dir.join("current.new");
+    symlink("releases/v2", &fresh).unwrap();
+    std::fs::rename(&fresh, dir.join("current")).unwrap();
+}
+
+fn current(dir: &TempDir) -> PathBuf {
+    dir.join("current")
+}
+
+/// Restarts once on v1, flips, restarts again (optionally after deleting the
+/// old release): the successor must run v2. All under load, nothing failing.
+fn deploy(dir: &TempDir, command: Command, delete_v1: bool) {
+    support::become_subreaper();
+    let mut server = Server::launch(command);
+    let load = Load::start(server.addr, 2, 2);
+    assert_eq!(
+        server.restart(libc::SIGUSR2).version,
+        "1",
+        "before the flip"
+    );
+    flip_to_v2(dir);
+    if delete_v1 {
+        std::fs::remove_dir_all(dir.join("releases/v1")).unwrap();
+    }
+    assert_eq!(
+        server.restart(libc::SIGUSR2).version,
+        "2",
+        "after the flip the successor runs the new release"
+    );
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
+
+fn c_example(path: &Path, version: u32) {
+    support::build_c_example(path, version);
+}
+
+#[test]
+fn a_symlink_flip_deploy_restarts_onto_the_new_release() {
+    let dir = releases("deploy-absolute", "srv", c_example);
+    let mut command = Command::new(current(&dir).join("srv"));
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    deploy(&dir, command, false);
+}
+
+#[test]
+fn a_relative_argv0_and_a_deleted_old_release() {
+    let dir = releases("deploy-relative", "srv", c_example);
+    // As a shell in /…/current runs ./srv: PWD is the symlinked path, getcwd()
+    // the release it points to (deleted after the flip).
+    let mut command = Command::new("./srv");
+    command
+        .arg("127.0.0.1:0")
+        .current_dir(current(&dir))
+        .env("PWD", current(&dir))
+        .env("GRESTART_LOG", "warn");
+    deploy(&dir, command, true);
+}
+
+#[test]
+fn a_bare_name_found_on_path() {
+    let dir = releases("deploy-path", "srv", c_example);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut search = current(&dir).into_os_string();
+    search.push(":");
+    search.push(path);
+    let mut command = Command::new("srv");
+    command
+        .arg("127.0.0.1:0")
+        .env("PATH", search)
+        .env("GRESTART_LOG", "warn");
+    deploy(&dir, command, false);
+}
+
+/// The origin is captured before `main`: an application that changes
+/// directory and overwrites argv[0] before its first grestart call still
+/// restarts through the path as invoked, in the directory it started in.
+#[test]
+fn an_application_that_chdirs_and_rewrites_argv_first() {
+    let flaky = |path: &Path, version: u32| {
+        let source = support::repo().join("tests/c/flaky_server.c");
+        let define = format!("-DAPP_VERSION=\"{version}\"");
+        support::compile("cc", &[&source], path, &["-std=c99", "-pthread", &define]);
+    };
+    let dir = releases("deploy-wander", "flaky", flaky);
+    let mut command = Command::new("./flaky");
+    command
+        .arg("127.0.0.1:0")
+        .current_dir(current(&dir))
+        .env("PWD", current(&dir))
+        .env("GR_TEST_WANDER", "1")
+        .env("GRESTART_LOG", "warn");
+    deploy(&dir, command, true);
+}
+
+/// Some container runtimes' seccomp profiles answer EPERM (not ENOSYS) to
+/// clone3; restarts must fall back to fork instead of failing every time.
+#[test]
+fn clone3_refused_with_eperm_falls_back() {
+    let dir = TempDir::new("seccomp");
+    let wrapper = dir.join("seccomp_exec");
+    let source = support::repo().join("tests/c/seccomp_exec.c");
+    support::compile("cc", &[&source], &wrapper, &["-std=c99"]);
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    support::become_subreaper();
+    let mut server = Server::start(
+        &wrapper,
+        &[binary.as_os_str()],
+        "127.0.0.1:0",
+        &[("GRESTART_LOG", "debug")],
+    );
+    let load = Load::start(server.addr, 2, 2);
+    for _ in 0..3 {
+        server.restart(libc::SIGUSR2);
+        let line = server.wait_for_log("clone3 refused", std::time::Duration::from_secs(10));
+        assert!(line.contains("Operation not permitted"), "{line}");
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
