@@ -11,14 +11,18 @@ on failure, and may be called from any thread.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
+import math
 import os
+import select
 import socket
 import sys
-import traceback
-from typing import Callable, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
+
+# asyncio and traceback are imported where they are used: asyncio alone costs
+# more than the rest of `import grestart`, and every restart pays the imports.
 
 from ._ffi import HOOK, LOG, check, lib
 
@@ -33,6 +37,10 @@ __all__ = [
     "shutdown_fd",
     "wait_shutdown",
     "shutdown_requested",
+    "accept",
+    "incoming",
+    "Connection",
+    "in_flight",
     "shutdown",
     "generation",
     "set_ready_timeout",
@@ -56,7 +64,14 @@ __version__: str = lib.gr_version().decode()
 # The hand-over variables; the library removes them from the C environment when
 # it starts, and Python's copy of the environment must not keep them either, or
 # a subprocess started with os.environ would think it was socket-activated.
-_PROTOCOL_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "GRESTART_READY_FD", "GRESTART_GENERATION")
+_PROTOCOL_VARIABLES = (
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "GRESTART_READY_FD",
+    "GRESTART_GENERATION",
+    "GRESTART_SIGNAL",
+)
 _GENERATION = check(lib.gr_generation())  # starts the engine: it reads the variables now
 for _name in _PROTOCOL_VARIABLES:
     os.environ.pop(_name, None)
@@ -137,6 +152,8 @@ def on_shutdown(hook: Callable[[], object]) -> Callable[[], object]:
         try:
             hook()
         except BaseException:  # never let it reach C
+            import traceback
+
             print(f"grestart: shutdown hook {hook!r} raised:", file=sys.stderr)
             traceback.print_exc()
 
@@ -170,33 +187,129 @@ def shutdown_fd() -> int:
     return check(lib.gr_shutdown_fd())
 
 
+def _poll_shutdown(timeout: Optional[float]) -> bool:
+    """Polls the shutdown fd from Python, so that a signal handler (Ctrl-C's
+    KeyboardInterrupt) runs while it waits, as in any blocking Python call."""
+    poller = select.poll()
+    poller.register(shutdown_fd(), select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
 def wait_shutdown(timeout: Optional[float] = None) -> bool:
-    """Blocks until this process must drain (True) or ``timeout`` seconds pass (False)."""
-    if timeout is None:
-        return check(lib.gr_wait_shutdown(-1)) == 1
-    milliseconds = max(0, min(int(timeout * 1000), 2**31 - 1))
-    return check(lib.gr_wait_shutdown(milliseconds)) == 1
+    """Blocks until this process must drain (True) or ``timeout`` seconds pass
+    (False). Interruptible: Ctrl-C raises KeyboardInterrupt at once."""
+    return _poll_shutdown(timeout)
+
+
+# One future per event loop, resolved when the shutdown fd turns readable:
+# the loop has one reader per fd, so every waiter shares it.
+_shutdown_futures: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 async def shutdown_requested() -> None:
-    """Waits, in asyncio, until this process must drain."""
+    """Waits, in asyncio, until this process must drain. Any number of tasks
+    may wait at once; cancelling one leaves the others waiting."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    fd = shutdown_fd()
+    future = _shutdown_futures.get(loop)
+    if future is None:
+        future = loop.create_future()
+        _shutdown_futures[loop] = future
+        fd = shutdown_fd()
 
-    def readable() -> None:
-        if not done.done():
-            done.set_result(None)
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if not future.done():
+                future.set_result(None)
 
-    loop.add_reader(fd, readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
+        loop.add_reader(fd, readable)
+    await asyncio.shield(future)
+
+
+class Connection(socket.socket):
+    """A connection from :func:`accept`: a ``socket.socket`` that counts as work
+    in flight until it is closed (or detached); :func:`shutdown` waits for it.
+    Close it when done, e.g. with ``with conn:``."""
+
+    _counted = False
+
+    def _end_work(self) -> None:
+        if self._counted:
+            self._counted = False
+            check(lib.gr_work_end())
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._end_work()
+
+    def detach(self) -> int:
+        try:
+            return super().detach()
+        finally:
+            self._end_work()
+
+
+def accept(listener: socket.socket) -> Optional[Connection]:
+    """Waits for a connection on ``listener`` and accepts it; ``None`` once this
+    process must drain (a successor serves: leave the queue to it).
+
+    The connection is blocking and counts as work in flight until closed. The
+    listener is made non-blocking (a flag every generation shares): the
+    successor may take a connection between our poll and our accept.
+    """
+    listener.setblocking(False)
+    poller = select.poll()
+    poller.register(shutdown_fd(), select.POLLIN)
+    poller.register(listener.fileno(), select.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if shutdown_fd() in ready:
+            return None
+        try:
+            accepted, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        with accepted:
+            check(lib.gr_work_begin())
+            conn = Connection(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
+        conn._counted = True
+        conn.setblocking(True)
+        return conn
+
+
+def incoming(listener: socket.socket) -> Iterator[Connection]:
+    """The connections arriving on ``listener`` until this process must drain::
+
+        for conn in grestart.incoming(listener):
+            threading.Thread(target=serve, args=(conn,)).start()  # serve closes conn
+        grestart.shutdown()  # waits until every connection was closed
+    """
+    while True:
+        conn = accept(listener)
+        if conn is None:
+            return
+        yield conn
+
+
+class in_flight:
+    """``with grestart.in_flight(): ...`` counts the block as work in flight:
+    :func:`shutdown` waits for it (or for the drain deadline)."""
+
+    def __enter__(self) -> "in_flight":
+        check(lib.gr_work_begin())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        check(lib.gr_work_end())
 
 
 def shutdown() -> None:
-    """Drains if not already, then runs the shutdown hooks (once)."""
+    """Drains if not already, waits until no work is in flight (every
+    :class:`Connection` closed, every :class:`in_flight` block left), then runs
+    the shutdown hooks, once. A second caller returns when they have finished."""
     check(lib.gr_shutdown())
 
 
@@ -211,8 +324,13 @@ def set_ready_timeout(seconds: float) -> None:
 
 
 def set_drain_deadline(seconds: Optional[float]) -> None:
-    """After this long draining, run the hooks and exit anyway (None: no deadline)."""
-    check(lib.gr_set_drain_deadline_ms(0 if seconds is None else max(1, int(seconds * 1000))))
+    """After this long draining, run the hooks and exit anyway (None or 0: no
+    deadline, as in every language). A positive value is rounded up to whole
+    milliseconds."""
+    if seconds is not None and seconds < 0:
+        raise ValueError("the drain deadline cannot be negative")
+    milliseconds = 0 if not seconds else max(1, math.ceil(seconds * 1000))
+    check(lib.gr_set_drain_deadline_ms(milliseconds))
 
 
 def set_pid_file(path: Optional[Union[str, os.PathLike]]) -> None:
@@ -244,6 +362,8 @@ def set_logger(logger: Optional[Callable[[int, str], object]]) -> None:
         try:
             logger(level, line.decode("utf-8", "replace"))
         except BaseException:
+            import traceback
+
             traceback.print_exc()
 
     callback = LOG(forward)

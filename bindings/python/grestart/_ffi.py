@@ -6,7 +6,6 @@ two drift apart.
 
 import ctypes
 import os
-from pathlib import Path
 
 c_int, c_char_p, c_void_p, c_int64, c_uint64 = (
     ctypes.c_int,
@@ -30,6 +29,9 @@ SIGNATURES = {
     "gr_restart": (c_int, []),
     "gr_shutdown_fd": (c_int, []),
     "gr_wait_shutdown": (c_int, [c_int]),
+    "gr_accept": (c_int, [c_int]),
+    "gr_work_begin": (c_int, []),
+    "gr_work_end": (c_int, []),
     "gr_shutdown": (c_int, []),
     "gr_generation": (c_int64, []),
     "gr_set_ready_timeout_ms": (c_int, [c_uint64]),
@@ -45,14 +47,14 @@ SIGNATURES = {
 
 def _load() -> ctypes.CDLL:
     override = os.environ.get("GRESTART_LIBRARY")
-    path = Path(override) if override else Path(__file__).with_name("libgrestart.so")
-    if not path.exists():
+    path = override or os.path.join(os.path.dirname(__file__), "libgrestart.so")
+    if not os.path.exists(path):
         where = "GRESTART_LIBRARY" if override else "the grestart package"
         raise ImportError(
             f"libgrestart.so not found at {path} (from {where}); reinstall with "
             "`pip install ./bindings/python` or set GRESTART_LIBRARY to the library's path"
         )
-    library = ctypes.CDLL(str(path), use_errno=True)
+    library = ctypes.CDLL(path, use_errno=True)
     for name, (restype, argtypes) in SIGNATURES.items():
         function = getattr(library, name)
         function.restype = restype

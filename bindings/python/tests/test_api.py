@@ -2,11 +2,13 @@
 
 import errno
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -148,3 +150,151 @@ def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
     result = run_python(launcher, pass_fds=())
     assert result.returncode == 0, result.stderr
     assert "heir ok 1" in result.stdout
+
+
+def test_import_grestart_does_not_import_asyncio():
+    # asyncio alone costs more than the rest of `import grestart`, and every
+    # restart of a Python server pays its imports again.
+    result = run_python("""
+        import sys, time
+        before = set(sys.modules)
+        started = time.perf_counter()
+        import grestart
+        took = time.perf_counter() - started
+        print("imported", sorted(set(sys.modules) - before))
+        print(f"import grestart took {took * 1000:.1f} ms")
+        assert "asyncio" not in sys.modules
+    """)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_wait_shutdown_lets_ctrl_c_through():
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import time, grestart
+            print("waiting", flush=True)
+            try:
+                grestart.wait_shutdown()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+        """)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "waiting\n"
+        started = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        assert select.select([child.stdout], [], [], 10)[0], "no KeyboardInterrupt within 10 s"
+        assert child.stdout.readline() == "interrupted\n"
+        print(f"KeyboardInterrupt after {(time.monotonic() - started) * 1000:.1f} ms")
+        assert child.wait(timeout=10) == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_any_number_of_asyncio_waiters_wake():
+    result = run_python("""
+        import asyncio, grestart
+
+        async def main():
+            waiters = [asyncio.create_task(grestart.shutdown_requested()) for _ in range(3)]
+            cancelled = asyncio.create_task(grestart.shutdown_requested())
+            await asyncio.sleep(0)
+            cancelled.cancel()  # must not cancel the others' wait
+            grestart.ready()
+            asyncio.get_running_loop().call_soon(grestart.shutdown)
+            await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+            await asyncio.wait_for(grestart.shutdown_requested(), timeout=10)  # a late one too
+            print("all woke")
+
+        asyncio.run(main())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "all woke" in result.stdout
+
+
+def test_a_zero_drain_deadline_is_none_as_in_every_language():
+    result = run_python("""
+        import grestart
+        try:
+            grestart.set_drain_deadline(-1)
+        except ValueError:
+            print("negative refused")
+        grestart.set_drain_deadline(0)
+        grestart.ready()
+        grestart.shutdown()
+    """, env={**os.environ, "GRESTART_LOG": "info"})
+    assert result.returncode == 0, result.stderr
+    assert "negative refused" in result.stdout
+    assert "draining (no deadline)" in result.stderr, result.stderr
+
+
+def test_an_heir_takes_over_the_ignored_restart_signal():
+    # A grestart parent starts its successor with the restart signal ignored
+    # (GRESTART_SIGNAL names it); the heir's grestart then handles it, and gives
+    # it back its default disposition, not "ignored", when the application
+    # chooses another restart signal.
+    heir = textwrap.dedent("""
+        import os, signal, time
+        import grestart
+        assert "GRESTART_SIGNAL" not in os.environ
+        grestart.set_signal(signal.SIGHUP)
+        print("switched", flush=True)
+        os.kill(os.getpid(), signal.SIGUSR2)  # default again: this ends the process
+        time.sleep(5)
+        print("survived SIGUSR2")
+    """)
+    launcher = textwrap.dedent(f"""
+        import os, signal, socket, sys
+        s = socket.create_server(("127.0.0.1", 0))
+        if s.fileno() == 3:
+            os.set_inheritable(3, True)
+        else:
+            os.dup2(s.fileno(), 3)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web",
+                          GRESTART_SIGNAL=str(int(signal.SIGUSR2)))
+        os.execv(sys.executable, [sys.executable, "-c", {heir!r}])
+    """)
+    result = run_python(launcher, pass_fds=())
+    assert "switched" in result.stdout, result.stderr
+    assert result.returncode == -signal.SIGUSR2, (result.returncode, result.stdout, result.stderr)
+
+
+def test_incoming_ends_on_drain_and_shutdown_waits_for_open_connections():
+    result = run_python("""
+        import socket, threading, time, grestart
+        listener = grestart.listen(("127.0.0.1", 0))
+        finished, accepted = [], threading.Event()
+        grestart.on_shutdown(lambda: print("hook sees", finished, flush=True))
+        grestart.ready()
+
+        def serve(conn):
+            accepted.set()
+            with conn:
+                conn.recv(100)
+                time.sleep(0.3)
+                conn.sendall(b"answer")
+                finished.append("served")
+
+        def client_then_shutdown():
+            with socket.create_connection(listener.getsockname()) as c:
+                c.sendall(b"question")
+                assert accepted.wait(10)
+                grestart.shutdown()  # drains: the accept loop ends; waits for serve()
+                print("client got", c.recv(100), flush=True)
+
+        threading.Thread(target=client_then_shutdown).start()
+        threads = []
+        for conn in grestart.incoming(listener):
+            threads.append(threading.Thread(target=serve, args=(conn,)))
+            threads[-1].start()
+        print("accept loop ended after", len(threads), flush=True)
+        for t in threads:
+            t.join()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "accept loop ended after 1" in result.stdout
+    assert "hook sees ['served']" in result.stdout, result.stdout
+    assert "client got b'answer'" in result.stdout
