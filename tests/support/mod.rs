@@ -247,12 +247,14 @@ impl Server {
                 let _ = sender.send(line);
             }
         });
-        let mut addr: SocketAddr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in the server's first line {line:?}"));
+        let parsed: Option<SocketAddr> =
+            line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
+        let Some(mut addr) = parsed else {
+            // Not a Server yet, whose drop would end it: end it here.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no address in the server's first line {line:?}");
+        };
         // A server listening on every address is reached through loopback.
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
