@@ -68,6 +68,11 @@ fn a_failed_start_keeps_the_inherited_fds() {
 }
 
 #[test]
+fn a_forked_worker_cannot_act_for_its_master_and_drains_with_it() {
+    run_scenario("forked-worker");
+}
+
+#[test]
 fn shutdown_waits_for_the_work_in_flight() {
     assert_eq!(run_scenario("work-in-flight"), ["work done"]);
 }

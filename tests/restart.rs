@@ -64,6 +64,44 @@ fn c_example_restarts_under_load() {
 }
 
 #[test]
+fn prefork_example_restarts_under_load() {
+    let dir = TempDir::new("restart-prefork");
+    let binary = dir.join("prefork_server");
+    support::build_prefork_example(&binary, 1);
+    restarts_under_load(&binary, || support::build_prefork_example(&binary, 2));
+}
+
+#[test]
+fn prefork_workers_answer_for_their_master() {
+    let dir = TempDir::new("prefork-workers");
+    let binary = dir.join("prefork_server");
+    support::build_prefork_example(&binary, 1);
+    support::become_subreaper();
+    let mut server = Server::start(&binary, &[] as &[&OsStr], "127.0.0.1:0", &[]);
+    let mut workers = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let answer = support::get(server.addr, true).expect("an answer");
+        assert_eq!(answer.pid, server.pid, "X-Pid names the master");
+        assert!(answer.worker_pid > 0 && answer.worker_pid != server.pid);
+        workers.insert(answer.worker_pid);
+    }
+    println!("workers seen: {workers:?}");
+    let old_workers = workers.clone();
+    let restart = server.restart(libc::SIGUSR2);
+    // The old master exited after its workers: none of them answers or lives.
+    let answer = support::get(server.addr, true).expect("an answer");
+    assert_eq!(answer.pid, restart.pid);
+    assert!(!old_workers.contains(&answer.worker_pid));
+    for worker in old_workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{worker}")).exists(),
+            "old worker {worker} is gone"
+        );
+    }
+    server.stop();
+}
+
+#[test]
 fn cpp_example_restarts_under_load() {
     let dir = TempDir::new("restart-cpp");
     let binary = dir.join("http_server_cpp");

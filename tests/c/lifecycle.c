@@ -10,6 +10,9 @@
  *   engine-start-fails   grestart cannot start (no memory for its thread): the
  *                        call fails, and a later one still finds the inherited fd
  *   work-in-flight       gr_shutdown waits for gr_work_end before the hooks
+ *   forked-worker        a child forked after grestart started (a prefork
+ *                        worker) cannot act for the generation (EPERM), cannot
+ *                        make it drain, and sees its drain on the shared fd
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <netinet/in.h>
@@ -103,6 +108,32 @@ static void *work_then_end(void *arg) {
 static void work_must_be_done(void *arg) {
     (void)arg;
     EXPECT(completed_hooks() == 1); /* the work's line is there already */
+}
+
+/* In a forked worker: what acts for the generation is refused, the rest works. */
+static int worker_calls(int master_shutdown_fd) {
+    int ok = 1;
+#define REFUSED(call) ok &= ((call) == -1 && errno == EPERM)
+    REFUSED(gr_shutdown());
+    REFUSED(gr_restart());
+    REFUSED(gr_ready());
+    REFUSED(gr_set_signal(SIGHUP));
+    REFUSED(gr_set_drain_deadline_ms(1));
+    REFUSED(gr_listen("tcp://127.0.0.1:0", "worker"));
+#undef REFUSED
+    ok &= strstr(gr_last_error(), "forked") != NULL;
+    ok &= gr_shutdown_fd() == master_shutdown_fd;
+    ok &= gr_wait_shutdown(0) == 0;
+    ok &= gr_generation() == 1;
+    ok &= gr_work_begin() == 0 && gr_work_end() == 0;
+    return ok;
+}
+
+static int exit_code(pid_t child) {
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 /* Sets up this process as an heir of a grestart parent would be: a listening
@@ -194,6 +225,21 @@ int main(int argc, char **argv) {
         pthread_create(&thread, NULL, work_then_end, NULL);
         EXPECT(gr_shutdown() == 0); /* waits ~300 ms for the work */
         pthread_join(thread, NULL);
+    } else if (strcmp(scenario, "forked-worker") == 0) {
+        EXPECT(gr_ready() == 0);
+        int shutdown_fd = gr_shutdown_fd();
+        pid_t worker = fork();
+        if (worker == 0) {
+            _exit(worker_calls(shutdown_fd) ? 0 : 1);
+        }
+        EXPECT(exit_code(worker) == 0);
+        EXPECT(gr_wait_shutdown(0) == 0); /* the master was not made to drain */
+        worker = fork();
+        if (worker == 0) {
+            _exit(gr_wait_shutdown(10000) == 1 ? 0 : 1); /* wakes on the master's drain */
+        }
+        EXPECT(gr_shutdown() == 0);
+        EXPECT(exit_code(worker) == 0);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;

@@ -98,6 +98,17 @@ pub fn build_c_example(path: &Path, version: u32) {
     build_example("cc", "examples/c/http_server.c", "-std=c99", path, version);
 }
 
+/// The prefork C example (a master and its workers) reporting `version`.
+pub fn build_prefork_example(path: &Path, version: u32) {
+    build_example(
+        "cc",
+        "examples/c/prefork_server.c",
+        "-std=c99",
+        path,
+        version,
+    );
+}
+
 /// [`build_c_example`] for the C++ example.
 pub fn build_cpp_example(path: &Path, version: u32) {
     build_example(
@@ -173,7 +184,12 @@ pub fn reap(pid: i32) -> Option<i32> {
 
 /// The pids of the zombie children of `parent`.
 pub fn zombie_children(parent: i32) -> Vec<i32> {
-    let mut zombies = Vec::new();
+    children(parent, true)
+}
+
+/// The pids of the children of `parent` (only the zombies, with `zombies`).
+pub fn children(parent: i32, zombies_only: bool) -> Vec<i32> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -186,13 +202,13 @@ pub fn zombie_children(parent: i32) -> Vec<i32> {
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z")
+        if (!zombies_only || fields.first() == Some(&"Z"))
             && fields.get(1).and_then(|p| p.parse().ok()) == Some(parent)
         {
-            zombies.push(pid);
+            found.push(pid);
         }
     }
-    zombies
+    found
 }
 
 /// Sends `signal` to `pid` (only ever a server this test started).
@@ -374,7 +390,12 @@ impl Server {
     }
 
     fn stop_all(&mut self) {
-        for &pid in &self.pids {
+        // A generation's own children (prefork workers) go last: once their
+        // parent is reaped they are ours (we are the subreaper) to reap.
+        let workers: Vec<i32> = (self.pids.iter())
+            .flat_map(|&pid| children(pid, false))
+            .collect();
+        for pid in self.pids.clone().into_iter().chain(workers) {
             if let Ok(fd) = pidfd(pid) {
                 kill(pid, libc::SIGKILL);
                 wait_exit(&fd, Duration::from_secs(5));
@@ -405,6 +426,8 @@ pub struct Restart {
 pub struct Response {
     pub status: u16,
     pub pid: i32,
+    /// `X-Worker-Pid`, from a prefork worker answering for its master (else 0).
+    pub worker_pid: i32,
     pub generation: u64,
     pub version: String,
     pub closes: bool,
@@ -448,6 +471,7 @@ pub fn request(
     let mut response = Response {
         status,
         pid: 0,
+        worker_pid: 0,
         generation: 0,
         version: String::new(),
         closes: false,
@@ -468,6 +492,7 @@ pub fn request(
         let value = value.trim();
         match name.to_ascii_lowercase().as_str() {
             "x-pid" => response.pid = value.parse().unwrap_or(0),
+            "x-worker-pid" => response.worker_pid = value.parse().unwrap_or(0),
             "x-generation" => response.generation = value.parse().unwrap_or(0),
             "x-version" => response.version = value.to_string(),
             "content-length" => length = value.parse().unwrap_or(0),

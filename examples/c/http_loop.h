@@ -1,0 +1,268 @@
+/*
+ * The HTTP/1.1 machinery of the C examples: a one-thread poll() loop over a
+ * listener, its connections and grestart's shutdown fd, answering every GET
+ * with 200 and the headers X-Pid, X-Generation and X-Version (and
+ * X-Worker-Pid when a prefork worker answers for its master).
+ *
+ * When the shutdown fd turns readable a successor serves: stop accepting,
+ * answer each connection's next request with "Connection: close", close
+ * connections that stay idle, and return. Included by http_server.c (one
+ * process) and prefork_server.c (a master and its workers, each running this
+ * loop on the shared listener). Everything is static: one copy per program.
+ */
+#ifndef HTTP_LOOP_H
+#define HTTP_LOOP_H
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "grestart.h"
+
+#ifndef APP_VERSION
+#define APP_VERSION "1"
+#endif
+
+#define MAX_CONNECTIONS 4096
+#define BUFFER_SIZE 8192
+/* While draining, a keep-alive connection that sends nothing for this long is
+ * closed; one that sends a request gets its answer first. */
+#define DRAIN_IDLE_MS 5000
+
+struct connection {
+    int fd;
+    size_t in_len, out_len, out_sent;
+    int close_after_write;
+    long long last_active_ms;
+    char in[BUFFER_SIZE];
+    char out[BUFFER_SIZE];
+};
+
+/* The pid the answers name in X-Pid: the process an operator signals. */
+static int reported_pid;
+
+static struct connection *connections[MAX_CONNECTIONS];
+static int connection_count;
+static unsigned long long requests_served;
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void drop_connection(int index) {
+    close(connections[index]->fd);
+    free(connections[index]);
+    connections[index] = connections[--connection_count];
+}
+
+/* The value of header `name` (lower case, with the colon) in the lower-cased
+ * header block `headers`, or NULL. */
+static const char *header(const char *headers, const char *name) {
+    const char *found = strstr(headers, name);
+    return found ? found + strlen(name) : NULL;
+}
+
+/* Parses every complete request in the input buffer and queues its answer.
+ * Returns -1 when the connection must be dropped at once (garbage). */
+static int handle_requests(struct connection *c, int draining) {
+    for (;;) {
+        char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+        if (!end) {
+            return c->in_len == sizeof c->in ? -1 : 0; /* header too large */
+        }
+        size_t head_len = (size_t)(end - c->in) + 4;
+        char head[BUFFER_SIZE + 1];
+        for (size_t i = 0; i < head_len; i++) {
+            head[i] = (char)tolower((unsigned char)c->in[i]);
+        }
+        head[head_len] = '\0';
+
+        const char *length_value = header(head, "\r\ncontent-length:");
+        size_t body_len = length_value ? strtoul(length_value, NULL, 10) : 0;
+        if (body_len > sizeof c->in - head_len) {
+            return -1;
+        }
+        if (c->in_len < head_len + body_len) {
+            return 0; /* wait for the body */
+        }
+        const char *connection_value = header(head, "\r\nconnection:");
+        const char *line_end = strstr(head, "\r\n");
+        int http10 = line_end - head >= 8 && strncmp(line_end - 8, "http/1.0", 8) == 0;
+        const char *option = connection_value ? connection_value + strspn(connection_value, " \t") : "";
+        int client_closes = http10 ? strncmp(option, "keep-alive", 10) != 0 : strncmp(option, "close", 5) == 0;
+        int is_get = strncmp(head, "get ", 4) == 0;
+        c->close_after_write = client_closes || draining || !is_get;
+
+        int worker = reported_pid != (int)getpid();
+        char worker_pid[16];
+        snprintf(worker_pid, sizeof worker_pid, "%d", (int)getpid());
+        char body[128];
+        int body_size = is_get ? snprintf(body, sizeof body, "served by pid %d generation %lld\n", (int)getpid(),
+                                          (long long)gr_generation())
+                               : snprintf(body, sizeof body, "only GET is served here\n");
+        int n = snprintf(c->out + c->out_len, sizeof c->out - c->out_len,
+                         "HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                         "X-Pid: %d\r\n%s%s%sX-Generation: %lld\r\nX-Version: %s\r\nConnection: %s\r\n\r\n%s",
+                         is_get ? "200 OK" : "405 Method Not Allowed", body_size, reported_pid,
+                         worker ? "X-Worker-Pid: " : "", worker ? worker_pid : "", worker ? "\r\n" : "",
+                         (long long)gr_generation(), APP_VERSION, c->close_after_write ? "close" : "keep-alive",
+                         body);
+        if (n < 0 || (size_t)n >= sizeof c->out - c->out_len) {
+            return -1; /* pipelined faster than we can answer */
+        }
+        c->out_len += (size_t)n;
+        requests_served++;
+
+        size_t used = head_len + body_len;
+        memmove(c->in, c->in + used, c->in_len - used);
+        c->in_len -= used;
+        if (c->close_after_write) {
+            c->in_len = 0; /* nothing after a closing request is answered */
+            return 0;
+        }
+    }
+}
+
+/* Reads what arrived and answers it. Returns -1 when the connection is done. */
+static int on_readable(struct connection *c, int draining) {
+    for (;;) {
+        ssize_t n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            c->last_active_ms = now_ms();
+            if (handle_requests(c, draining) < 0) {
+                return -1;
+            }
+            if (c->close_after_write || c->in_len == sizeof c->in) {
+                return 0;
+            }
+            continue;
+        }
+        if (n == 0) {
+            return c->out_len > c->out_sent ? 0 : -1; /* peer closed */
+        }
+        return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    }
+}
+
+/* Sends what is queued. Returns -1 when the connection is done. */
+static int on_writable(struct connection *c) {
+    while (c->out_sent < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            return errno == EAGAIN || errno == EINTR ? 0 : -1;
+        }
+        c->out_sent += (size_t)n;
+    }
+    c->out_len = c->out_sent = 0;
+    return c->close_after_write ? -1 : 0;
+}
+
+static void accept_all(int listener) {
+    while (connection_count < MAX_CONNECTIONS) {
+        int fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+                perror("accept");
+            }
+            return;
+        }
+        struct connection *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            return;
+        }
+        c->fd = fd;
+        c->last_active_ms = now_ms();
+        connections[connection_count++] = c;
+    }
+}
+
+/* Prints "NAME: pid P generation G version V listening on HOST:PORT", the
+ * line every example starts with (IPv6 hosts in brackets). */
+static void print_listening(const char *name, int listener) {
+    struct sockaddr_storage bound;
+    socklen_t bound_len = sizeof bound;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (getsockname(listener, (struct sockaddr *)&bound, &bound_len) == 0) {
+        if (bound.ss_family == AF_INET) {
+            struct sockaddr_in *v4 = (struct sockaddr_in *)&bound;
+            inet_ntop(AF_INET, &v4->sin_addr, host, sizeof host);
+            port = ntohs(v4->sin_port);
+        } else {
+            struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&bound;
+            inet_ntop(AF_INET6, &v6->sin6_addr, host, sizeof host);
+            port = ntohs(v6->sin6_port);
+        }
+    }
+    int v6 = bound.ss_family == AF_INET6;
+    printf("%s: pid %d generation %lld version %s listening on %s%s%s:%d\n", name, (int)getpid(),
+           (long long)gr_generation(), APP_VERSION, v6 ? "[" : "", host, v6 ? "]" : "", port);
+    fflush(stdout);
+}
+
+/* Serves HTTP on `listener` (non-blocking) until this process must drain and
+ * every connection is finished. Returns 0, or 1 when poll() failed. */
+static int serve_http(int listener) {
+    int shutdown_fd = gr_shutdown_fd();
+    int draining = 0;
+    static struct pollfd fds[MAX_CONNECTIONS + 2];
+    while (!draining || connection_count > 0) {
+        fds[0] = (struct pollfd){.fd = shutdown_fd, .events = POLLIN};
+        fds[1] = (struct pollfd){.fd = draining ? -1 : listener, .events = POLLIN};
+        for (int i = 0; i < connection_count; i++) {
+            struct connection *c = connections[i];
+            fds[i + 2] = (struct pollfd){.fd = c->fd, .events = c->out_len > c->out_sent ? POLLOUT : POLLIN};
+        }
+        int n = poll(fds, (nfds_t)connection_count + 2, draining ? 100 : -1);
+        if (n < 0 && errno != EINTR) {
+            perror("poll");
+            return 1;
+        }
+        if (!draining && (fds[0].revents & POLLIN)) {
+            /* A successor serves now. The shared listening socket stays open in
+             * it, so connections still queued there are its to accept. */
+            draining = 1;
+            close(listener);
+            for (int i = 0; i < connection_count; i++) {
+                connections[i]->last_active_ms = now_ms();
+            }
+        }
+        int polled = connection_count;
+        if (!draining && (fds[1].revents & POLLIN)) {
+            accept_all(listener); /* appended after the polled ones */
+        }
+        /* Walk backwards: drop_connection moves the last connection into the gap. */
+        for (int i = polled - 1; i >= 0; i--) {
+            struct connection *c = connections[i];
+            int done = 0;
+            if (fds[i + 2].revents & (POLLIN | POLLHUP | POLLERR)) {
+                done = on_readable(c, draining) < 0;
+            }
+            if (!done && c->out_len > c->out_sent) {
+                done = on_writable(c) < 0;
+            }
+            if (!done && draining && c->out_len == 0 && now_ms() - c->last_active_ms > DRAIN_IDLE_MS) {
+                done = 1;
+            }
+            if (done) {
+                drop_connection(i);
+            }
+        }
+    }
+    return 0;
+}
+
+#endif
