@@ -16,6 +16,15 @@ const RESTARTS: usize = 20;
 /// Restarts `binary` (which answers as version "1") `RESTARTS` times under
 /// load; `swap_in_v2` replaces it on disk by a version "2" halfway.
 fn restarts_under_load(binary: &Path, swap_in_v2: impl FnOnce()) {
+    restarts_under_load_checking(binary, Some(swap_in_v2));
+}
+
+/// [`restarts_under_load`] for a server without `X-Version` (a quick start).
+fn quick_start_restarts_under_load(binary: &Path) {
+    restarts_under_load_checking(binary, None::<fn()>);
+}
+
+fn restarts_under_load_checking(binary: &Path, swap_in_v2: Option<impl FnOnce()>) {
     support::become_subreaper();
     let mut server = Server::start(
         binary,
@@ -24,18 +33,23 @@ fn restarts_under_load(binary: &Path, swap_in_v2: impl FnOnce()) {
         &[("GRESTART_LOG", "warn")],
     );
     let load = Load::start(server.addr, 4, 4);
-    let mut swap_in_v2 = Some(swap_in_v2);
+    let versioned = swap_in_v2.is_some();
+    let mut swap_in_v2 = swap_in_v2;
     let mut latencies = Vec::new();
     for i in 0..RESTARTS {
         if i == RESTARTS / 2 {
-            (swap_in_v2.take().expect("swapped once"))();
+            if let Some(swap) = swap_in_v2.take() {
+                swap();
+            }
         }
         let restart = server.restart(libc::SIGUSR2);
-        let expected = if i < RESTARTS / 2 { "1" } else { "2" };
-        assert_eq!(
-            restart.version, expected,
-            "restart {i} runs the binary on disk"
-        );
+        if versioned {
+            let expected = if i < RESTARTS / 2 { "1" } else { "2" };
+            assert_eq!(
+                restart.version, expected,
+                "restart {i} runs the binary on disk"
+            );
+        }
         latencies.push(restart.latency);
     }
     let stats = load.finish();
@@ -113,25 +127,48 @@ fn cpp_example_restarts_under_load() {
 fn rust_example_restarts_under_load() {
     let dir = TempDir::new("restart-rust");
     let binary = dir.join("http_server");
-    build_rust_example(&binary, 1);
-    restarts_under_load(&binary, || build_rust_example(&binary, 2));
+    build_rust_example("http_server", &binary, 1);
+    restarts_under_load(&binary, || build_rust_example("http_server", &binary, 2));
 }
 
-/// Builds the Rust example reporting `version` and renames it into `path`.
+/// The quick starts of the README, blocking thread-per-connection servers,
+/// lose nothing either: the accept loop ends on the hand-over and shutdown
+/// waits for the connections in flight.
+#[test]
+fn c_quick_start_restarts_under_load() {
+    let dir = TempDir::new("quickstart-c");
+    let binary = dir.join("quickstart");
+    let source = support::repo().join("examples/c/quickstart.c");
+    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    quick_start_restarts_under_load(&binary);
+}
+
+#[test]
+fn cpp_quick_start_restarts_under_load() {
+    let dir = TempDir::new("quickstart-cpp");
+    let binary = dir.join("quickstart");
+    let source = support::repo().join("examples/cpp/quickstart.cpp");
+    support::compile("c++", &[&source], &binary, &["-std=c++17", "-pthread"]);
+    quick_start_restarts_under_load(&binary);
+}
+
+#[test]
+fn rust_quick_start_restarts_under_load() {
+    let dir = TempDir::new("quickstart-rust");
+    let binary = dir.join("quickstart");
+    build_rust_example("quickstart", &binary, 1);
+    quick_start_restarts_under_load(&binary);
+}
+
+/// Builds the Rust example `name` reporting `version` and renames it into `path`.
 ///
 /// `cargo test` builds examples only as test targets, so the example is built
 /// here, in a target directory of its own (the one running this test is
 /// cargo's), by the same cargo that runs the tests.
-fn build_rust_example(path: &Path, version: u32) {
+fn build_rust_example(name: &str, path: &Path, version: u32) {
     let target = support::repo().join("target/example-under-test");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--example",
-            "http_server",
-            "--target-dir",
-        ])
+        .args(["build", "--quiet", "--example", name, "--target-dir"])
         .arg(&target)
         .env("APP_VERSION", version.to_string())
         .current_dir(support::repo())
@@ -142,6 +179,6 @@ fn build_rust_example(path: &Path, version: u32) {
         "cargo build of the Rust example, version {version}"
     );
     let fresh = path.with_extension("new");
-    std::fs::copy(target.join("debug/examples/http_server"), &fresh).expect("copy the example");
+    std::fs::copy(target.join("debug/examples").join(name), &fresh).expect("copy the example");
     std::fs::rename(&fresh, path).expect("rename the example into place");
 }

@@ -168,26 +168,11 @@ inline bool wait_shutdown(std::optional<std::chrono::milliseconds> timeout = std
     return detail::check(gr_wait_shutdown(ms)) == 1;
 }
 
-/// Waits for a connection on `listener` and accepts it; std::nullopt once this
-/// process must drain (a successor serves). The connection counts as work in
-/// flight until its Work ends: see `Work`.
-inline std::optional<Fd> accept(int listener) {
-    int fd = gr_accept(listener);
-    if (fd < 0 && errno == ESHUTDOWN) {
-        return std::nullopt;
-    }
-    return Fd(detail::check(fd));
-}
-
-/// Work in flight while this object lives: shutdown() waits for it. Adopt the
-/// count of an accepted connection with `Work(Work::adopt)`; a default-made
-/// Work counts one more. Move-only.
+/// Work in flight while this object lives: shutdown() waits for it. A
+/// default-made Work counts one more piece of work. Move-only.
 class Work {
 public:
-    struct Adopt {};
-    static constexpr Adopt adopt{};
     Work() { detail::check(gr_work_begin()); }
-    explicit Work(Adopt) noexcept {}
     Work(Work &&other) noexcept : active_(std::exchange(other.active_, false)) {}
     Work &operator=(Work &&other) noexcept {
         if (this != &other) {
@@ -201,6 +186,10 @@ public:
     ~Work() { end(); }
 
 private:
+    friend struct Connection;
+    struct Adopt {};
+    /// Takes over a count gr_accept already made.
+    explicit Work(Adopt) noexcept {}
     void end() noexcept {
         if (std::exchange(active_, false)) {
             gr_work_end();
@@ -209,7 +198,26 @@ private:
     bool active_ = true;
 };
 
-/// Drains if not already, then runs the shutdown hooks (once).
+/// A connection from accept(): it counts as work in flight until destroyed,
+/// and its fd is closed first.
+struct Connection {
+    Work work;
+    Fd fd;
+    explicit Connection(int accepted) noexcept : work(Work::Adopt{}), fd(accepted) {}
+};
+
+/// Waits for a connection on `listener` and accepts it; std::nullopt once this
+/// process must drain (a successor serves), so an accept loop ends.
+inline std::optional<Connection> accept(int listener) {
+    int fd = gr_accept(listener);
+    if (fd < 0 && errno == ESHUTDOWN) {
+        return std::nullopt;
+    }
+    return Connection(detail::check(fd));
+}
+
+/// Drains if not already, waits for the work in flight (every Connection and
+/// Work destroyed), then runs the shutdown hooks, once.
 inline void shutdown() { detail::check(gr_shutdown()); }
 
 /// 1 for a fresh start, one more with every hand-over.

@@ -172,9 +172,9 @@ def test_import_grestart_does_not_import_asyncio():
 def test_wait_shutdown_lets_ctrl_c_through():
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
-            import time, grestart
-            print("waiting", flush=True)
+            import grestart
             try:
+                print("waiting", flush=True)
                 grestart.wait_shutdown()
             except KeyboardInterrupt:
                 print("interrupted", flush=True)
@@ -182,6 +182,10 @@ def test_wait_shutdown_lets_ctrl_c_through():
         stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline() == "waiting\n"
+        deadline = time.monotonic() + 10
+        while "poll" not in open(f"/proc/{child.pid}/wchan").read():  # blocked in the wait
+            assert time.monotonic() < deadline, "the child never blocked"
+            time.sleep(0.001)
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         assert select.select([child.stdout], [], [], 10)[0], "no KeyboardInterrupt within 10 s"

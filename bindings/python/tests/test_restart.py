@@ -11,7 +11,7 @@ from conftest import Load, get, wait_exit
 RESTARTS = 10
 
 
-@pytest.mark.parametrize("script", ["http_server.py", "asyncio_server.py"])
+@pytest.mark.parametrize("script", ["http_server.py", "asyncio_server.py", "quickstart.py"])
 def test_restarts_under_load_lose_nothing(python_server, script):
     server = python_server(script)
     load = Load(server.port)

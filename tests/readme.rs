@@ -1,0 +1,53 @@
+//! Every code block of the READMEs is real code that the tests run: each C,
+//! C++, Rust and Python block must be preceded by `<!-- file: PATH -->` and
+//! equal that file, which the restart tests build and restart under load.
+//! (Shell commands, unit files and output samples are not programs.)
+
+mod support;
+
+const READMES: [&str; 2] = ["README.md", "bindings/python/README.md"];
+const PROGRAMS: [&str; 4] = ["c", "cpp", "rust", "python"];
+
+#[test]
+fn every_program_in_a_readme_is_a_tested_file() {
+    let mut checked = 0;
+    for readme in READMES {
+        let text = std::fs::read_to_string(support::repo().join(readme)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let Some(language) = lines[i].strip_prefix("```").filter(|l| !l.is_empty()) else {
+                i += 1;
+                continue;
+            };
+            let end = i
+                + 1
+                + (lines[i + 1..].iter())
+                    .position(|l| *l == "```")
+                    .unwrap_or_else(|| panic!("{readme}:{}: unclosed block", i + 1));
+            if PROGRAMS.contains(&language) {
+                let marker = (i > 0).then(|| lines[i - 1]).unwrap_or_default();
+                let path = marker
+                    .strip_prefix("<!-- file: ")
+                    .and_then(|m| m.strip_suffix(" -->"))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{readme}:{}: a {language} block without <!-- file: PATH -->",
+                            i + 1
+                        )
+                    });
+                let file = std::fs::read_to_string(support::repo().join(path))
+                    .unwrap_or_else(|e| panic!("{readme}:{}: {path}: {e}", i + 1));
+                let block: String = lines[i + 1..end].iter().map(|l| format!("{l}\n")).collect();
+                assert!(
+                    block == file,
+                    "{readme}:{}: the block differs from {path}; paste the file again",
+                    i + 1
+                );
+                checked += 1;
+            }
+            i = end + 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} program blocks found");
+}
