@@ -26,7 +26,7 @@ fn every_program_in_a_readme_is_a_tested_file() {
                     .position(|l| *l == "```")
                     .unwrap_or_else(|| panic!("{readme}:{}: unclosed block", i + 1));
             if PROGRAMS.contains(&language) {
-                let marker = (i > 0).then(|| lines[i - 1]).unwrap_or_default();
+                let marker = if i > 0 { lines[i - 1] } else { "" };
                 let path = marker
                     .strip_prefix("<!-- file: ")
                     .and_then(|m| m.strip_suffix(" -->"))
