@@ -244,7 +244,16 @@ fn two_hundred_restarts_leave_no_trace() {
     let flaky = Flaky::new("hygiene");
     // No load here: a connection in flight would count as an fd.
     let mut server = flaky.start(&[]);
+    let addr = server.addr;
     let sample = |pid: i32| {
+        // Read one answer to its end: EOF means the server closed its side,
+        // so the probes' connections no longer count among its fds.
+        use std::io::{Read, Write};
+        let mut probe = std::net::TcpStream::connect(addr).unwrap();
+        probe
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        probe.read_to_end(&mut Vec::new()).unwrap();
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count();
