@@ -136,19 +136,19 @@ fn rust_example_restarts_under_load() {
 /// waits for the connections in flight.
 #[test]
 fn c_quick_start_restarts_under_load() {
-    let dir = TempDir::new("quickstart-c");
-    let binary = dir.join("quickstart");
-    let source = support::repo().join("examples/c/quickstart.c");
-    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
-    quick_start_restarts_under_load(&binary);
+    compiled_quick_start_restarts_under_load("cc", "examples/c/quickstart.c", "-std=c99");
 }
 
 #[test]
 fn cpp_quick_start_restarts_under_load() {
-    let dir = TempDir::new("quickstart-cpp");
+    compiled_quick_start_restarts_under_load("c++", "examples/cpp/quickstart.cpp", "-std=c++17");
+}
+
+fn compiled_quick_start_restarts_under_load(compiler: &str, source: &str, standard: &str) {
+    let dir = TempDir::new(&format!("quickstart-{compiler}"));
     let binary = dir.join("quickstart");
-    let source = support::repo().join("examples/cpp/quickstart.cpp");
-    support::compile("c++", &[&source], &binary, &["-std=c++17", "-pthread"]);
+    let source = support::repo().join(source);
+    support::compile(compiler, &[&source], &binary, &[standard, "-pthread"]);
     quick_start_restarts_under_load(&binary);
 }
 

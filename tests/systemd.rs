@@ -18,6 +18,16 @@ fn flaky(dir: &TempDir) -> PathBuf {
     binary
 }
 
+/// A datagram socket in `dir` to stand for systemd's NOTIFY_SOCKET.
+fn notify_socket(dir: &TempDir) -> (PathBuf, UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    (path, notify)
+}
+
 fn next_message(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
     let n = socket
@@ -30,11 +40,7 @@ fn next_message(socket: &UnixDatagram) -> String {
 fn systemd_follows_the_new_main_pid() {
     let dir = TempDir::new("notify");
     let binary = flaky(&dir);
-    let path = dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let (path, notify) = notify_socket(&dir);
     support::become_subreaper();
     let mut server = Server::start(
         &binary,
@@ -66,11 +72,7 @@ fn systemd_follows_the_new_main_pid() {
 fn after_a_failed_restart_systemd_follows_the_parent_again() {
     let dir = TempDir::new("notify-failed");
     let binary = flaky(&dir);
-    let path = dir.join("notify.sock");
-    let notify = UnixDatagram::bind(&path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    let (path, notify) = notify_socket(&dir);
     let mode = dir.join("mode");
     std::fs::write(&mode, "serve").unwrap();
     support::become_subreaper();

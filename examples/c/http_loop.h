@@ -189,6 +189,25 @@ static void accept_all(int listener) {
     }
 }
 
+/* The listener named "http" for the HOST:PORT of argv[1], non-blocking (the
+ * next generation may take a connection between our poll and our accept):
+ * inherited from the previous generation, or bound now. Exits on error. */
+static int listen_from_args(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s HOST:PORT   (e.g. 127.0.0.1:8080)\n", argv[0]);
+        exit(2);
+    }
+    char address[300];
+    snprintf(address, sizeof address, "tcp://%s", argv[1]);
+    int listener = gr_listen(address, "http");
+    if (listener < 0) {
+        fprintf(stderr, "%s: %s\n", argv[0], gr_last_error());
+        exit(1);
+    }
+    fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK);
+    return listener;
+}
+
 /* Prints "NAME: pid P generation G version V listening on HOST:PORT", the
  * line every example starts with (IPv6 hosts in brackets). */
 static void print_listening(const char *name, int listener) {

@@ -22,20 +22,7 @@ static void say_goodbye(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s HOST:PORT   (e.g. 127.0.0.1:8080)\n", argv[0]);
-        return 2;
-    }
-    char address[300];
-    snprintf(address, sizeof address, "tcp://%s", argv[1]);
-
-    /* The previous generation's socket, or a new one on a fresh start. */
-    int listener = gr_listen(address, "http");
-    if (listener < 0) {
-        fprintf(stderr, "http_server: %s\n", gr_last_error());
-        return 1;
-    }
-    fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK);
+    int listener = listen_from_args(argc, argv); /* inherited, or bound now */
     if (gr_on_shutdown(say_goodbye, NULL) < 0 || gr_set_drain_deadline_ms(30000) < 0) {
         fprintf(stderr, "http_server: %s\n", gr_last_error());
         return 1;

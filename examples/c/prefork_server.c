@@ -30,18 +30,11 @@
 #define WORKERS 4
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s HOST:PORT   (e.g. 127.0.0.1:8080)\n", argv[0]);
-        return 2;
-    }
-    char address[300];
-    snprintf(address, sizeof address, "tcp://%s", argv[1]);
-    int listener = gr_listen(address, "http");
-    if (listener < 0 || gr_set_drain_deadline_ms(30000) < 0) {
+    int listener = listen_from_args(argc, argv);
+    if (gr_set_drain_deadline_ms(30000) < 0) {
         fprintf(stderr, "prefork_server: %s\n", gr_last_error());
         return 1;
     }
-    fcntl(listener, F_SETFL, fcntl(listener, F_GETFL) | O_NONBLOCK);
     reported_pid = (int)getpid();
     print_listening("prefork_server", listener);
 

@@ -13,16 +13,7 @@
 
 #include "grestart.h"
 
-static int failures, checks;
-
-#define EXPECT(cond)                                                           \
-    do {                                                                       \
-        checks++;                                                              \
-        if (!(cond)) {                                                         \
-            failures++;                                                        \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                      \
-    } while (0)
+#include "expect.h"
 
 /* `call` fails with -1, errno `err` and a non-empty message. */
 #define EXPECT_FAIL(call, err)                                                        \
@@ -145,6 +136,5 @@ int main(void) {
     EXPECT_FAIL(gr_ready(), ESHUTDOWN);
     EXPECT_FAIL(gr_register_listener(listener, "late"), ESHUTDOWN);
 
-    printf("abi_test: %d passed, %d failed\n", checks - failures, failures);
-    return failures != 0;
+    return report("abi_test");
 }

@@ -28,30 +28,15 @@
 #include <unistd.h>
 #include <netinet/in.h>
 
+#include "expect.h"
 #include "grestart.h"
 
-static int failures, checks;
 static const char *scratch;
-
-#define EXPECT(cond)                                                           \
-    do {                                                                       \
-        checks++;                                                              \
-        if (!(cond)) {                                                         \
-            failures++;                                                        \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                      \
-    } while (0)
 
 static void sleep_ms(long ms) {
     struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&t, &t) < 0 && errno == EINTR) {
     }
-}
-
-static int report(void) {
-    printf("lifecycle: %d passed, %d failed\n", checks - failures, failures);
-    fflush(stdout);
-    return failures != 0;
 }
 
 /* Lines in the scratch file: how many times the slow hook completed. */
@@ -244,5 +229,5 @@ int main(int argc, char **argv) {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
     }
-    return report();
+    return report("lifecycle");
 }

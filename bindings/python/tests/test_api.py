@@ -92,6 +92,27 @@ def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
                           timeout=60, **kwargs)
 
 
+def run_as_heir(code: str, restart_signal: int = 0) -> subprocess.CompletedProcess:
+    """Runs ``code`` the way a grestart parent (or systemd) starts an heir: a
+    listening socket at fd 3 and the LISTEN_* variables naming this very pid
+    (exec keeps the pid, so the launcher sets LISTEN_PID to its own); with
+    ``restart_signal``, that signal ignored and named in GRESTART_SIGNAL."""
+    launcher = textwrap.dedent(f"""
+        import os, signal, socket, sys
+        s = socket.create_server(("127.0.0.1", 0))
+        if s.fileno() == 3:
+            os.set_inheritable(3, True)
+        else:
+            os.dup2(s.fileno(), 3)
+        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+        if {restart_signal}:
+            signal.signal({restart_signal}, signal.SIG_IGN)
+            os.environ["GRESTART_SIGNAL"] = "{restart_signal}"
+        os.execv(sys.executable, [sys.executable, "-c", {textwrap.dedent(code)!r}])
+    """)
+    return run_python(launcher, pass_fds=())
+
+
 def test_hooks_run_once_in_reverse_and_exceptions_are_reported():
     result = run_python("""
         import grestart
@@ -117,9 +138,6 @@ def test_hooks_run_once_in_reverse_and_exceptions_are_reported():
 
 
 def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
-    # Start a Python process the way a grestart parent (or systemd) would: a
-    # listening socket at fd 3 and the LISTEN_* variables naming this very pid
-    # (exec keeps the pid, so the launcher sets LISTEN_PID to its own).
     heir = textwrap.dedent("""
         import os, subprocess, sys
         import grestart
@@ -137,17 +155,7 @@ def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
         assert out == "False", out
         print("heir ok", grestart.generation())
     """)
-    launcher = textwrap.dedent(f"""
-        import os, socket, sys
-        s = socket.create_server(("127.0.0.1", 0))
-        if s.fileno() == 3:
-            os.set_inheritable(3, True)
-        else:
-            os.dup2(s.fileno(), 3)
-        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
-        os.execv(sys.executable, [sys.executable, "-c", {heir!r}])
-    """)
-    result = run_python(launcher, pass_fds=())
+    result = run_as_heir(heir)
     assert result.returncode == 0, result.stderr
     assert "heir ok 1" in result.stdout
 
@@ -249,19 +257,7 @@ def test_an_heir_takes_over_the_ignored_restart_signal():
         time.sleep(5)
         print("survived SIGUSR2")
     """)
-    launcher = textwrap.dedent(f"""
-        import os, signal, socket, sys
-        s = socket.create_server(("127.0.0.1", 0))
-        if s.fileno() == 3:
-            os.set_inheritable(3, True)
-        else:
-            os.dup2(s.fileno(), 3)
-        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web",
-                          GRESTART_SIGNAL=str(int(signal.SIGUSR2)))
-        os.execv(sys.executable, [sys.executable, "-c", {heir!r}])
-    """)
-    result = run_python(launcher, pass_fds=())
+    result = run_as_heir(heir, restart_signal=int(signal.SIGUSR2))
     assert "switched" in result.stdout, result.stderr
     assert result.returncode == -signal.SIGUSR2, (result.returncode, result.stdout, result.stderr)
 
