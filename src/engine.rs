@@ -387,6 +387,14 @@ impl Engine {
     /// Starts a successor and, once it is ready, begins to drain. Errors leave
     /// this process serving exactly as before.
     pub(crate) fn restart(&'static self) -> io::Result<()> {
+        self.restart_coalescing(|| 0)
+    }
+
+    /// [`Engine::restart`] for the signal watcher: `coalesce` swallows the
+    /// restart signals that arrived during the restart, and runs before the
+    /// outcome is logged, so that a signal sent once the operator has read
+    /// "restart failed" starts a new restart instead of being swallowed.
+    fn restart_coalescing(&'static self, coalesce: impl FnOnce() -> usize) -> io::Result<()> {
         let _one_at_a_time = match self.restarting.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -398,6 +406,10 @@ impl Engine {
         };
         info!("restart requested");
         let result = self.hand_over();
+        let coalesced = coalesce();
+        if coalesced > 0 {
+            info!("{coalesced} restart signals arrived during the restart; coalesced into it");
+        }
         if let Err(e) = &result {
             error!("restart failed, still serving: {e}");
         }
@@ -686,11 +698,7 @@ fn watch_signals(pipe: OwnedFd) {
     loop {
         signal::wait(&pipe);
         let Some(engine) = ENGINE.get() else { continue };
-        let _ = engine.restart();
-        let coalesced = signal::drain(&pipe);
-        if coalesced > 0 {
-            info!("{coalesced} restart signals arrived during the restart; coalesced into it");
-        }
+        let _ = engine.restart_coalescing(|| signal::drain(&pipe));
     }
 }
 

@@ -90,9 +90,64 @@ fn failed_successors_leave_the_parent_serving() {
     set_mode_bits(&flaky.binary, 0o644);
     assert!(failed_restart(&server).contains("Permission denied"));
     set_mode_bits(&flaky.binary, 0o755);
+    // Executable but not a program: the child's execve fails, and says so.
+    let program = flaky.dir.join("program");
+    std::fs::rename(&flaky.binary, &program).unwrap();
+    std::fs::write(&flaky.binary, "not a program\n").unwrap();
+    set_mode_bits(&flaky.binary, 0o755);
+    let line = failed_restart(&server);
+    assert!(
+        line.contains("could not execute") && line.contains("Exec format error"),
+        "{line}"
+    );
+    std::fs::rename(&program, &flaky.binary).unwrap();
 
     // State fully reset: the next restart works.
     server.restart(libc::SIGUSR2);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
+
+/// The start-up directory removed: the child cannot enter it, and says so.
+#[test]
+fn a_working_directory_gone_fails_the_restart_clearly() {
+    let flaky = Flaky::new("cwd");
+    let start_dir = flaky.dir.join("wd");
+    std::fs::create_dir(&start_dir).unwrap();
+    support::become_subreaper();
+    let mut command = std::process::Command::new(&flaky.binary);
+    command
+        .arg("127.0.0.1:0")
+        .current_dir(&start_dir)
+        .env("PWD", &start_dir)
+        .env("GRESTART_LOG", "info");
+    let mut server = Server::launch(command);
+    std::fs::remove_dir(&start_dir).unwrap();
+    let line = failed_restart(&server);
+    assert!(
+        line.contains("could not enter the working directory")
+            && line.contains("No such file or directory"),
+        "{line}"
+    );
+    std::fs::create_dir(&start_dir).unwrap();
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
+
+/// A successor of a server holding a large heap is spawned in that server's
+/// memory (CLONE_VM): it must serve, and the server's memory must read back
+/// exactly what it wrote.
+#[test]
+fn a_server_with_a_large_heap_restarts_unharmed() {
+    let flaky = Flaky::new("heap");
+    let mut server = flaky.start(&[("GR_TEST_HEAP_MB", "512")]);
+    let load = Load::start(server.addr, 0, 2);
+    for _ in 0..3 {
+        server.restart(libc::SIGUSR2);
+        let line = server.wait_for_log("heap of 512 MB", LOG_WAIT);
+        assert!(line.ends_with("intact"), "{line}");
+    }
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.failures);
     server.stop();

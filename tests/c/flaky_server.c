@@ -16,7 +16,9 @@
  * socket path), GR_TEST_UDP (also answer datagrams on udp://127.0.0.1:0 with
  * "PID GENERATION"; the port is logged as "udp port N"), GR_TEST_WANDER (before
  * any grestart call: chdir("/") and overwrite argv[0], as programs that set
- * their process title do). Answers carry X-Version: APP_VERSION.
+ * their process title do), GR_TEST_HEAP_MB (fill that much heap with a pattern
+ * before ready; a shutdown hook logs "heap of N MB intact" if it still reads
+ * back, "heap of N MB CHANGED" if not). Answers carry X-Version: APP_VERSION.
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
  * "restart thread: RESULT ERRNO" (connections queue meanwhile). */
 #define _GNU_SOURCE
@@ -53,6 +55,20 @@ static void *reap_everything(void *arg) {
         }
     }
     return NULL;
+}
+
+static unsigned char *heap;
+static size_t heap_size;
+
+static unsigned char pattern(size_t i) { return (unsigned char)(i * 7 + (i >> 20)); }
+
+static void check_heap(void *arg) {
+    (void)arg;
+    size_t i = 0;
+    while (i < heap_size && heap[i] == pattern(i)) {
+        i++;
+    }
+    fprintf(stderr, "heap of %zu MB %s\n", heap_size >> 20, i == heap_size ? "intact" : "CHANGED");
 }
 
 static void *restart_now(void *arg) {
@@ -187,6 +203,19 @@ int main(int argc, char **argv) {
     printf("flaky_server: pid %d generation %lld listening on 127.0.0.1:%d\n", (int)getpid(),
            (long long)gr_generation(), ntohs(bound.sin_port));
     fflush(stdout);
+    if ((knob = getenv("GR_TEST_HEAP_MB"))) {
+        heap_size = (size_t)strtoull(knob, NULL, 10) << 20;
+        heap = malloc(heap_size);
+        if (!heap) {
+            die("heap");
+        }
+        for (size_t i = 0; i < heap_size; i++) {
+            heap[i] = pattern(i);
+        }
+        if (gr_on_shutdown(check_heap, NULL) < 0) {
+            die("heap hook");
+        }
+    }
     if (strcmp(mode, "hang") == 0) {
         for (;;) {
             pause();

@@ -1,6 +1,8 @@
-/* seccomp_exec PROGRAM ARGS...: runs PROGRAM under a seccomp filter that
- * answers EPERM to clone3, as the seccomp profiles of some container runtimes
- * do. The filter is inherited by every process PROGRAM starts.
+/* seccomp_exec [--no-vfork] PROGRAM ARGS...: runs PROGRAM under a seccomp
+ * filter that answers EPERM to clone3, as the seccomp profiles of some
+ * container runtimes do; with --no-vfork also to clone with CLONE_VM (a
+ * vfork-style spawn), leaving only fork. The filter is inherited by every
+ * process PROGRAM starts.
  *
  * glibc's own thread creation also uses clone3 and gives up on EPERM (it
  * falls back only on ENOSYS), so on a C library that predates clone3, only a
@@ -12,9 +14,11 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -29,21 +33,34 @@
 
 #define GLIBC_CLONE_ARGS_SIZE 88
 
+#define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+#define REFUSE BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA))
+
 int main(int argc, char **argv) {
+    int no_vfork = argc > 1 && strcmp(argv[1], "--no-vfork") == 0;
+    argv += no_vfork;
+    argc -= no_vfork;
     if (argc < 2) {
-        fprintf(stderr, "usage: seccomp_exec PROGRAM ARGS...\n");
+        fprintf(stderr, "usage: seccomp_exec [--no-vfork] PROGRAM ARGS...\n");
         return 2;
     }
     struct sock_filter filter[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, THIS_ARCH, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        ALLOW,
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 3),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 4),
+        /* clone3: glibc's own (threads) passes, any other is refused */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, GLIBC_CLONE_ARGS_SIZE, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        REFUSE,
+        ALLOW,
+        /* clone: with --no-vfork, refused when its flags (args[0]) share memory */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, no_vfork ? CLONE_VM : 0, 0, 1),
+        REFUSE,
+        ALLOW,
     };
     struct sock_fprog program = {.len = sizeof filter / sizeof filter[0], .filter = filter};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) < 0) {
