@@ -96,7 +96,9 @@ fn serve(mode: &str, address: &str, extra: usize) -> io::Result<()> {
     let (listener, generation) = match mode {
         "plain" => (std::net::TcpListener::bind(address)?, 1),
         "grestart" => {
-            grestart::set_log_level(Some(grestart::Level::Warn));
+            if std::env::var_os("GRESTART_LOG").is_none() {
+                grestart::set_log_level(Some(grestart::Level::Warn));
+            }
             for i in 0..extra {
                 let name = format!("extra{i}");
                 extra_listeners.push(grestart::listen("tcp://127.0.0.1:0", Some(&name))?);
@@ -187,7 +189,22 @@ async fn run(mode: &str, listener: std::net::TcpListener, generation: u64) -> io
     Ok(())
 }
 
+/// Touches `mb` MB of new heap in the background and says so on stderr: the
+/// memory a real server holds, made after start-up so that a restart's cost,
+/// not the successor's start-up, is what grows with it.
+fn touch_heap(mb: usize) {
+    std::thread::spawn(move || {
+        let mut heap = vec![0u8; mb << 20];
+        for page in heap.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        eprintln!("bench server: heap of {mb} MB touched");
+        std::mem::forget(heap);
+    });
+}
+
 /// HTTP/1.1 keep-alive; once draining, the next answer says `Connection: close`.
+/// `GET /heap/N` also makes the server touch N MB (see [`touch_heap`]).
 async fn connection(stream: TcpStream, generation: u64, draining: &AtomicBool) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
@@ -216,6 +233,12 @@ async fn connection(stream: TcpStream, generation: u64, draining: &AtomicBool) -
             if line == "\r\n" || line == "\n" {
                 break;
             }
+        }
+        if let Some(mb) = (head.strip_prefix("GET /heap/"))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+        {
+            touch_heap(mb);
         }
         let lower = head.to_ascii_lowercase();
         let close = draining.load(Ordering::SeqCst) || lower.contains("\r\nconnection: close");
@@ -419,72 +442,469 @@ fn benchmark() {
         grestart.2.median.as_secs_f64() / shellflip.2.median.as_secs_f64(),
     ));
 
-    // The picture: requests per 10 ms over a few restarts under load.
-    let svg = timeline(&binary);
+    // 7. Where the rest of the idle restart goes, beyond the floor.
+    let (spawned, ready, answered) = breakdown(&binary);
+    line(String::new());
+    line(format!(
+        "idle restart at 0 MB, from the signal (median of 30, debug log read times): spawned {:.2} ms, \
+         successor ready {:.2} ms, first answer from it {:.2} ms (floor {:.2} ms)",
+        ms(spawned),
+        ms(ready),
+        ms(answered),
+        ms(floor.median)
+    ));
+
+    // The timelines before the gigabytes: the kernel is still reclaiming for a
+    // while after them, which showed as a stall in a picture drawn afterwards.
+    let timeline_svg = timelines(&binary);
+
+    // 8. Restart cost against the server's memory.
+    let sizes = [0usize, 1024, 4096];
+    line(String::new());
+    line(format!(
+        "{:<34} {:>10} {:>10} {:>10} {:>10}",
+        "idle restart (30) holding", "0 MB", "1 GB", "4 GB", "4GB/0MB"
+    ));
+    let mut by_size: Vec<(&str, Vec<Summary>)> = Vec::new();
+    for (name, signal) in [("grestart", libc::SIGUSR2), ("shellflip", libc::SIGUSR1)] {
+        let summaries = (sizes.iter())
+            .map(|&mb| summarize(restarts_holding(&binary, name, signal, mb, 30, None).0))
+            .collect();
+        by_size.push((name, summaries));
+    }
+    for (name, summaries) in &by_size {
+        for (label, pick) in [("median", 0), ("p99", 1)] {
+            let values: Vec<f64> = (summaries.iter())
+                .map(|s| ms(if pick == 0 { s.median } else { s.p99 }))
+                .collect();
+            line(format!(
+                "{:<34} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                format!("{name}, {label} (ms)"),
+                values[0],
+                values[1],
+                values[2],
+                values[2] / values[0]
+            ));
+        }
+    }
+    line(format!(
+        "{:<34} {:>10.2} {:>10.2} {:>10.2} {:>10}",
+        "fork+exec floor, median (ms)",
+        ms(floor.median),
+        ms(floor.median),
+        ms(floor.median),
+        "(a fresh start)"
+    ));
+    line(String::new());
+    line(format!(
+        "{:<44} {:>8} {:>8} {:>8}",
+        "slowest keep-alive request, 10 restarts (ms)", "0 MB", "4 GB", "4GB/0MB"
+    ));
+    for (name, signal) in [("grestart", libc::SIGUSR2), ("shellflip", libc::SIGUSR1)] {
+        let [small, large] =
+            [0usize, 4096].map(|mb| restarts_holding(&binary, name, signal, mb, 10, Some(4)).1);
+        for (window, pick) in [
+            ("to the successor's first answer", 0),
+            ("to the old generation's exit", 1),
+        ] {
+            let value = |s: &Slowest| {
+                ms(if pick == 0 {
+                    s.to_first_answer
+                } else {
+                    s.to_old_exit
+                })
+            };
+            line(format!(
+                "{:<44} {:>8.2} {:>8.2} {:>8.2}",
+                format!("{name}, {window}"),
+                value(&small),
+                value(&large),
+                value(&large) / value(&small)
+            ));
+        }
+    }
+
+    // The pictures.
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).expect("create target/bench");
-    std::fs::write(out.join("restart-timeline.svg"), svg).expect("write the plot");
+    let memory_svg = memory_chart(&sizes, &by_size, floor.median);
+    std::fs::write(out.join("restart-memory.svg"), memory_svg).expect("write the plot");
+    std::fs::write(out.join("restart-timeline.svg"), timeline_svg).expect("write the plot");
     std::fs::write(out.join("restart-table.txt"), &table).expect("write the table");
-    println!("\nwrote target/bench/restart-timeline.svg and target/bench/restart-table.txt");
+    println!(
+        "\nwrote target/bench/restart-memory.svg, target/bench/restart-timeline.svg and target/bench/restart-table.txt"
+    );
 }
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Requests per 10 ms under mixed load, with a restart every 250 ms, as SVG.
-fn timeline(binary: &Path) -> String {
-    let mut server = start(binary, "grestart", 0);
-    let load = Load::start(server.addr, 4, 4);
+/// Makes the serving generation hold `mb` MB more and waits until it does.
+fn grow(server: &Server, mb: usize) {
+    if mb == 0 {
+        return;
+    }
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr).expect("connect to grow the heap");
+    write!(
+        stream,
+        "GET /heap/{mb} HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let _ = stream.read_to_end(&mut Vec::new());
+    server.wait_for_log(
+        &format!("heap of {mb} MB touched"),
+        Duration::from_secs(300),
+    );
+}
+
+/// Streams 1 GB through the caches in a throwaway process. Growing a
+/// server's heap does that too, so without this the 0 MB restarts would be
+/// measured with warm caches and the others with cold ones (measured here:
+/// 1.42 ms warm, 1.88 ms cold for the same 0 MB server).
+fn cool_caches(binary: &Path) {
+    let hog = start(binary, "plain", 0);
+    grow(&hog, 1024);
+    hog.stop();
+}
+
+/// What the keep-alive clients saw across some restarts: the slowest request
+/// that started between the signal and the successor's first answer, and
+/// between the signal and the old generation's exit.
+#[derive(Default)]
+struct Slowest {
+    to_first_answer: Duration,
+    to_old_exit: Duration,
+}
+
+/// `count` restarts of a server whose every generation holds `mb` MB, each
+/// from cold caches: their latencies, and with `keep_alive` clients the
+/// slowest requests. The heap is grown between restarts, never during one.
+fn restarts_holding(
+    binary: &Path,
+    mode: &str,
+    signal: i32,
+    mb: usize,
+    count: usize,
+    keep_alive: Option<usize>,
+) -> (Vec<Duration>, Slowest) {
+    let mut server = start(binary, mode, 0);
+    grow(&server, mb);
+    let load = keep_alive.map(|clients| Load::start(server.addr, clients, 0));
+    let mut latencies = Vec::new();
+    let mut windows = Vec::new();
+    for _ in 0..count {
+        cool_caches(binary);
+        let restart = server.restart(signal);
+        latencies.push(restart.latency);
+        if let Some(load) = &load {
+            let from = restart.signalled - load.started;
+            windows.push((from, from + restart.latency, load.started.elapsed()));
+        }
+        grow(&server, mb);
+    }
+    let slowest = load.map_or_else(Slowest::default, |load| {
+        let stats = load.finish();
+        assert_eq!(stats.failed, 0, "{mode} at {mb} MB: {:?}", stats.failures);
+        let worst = |to: fn(&(Duration, Duration, Duration)) -> Duration| {
+            (windows.iter())
+                .map(|w| stats.slowest_keep_alive_between(w.0, to(w)))
+                .max()
+                .unwrap_or_default()
+        };
+        Slowest {
+            to_first_answer: worst(|w| w.1),
+            to_old_exit: worst(|w| w.2),
+        }
+    });
+    server.stop();
+    (latencies, slowest)
+}
+
+/// Medians of 30 idle restarts at 0 MB, from the signal to: the parent's log
+/// line saying the successor was spawned, the one saying it was ready, and the
+/// first answer from it.
+fn breakdown(binary: &Path) -> (Duration, Duration, Duration) {
+    let args = [OsStr::new("serve"), OsStr::new("grestart")];
+    let mut server = Server::start(binary, &args, "127.0.0.1:0", &[("GRESTART_LOG", "debug")]);
+    let (mut spawned, mut ready, mut answered) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let restart = server.restart(libc::SIGUSR2);
+        let wait = Duration::from_secs(10);
+        spawned.push(server.wait_for_log_at("spawned with", wait).0 - restart.signalled);
+        ready.push(server.wait_for_log_at("ready after", wait).0 - restart.signalled);
+        answered.push(restart.latency);
+    }
+    server.stop();
+    (
+        summarize(spawned).median,
+        summarize(ready).median,
+        summarize(answered).median,
+    )
+}
+
+/// Requests per 10 ms under mixed load across 8 restarts, 250 ms apart: with
+/// grestart, and with a naive stop-and-start of a server without it (what a
+/// user sees without grestart: a gap, and failed requests).
+fn timelines(binary: &Path) -> String {
+    let mut graceful = start(binary, "grestart", 0);
+    let (stats, marks) = timeline(graceful.addr, || {
+        graceful.restart(libc::SIGUSR2);
+    });
+    graceful.stop();
+
+    let mut naive = Some(start(binary, "plain", 0));
+    let addr = naive.as_ref().map(|s| s.addr).expect("started");
+    let (naive_stats, naive_marks) = timeline(addr, || {
+        // Stop it (SIGTERM, as a service manager would), then start it again.
+        if let Some(old) = naive.take() {
+            support::kill(old.pid, libc::SIGTERM);
+            old.stop();
+        }
+        let args = [OsStr::new("serve"), OsStr::new("plain")];
+        naive = Some(Server::start(binary, &args, &addr.to_string(), &[]));
+    });
+    if let Some(server) = naive {
+        server.stop();
+    }
+
+    let peak = (stats.per_10ms.iter().chain(&naive_stats.per_10ms))
+        .max()
+        .copied()
+        .unwrap_or(1) as f64;
+    let mut svg = Svg::new(900.0, 560.0);
+    for (top, title, stats, marks) in [
+        (
+            0.0,
+            format!(
+                "grestart: 8 restarts (red) under 4 keep-alive + 4 connection-per-request clients; failed requests: {}",
+                stats.failed
+            ),
+            &stats,
+            &marks,
+        ),
+        (
+            280.0,
+            format!(
+                "without grestart: 8 stop-and-starts (red) under the same load; failed requests: {}",
+                naive_stats.failed
+            ),
+            &naive_stats,
+            &naive_marks,
+        ),
+    ] {
+        // The last bucket is cut short by the end of the run.
+        let buckets = &stats.per_10ms[..stats.per_10ms.len().saturating_sub(1)];
+        let points = (buckets.iter().enumerate())
+            .map(|(i, &v)| (i as f64 / 100.0, v as f64))
+            .collect();
+        let marks: Vec<f64> = marks.iter().map(Duration::as_secs_f64).collect();
+        svg.panel(
+            top,
+            280.0,
+            &title,
+            (
+                "time since the load started (s)",
+                buckets.len() as f64 / 100.0,
+            ),
+            ("requests answered per 10 ms", peak),
+            &[("", "steelblue", points)],
+            &marks,
+        );
+    }
+    svg.finish()
+}
+
+/// Load on `addr` across 8 calls of `restart`, 250 ms apart: what the clients
+/// saw, and when each restart began.
+fn timeline(
+    addr: std::net::SocketAddr,
+    mut restart: impl FnMut(),
+) -> (support::LoadStats, Vec<Duration>) {
+    let load = Load::start(addr, 4, 4);
     let mut marks = Vec::new();
     for _ in 0..8 {
         std::thread::sleep(Duration::from_millis(250)); // pacing for the picture
         marks.push(load.started.elapsed());
-        server.restart(libc::SIGUSR2);
+        restart();
     }
     std::thread::sleep(Duration::from_millis(250));
-    let stats = load.finish();
-    server.stop();
+    (load.finish(), marks)
+}
 
-    // The last bucket is cut short by the end of the run.
-    let buckets = &stats.per_10ms[..stats.per_10ms.len().saturating_sub(1)];
-    let (width, height) = (900.0, 260.0);
-    let peak = *buckets.iter().max().unwrap_or(&1) as f64;
-    let x = |i: f64| 40.0 + i / buckets.len().max(1) as f64 * (width - 60.0);
-    let y = |v: f64| height - 30.0 - v / peak.max(1.0) * (height - 60.0);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"40\" y=\"18\">requests answered per 10 ms (4 keep-alive + 4 connection-per-request clients); red: restart signal; failed requests: {}</text>\n",
-        stats.failed
-    );
-    for mark in &marks {
-        let at = x(mark.as_millis() as f64 / 10.0);
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{at:.1}\" y1=\"30\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"red\"/>",
-            height - 30.0
-        );
+/// Restart latency against the memory the server holds.
+fn memory_chart(sizes: &[usize], by_size: &[(&str, Vec<Summary>)], floor: Duration) -> String {
+    let gb = |mb: usize| mb as f64 / 1024.0;
+    let mut series: Vec<Series<'_>> = Vec::new();
+    for ((name, summaries), color) in by_size.iter().zip(["steelblue", "darkorange"]) {
+        let points = (sizes.iter().zip(summaries))
+            .map(|(&mb, s)| (gb(mb), ms(s.median)))
+            .collect();
+        series.push((name, color, points));
     }
-    let points: Vec<String> = buckets
+    let flat = sizes.iter().map(|&mb| (gb(mb), ms(floor))).collect();
+    series.push(("fork+exec floor (a fresh start)", "gray", flat));
+    // Headroom above the lines for the legend.
+    let top = 1.4 * (series.iter().flat_map(|s| &s.2).map(|p| p.1)).fold(1.0, f64::max);
+    let mut svg = Svg::new(700.0, 360.0);
+    svg.panel(
+        0.0,
+        360.0,
+        "idle restart latency (median of 30) against the memory the server holds",
+        (
+            "touched heap of the server (GB)",
+            gb(sizes[sizes.len() - 1]),
+        ),
+        ("restart latency (ms)", top),
+        &series,
+        &[],
+    );
+    svg.finish()
+}
+
+/// A line to draw: (legend, colour, points).
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A minimal SVG plotter: panels with labelled axes, ticks and series.
+struct Svg {
+    width: f64,
+    body: String,
+}
+
+impl Svg {
+    fn new(width: f64, height: f64) -> Svg {
+        Svg {
+            width,
+            body: format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+                 <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+            ),
+        }
+    }
+
+    /// One chart in the band `top..top + height`: `x` and `y` are (label,
+    /// maximum); `series` are (legend, colour, points); `marks` are red
+    /// vertical lines at those x values.
+    #[allow(clippy::too_many_arguments)]
+    fn panel(
+        &mut self,
+        top: f64,
+        height: f64,
+        title: &str,
+        x: (&str, f64),
+        y: (&str, f64),
+        series: &[Series<'_>],
+        marks: &[f64],
+    ) {
+        let (left, right, upper, lower) =
+            (70.0, self.width - 20.0, top + 40.0, top + height - 50.0);
+        let px = |v: f64| left + v / x.1.max(f64::MIN_POSITIVE) * (right - left);
+        let py = |v: f64| lower - v / y.1.max(f64::MIN_POSITIVE) * (lower - upper);
+        let b = &mut self.body;
+        let _ = writeln!(
+            b,
+            "<text x=\"{left}\" y=\"{}\" font-weight=\"bold\">{title}</text>",
+            top + 20.0
+        );
+        let _ = writeln!(
+            b,
+            "<path d=\"M{left},{upper} V{lower} H{right}\" fill=\"none\" stroke=\"black\"/>"
+        );
+        for tick in ticks(x.1) {
+            let at = px(tick);
+            let _ = writeln!(
+                b,
+                "<line x1=\"{at:.1}\" y1=\"{lower}\" x2=\"{at:.1}\" y2=\"{}\" stroke=\"black\"/><text x=\"{at:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                lower + 5.0,
+                lower + 18.0,
+                round(tick)
+            );
+        }
+        for tick in ticks(y.1) {
+            let at = py(tick);
+            let _ = writeln!(
+                b,
+                "<line x1=\"{}\" y1=\"{at:.1}\" x2=\"{left}\" y2=\"{at:.1}\" stroke=\"black\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><line x1=\"{left}\" y1=\"{at:.1}\" x2=\"{right}\" y2=\"{at:.1}\" stroke=\"#eee\"/>",
+                left - 5.0,
+                left - 8.0,
+                at + 4.0,
+                round(tick)
+            );
+        }
+        let _ = writeln!(
+            b,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            (left + right) / 2.0,
+            lower + 36.0,
+            x.0
+        );
+        let _ = writeln!(
+            b,
+            "<text transform=\"translate(16,{:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+            (upper + lower) / 2.0,
+            y.0
+        );
+        for &mark in marks {
+            let at = px(mark);
+            let _ = writeln!(
+                b,
+                "<line x1=\"{at:.1}\" y1=\"{upper}\" x2=\"{at:.1}\" y2=\"{lower}\" stroke=\"red\"/>"
+            );
+        }
+        for (i, (legend, color, points)) in series.iter().enumerate() {
+            let path: Vec<String> = (points.iter())
+                .map(|&(vx, vy)| format!("{:.1},{:.1}", px(vx), py(vy)))
+                .collect();
+            let _ = writeln!(
+                b,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                path.join(" ")
+            );
+            for &(vx, vy) in points.iter().filter(|_| points.len() < 20) {
+                let _ = writeln!(
+                    b,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                    px(vx),
+                    py(vy)
+                );
+            }
+            if !legend.is_empty() {
+                let _ = writeln!(
+                    b,
+                    "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{legend}</text>",
+                    left + 10.0,
+                    upper + 14.0 + 16.0 * i as f64
+                );
+            }
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.body.push_str("</svg>\n");
+        self.body
+    }
+}
+
+/// About five round tick values from 0 to `max`.
+fn ticks(max: f64) -> Vec<f64> {
+    if max <= 0.0 {
+        return vec![0.0];
+    }
+    let raw = max / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
-        .enumerate()
-        .map(|(i, &v)| format!("{:.1},{:.1}", x(i as f64), y(v as f64)))
-        .collect();
-    let _ = writeln!(
-        svg,
-        "<polyline fill=\"none\" stroke=\"steelblue\" points=\"{}\"/>",
-        points.join(" ")
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"40\" y=\"{}\">0 s</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1} s</text><text x=\"4\" y=\"{}\">{peak}</text>",
-        height - 12.0,
-        width - 20.0,
-        height - 12.0,
-        buckets.len() as f64 / 100.0,
-        y(peak) + 4.0
-    );
-    svg.push_str("</svg>\n");
-    svg
+        .map(|m| m * magnitude)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * magnitude);
+    (0..)
+        .map(|i| i as f64 * step)
+        .take_while(|&t| t <= max * 1.0001)
+        .collect()
+}
+
+fn round(v: f64) -> String {
+    let text = format!("{v:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }

@@ -226,8 +226,9 @@ pub struct Server {
     pub generation: u64,
     /// Every pid that ever served, for cleaning up.
     pub pids: Vec<i32>,
-    /// The lines every generation writes to stderr (also echoed to ours).
-    log: Receiver<String>,
+    /// The lines every generation writes to stderr (also echoed to ours),
+    /// with the moment each was read.
+    log: Receiver<(Instant, String)>,
 }
 
 impl Server {
@@ -259,8 +260,9 @@ impl Server {
         let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
         thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
+                let read = Instant::now();
                 eprintln!("{line}");
-                let _ = sender.send(line);
+                let _ = sender.send((read, line));
             }
         });
         let parsed: Option<SocketAddr> =
@@ -296,11 +298,16 @@ impl Server {
 
     /// Waits for a line of the servers' stderr that contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_log_at(needle, timeout).1
+    }
+
+    /// [`Server::wait_for_log`], with the moment the line was read.
+    pub fn wait_for_log_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok((read, line)) if line.contains(needle) => return (read, line),
                 Ok(_) => {}
                 Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
             }
@@ -358,6 +365,7 @@ impl Server {
             self.pid
         );
         Restart {
+            signalled: started,
             latency,
             pid: response.pid,
             version: response.version,
@@ -414,6 +422,8 @@ impl Drop for Server {
 }
 
 pub struct Restart {
+    /// When the restart signal was sent.
+    pub signalled: Instant,
     pub latency: Duration,
     /// How the previous generation ended (a `waitpid` status), if we reaped it.
     pub old_status: Option<i32>,
@@ -519,6 +529,20 @@ pub struct LoadStats {
     pub by_pid: HashMap<i32, u64>,
     /// Requests answered in each 10 ms since the load started.
     pub per_10ms: Vec<u64>,
+    /// The slowest keep-alive request that started in each 10 ms.
+    pub slowest_keep_alive_per_10ms: Vec<Duration>,
+}
+
+impl LoadStats {
+    /// The slowest keep-alive request that started between `from` and `to`
+    /// (offsets from the start of the load).
+    pub fn slowest_keep_alive_between(&self, from: Duration, to: Duration) -> Duration {
+        let bucket = |d: Duration| (d.as_millis() / 10) as usize;
+        let end = (bucket(to) + 1).min(self.slowest_keep_alive_per_10ms.len());
+        (self.slowest_keep_alive_per_10ms.get(bucket(from)..end))
+            .and_then(|window| window.iter().max().copied())
+            .unwrap_or_default()
+    }
 }
 
 /// Concurrent HTTP clients hammering a server until stopped: some reuse their
@@ -574,6 +598,7 @@ fn client(
     // Bounded: a client never runs for more than ten minutes.
     let deadline = Instant::now() + Duration::from_secs(600);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let sent = Instant::now();
         let result = if keep_alive {
             if connection.is_none() {
                 connection = connect(addr).ok().map(|s| {
@@ -595,11 +620,20 @@ fn client(
         } else {
             get(addr, true)
         };
+        let took = sent.elapsed();
         let mut stats = stats.lock().unwrap();
         match result {
             Ok(response) => {
                 stats.ok += 1;
                 *stats.by_pid.entry(response.pid).or_default() += 1;
+                if keep_alive {
+                    let bucket = ((sent - started).as_millis() / 10) as usize;
+                    let slowest = &mut stats.slowest_keep_alive_per_10ms;
+                    if slowest.len() <= bucket {
+                        slowest.resize(bucket + 1, Duration::ZERO);
+                    }
+                    slowest[bucket] = slowest[bucket].max(took);
+                }
                 let bucket = (started.elapsed().as_millis() / 10) as usize;
                 if stats.per_10ms.len() <= bucket {
                     stats.per_10ms.resize(bucket + 1, 0);
