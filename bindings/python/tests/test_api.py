@@ -162,19 +162,18 @@ def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
 
 def test_import_grestart_does_not_import_asyncio():
     # asyncio alone costs more than the rest of `import grestart`, and every
-    # restart of a Python server pays its imports again.
+    # restart of a Python server pays its imports again. The cost itself is a
+    # number to read (printed), not a timed assertion.
     result = run_python("""
-        import sys, time
-        before = set(sys.modules)
-        started = time.perf_counter()
+        import sys
         import grestart
-        took = time.perf_counter() - started
-        print("imported", sorted(set(sys.modules) - before))
-        print(f"import grestart took {took * 1000:.1f} ms")
-        assert "asyncio" not in sys.modules
+        assert "asyncio" not in sys.modules, "asyncio imported"
     """)
-    print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-c", "import grestart"],
+                           capture_output=True, text=True, timeout=60)
+    line = next(l for l in timed.stderr.splitlines() if l.rstrip().endswith("| grestart"))
+    print(f"import grestart, cumulative (-X importtime): {int(line.split('|')[1]) / 1000:.1f} ms")
 
 
 def test_wait_shutdown_lets_ctrl_c_through():
