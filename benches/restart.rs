@@ -463,12 +463,12 @@ fn benchmark() {
     line(String::new());
     line(format!(
         "{:<34} {:>10} {:>10} {:>10} {:>10}",
-        "idle restart (30) holding", "0 MB", "1 GB", "4 GB", "4GB/0MB"
+        "idle restart (30, sizes in turn)", "0 MB", "1 GB", "4 GB", "4GB/0MB"
     ));
     let mut by_size: Vec<(&str, Vec<Summary>)> = Vec::new();
     for (name, signal) in [("grestart", libc::SIGUSR2), ("shellflip", libc::SIGUSR1)] {
-        let summaries = (sizes.iter())
-            .map(|&mb| summarize(restarts_holding(&binary, name, signal, mb, 30, None).0))
+        let summaries = (interleaved_restarts(&binary, name, signal, &sizes, 30).into_iter())
+            .map(summarize)
             .collect();
         by_size.push((name, summaries));
     }
@@ -502,7 +502,7 @@ fn benchmark() {
     ));
     for (name, signal) in [("grestart", libc::SIGUSR2), ("shellflip", libc::SIGUSR1)] {
         let [small, large] =
-            [0usize, 4096].map(|mb| restarts_holding(&binary, name, signal, mb, 10, Some(4)).1);
+            [0usize, 4096].map(|mb| slowest_during_restarts(&binary, name, signal, mb, 10, 4));
         for (window, pick) in [
             ("to the successor's first answer", 0),
             ("to the old generation's exit", 1),
@@ -569,57 +569,80 @@ fn cool_caches(binary: &Path) {
     hog.stop();
 }
 
+/// `count` idle restarts of one server per size in `sizes` (MB held by every
+/// generation), taken in turn so that whatever the machine does meanwhile
+/// weighs on every size alike; each from cold caches. Latencies per size.
+fn interleaved_restarts(
+    binary: &Path,
+    mode: &str,
+    signal: i32,
+    sizes: &[usize],
+    count: usize,
+) -> Vec<Vec<Duration>> {
+    let mut servers: Vec<Server> = (sizes.iter())
+        .map(|&mb| {
+            let server = start(binary, mode, 0);
+            grow(&server, mb);
+            server
+        })
+        .collect();
+    let mut latencies = vec![Vec::new(); sizes.len()];
+    for _ in 0..count {
+        for ((server, &mb), samples) in servers.iter_mut().zip(sizes).zip(&mut latencies) {
+            cool_caches(binary);
+            samples.push(server.restart(signal).latency);
+            grow(server, mb);
+        }
+    }
+    for server in servers {
+        server.stop();
+    }
+    latencies
+}
+
 /// What the keep-alive clients saw across some restarts: the slowest request
 /// that started between the signal and the successor's first answer, and
 /// between the signal and the old generation's exit.
-#[derive(Default)]
 struct Slowest {
     to_first_answer: Duration,
     to_old_exit: Duration,
 }
 
 /// `count` restarts of a server whose every generation holds `mb` MB, each
-/// from cold caches: their latencies, and with `keep_alive` clients the
-/// slowest requests. The heap is grown between restarts, never during one.
-fn restarts_holding(
+/// from cold caches, under `keep_alive` clients: the slowest requests. The
+/// heap is grown between restarts, never during one.
+fn slowest_during_restarts(
     binary: &Path,
     mode: &str,
     signal: i32,
     mb: usize,
     count: usize,
-    keep_alive: Option<usize>,
-) -> (Vec<Duration>, Slowest) {
+    keep_alive: usize,
+) -> Slowest {
     let mut server = start(binary, mode, 0);
     grow(&server, mb);
-    let load = keep_alive.map(|clients| Load::start(server.addr, clients, 0));
-    let mut latencies = Vec::new();
+    let load = Load::start(server.addr, keep_alive, 0);
     let mut windows = Vec::new();
     for _ in 0..count {
         cool_caches(binary);
         let restart = server.restart(signal);
-        latencies.push(restart.latency);
-        if let Some(load) = &load {
-            let from = restart.signalled - load.started;
-            windows.push((from, from + restart.latency, load.started.elapsed()));
-        }
+        let from = restart.signalled - load.started;
+        windows.push((from, from + restart.latency, load.started.elapsed()));
         grow(&server, mb);
     }
-    let slowest = load.map_or_else(Slowest::default, |load| {
-        let stats = load.finish();
-        assert_eq!(stats.failed, 0, "{mode} at {mb} MB: {:?}", stats.failures);
-        let worst = |to: fn(&(Duration, Duration, Duration)) -> Duration| {
-            (windows.iter())
-                .map(|w| stats.slowest_keep_alive_between(w.0, to(w)))
-                .max()
-                .unwrap_or_default()
-        };
-        Slowest {
-            to_first_answer: worst(|w| w.1),
-            to_old_exit: worst(|w| w.2),
-        }
-    });
+    let stats = load.finish();
     server.stop();
-    (latencies, slowest)
+    assert_eq!(stats.failed, 0, "{mode} at {mb} MB: {:?}", stats.failures);
+    let worst = |to: fn(&(Duration, Duration, Duration)) -> Duration| {
+        (windows.iter())
+            .map(|w| stats.slowest_keep_alive_between(w.0, to(w)))
+            .max()
+            .unwrap_or_default()
+    };
+    Slowest {
+        to_first_answer: worst(|w| w.1),
+        to_old_exit: worst(|w| w.2),
+    }
 }
 
 /// Medians of 30 idle restarts at 0 MB, from the signal to: the parent's log
