@@ -226,25 +226,19 @@ impl Listener for UnixListener {
 /// # ; Ok::<(), std::io::Error>(())
 /// ```
 pub fn incoming<L: Listener>(listener: &L) -> Incoming<'_, L> {
-    Incoming {
-        listener,
-        done: false,
-    }
+    Incoming { listener }
 }
 
-/// The iterator of [`incoming`].
+/// The iterator of [`incoming`]. Once this process drains it stays ended: the
+/// shutdown fd stays readable.
 pub struct Incoming<'a, L> {
     listener: &'a L,
-    done: bool,
 }
 
 impl<L: Listener> Iterator for Incoming<'_, L> {
     type Item = io::Result<Accepted<L::Stream>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
         let engine = match engine_in_any_process() {
             Ok(engine) => engine,
             Err(e) => return Some(Err(e)),
@@ -252,12 +246,9 @@ impl<L: Listener> Iterator for Incoming<'_, L> {
         match serve::accept(engine, self.listener.as_fd()) {
             Ok(fd) => Some(Ok(Accepted {
                 stream: L::Stream::from(fd),
-                _work: Work { engine },
+                work: Work { engine },
             })),
-            Err(e) if serve::is_drain(&e) => {
-                self.done = true;
-                None
-            }
+            Err(e) if serve::is_drain(&e) => None,
             Err(e) => Some(Err(e)),
         }
     }
@@ -267,13 +258,13 @@ impl<L: Listener> Iterator for Incoming<'_, L> {
 /// counts as work in flight until dropped.
 pub struct Accepted<S> {
     stream: S,
-    _work: Work,
+    work: Work,
 }
 
 impl<S> Accepted<S> {
     /// The stream and its [`Work`], for a stream that must move on alone.
     pub fn into_parts(self) -> (S, Work) {
-        (self.stream, self._work)
+        (self.stream, self.work)
     }
 }
 

@@ -1,4 +1,4 @@
-//! SPEC §4: the parent survives every way a restart can go wrong, keeps
+//! Failure semantics: the parent survives every way a restart can go wrong, keeps
 //! serving under load, leaves no zombie, and a later restart still works.
 //! Driven with tests/c/flaky_server.c, whose successors misbehave on request.
 

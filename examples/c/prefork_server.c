@@ -9,7 +9,7 @@
  *
  * Answers carry X-Pid (the master, the process to signal) and X-Worker-Pid
  * (the worker that answered). On SIGUSR2 the master starts a successor, which
- * forks its own workers and says it is ready; the old master's shutdown fd then
+ * says it is ready and forks its own workers; the old master's shutdown fd then
  * turns readable, in its workers too (a forked child shares it), so each old
  * worker stops accepting, finishes its connections and exits; the old master
  * reaps them, runs its hooks and exits.
@@ -38,8 +38,14 @@ int main(int argc, char **argv) {
     reported_pid = (int)getpid();
     print_listening("prefork_server", listener);
 
-    /* Workers first, so that this generation can serve the moment the
-     * previous one stops accepting. */
+    /* Ready before the workers exist, as every server is ready before it
+     * accepts: the previous generation stops accepting now, and what arrives
+     * meanwhile waits in the listener's queue for our workers. (Forking first
+     * would let workers answer for a master that cannot restart yet.) */
+    if (gr_ready() < 0) {
+        fprintf(stderr, "prefork_server: %s\n", gr_last_error());
+        return 1;
+    }
     pid_t workers[WORKERS];
     for (int i = 0; i < WORKERS; i++) {
         workers[i] = fork();
@@ -55,10 +61,6 @@ int main(int argc, char **argv) {
             }
             _exit(serve_http(listener));
         }
-    }
-    if (gr_ready() < 0) {
-        fprintf(stderr, "prefork_server: %s\n", gr_last_error());
-        return 1;
     }
 
     gr_wait_shutdown(-1); /* a successor serves now; our workers see it too */

@@ -90,9 +90,9 @@ def main() -> int:
     bound = listener.getsockname()
     print(f"http_server.py: pid {os.getpid()} generation {grestart.generation()} version {VERSION} "
           f"listening on {bound[0]}:{bound[1]}", flush=True)
+    grestart.ready()  # before accepting: a server that answers can be restarted
     accepting = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     accepting.start()
-    grestart.ready()
 
     grestart.wait_shutdown()  # a successor serves now
     draining.set()
