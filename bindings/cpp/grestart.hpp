@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -253,7 +254,42 @@ inline void set_executable(const std::string &path, const std::vector<std::strin
     detail::check(gr_set_executable(path.c_str(), argv.empty() ? nullptr : c_argv.data()));
 }
 
-inline void set_log_level(int level) { detail::check(gr_set_log_level(level)); }
+/// grestart's log levels, the header's GR_LOG_* values.
+enum class Level : int {
+    off = GR_LOG_OFF,
+    error = GR_LOG_ERROR,
+    warn = GR_LOG_WARN,
+    info = GR_LOG_INFO,
+    debug = GR_LOG_DEBUG,
+};
+
+/// Logs up to `level`; the default is GRESTART_LOG, else Level::info.
+inline void set_log_level(Level level) { detail::check(gr_set_log_level(static_cast<int>(level))); }
+
+/// A destination for grestart's log lines; called from any thread, concurrently.
+using Logger = std::function<void(Level, std::string_view)>;
+
+namespace detail {
+inline void run_logger(int level, const char *line, void *arg) noexcept {
+    try {
+        (*static_cast<Logger *>(arg))(static_cast<Level>(level), line);
+    } catch (...) {
+        std::fprintf(stderr, "grestart: the logger threw; line: %s\n", line);
+    }
+}
+} // namespace detail
+
+/// Sends grestart's log lines to `logger` instead of stderr (an empty one:
+/// back to stderr). A logger once set stays alive until the process exits:
+/// another thread may be calling it while it is replaced.
+inline void set_logger(Logger logger) {
+    if (!logger) {
+        detail::check(gr_set_log_callback(nullptr, nullptr));
+        return;
+    }
+    auto *owned = new Logger(std::move(logger));
+    detail::check(gr_set_log_callback(detail::run_logger, owned));
+}
 
 /// The library's version, e.g. "0.1.0".
 inline std::string version() { return gr_version(); }

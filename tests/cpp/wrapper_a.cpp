@@ -6,7 +6,10 @@
 #include <climits>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "grestart.hpp"
 
@@ -65,7 +68,17 @@ int main() {
     EXPECT(errno_of([] { grestart::set_ready_timeout(std::chrono::milliseconds(-1)); }) == EINVAL);
     grestart::set_drain_deadline(std::chrono::milliseconds(0)); // none, as in C
 
+    std::vector<std::pair<grestart::Level, std::string>> lines;
+    std::mutex lines_lock;
+    grestart::set_log_level(grestart::Level::info);
+    grestart::set_logger([&](grestart::Level level, std::string_view line) {
+        std::lock_guard<std::mutex> guard(lines_lock);
+        lines.emplace_back(level, line);
+    });
     grestart::ready();
+    grestart::set_logger({});
+    EXPECT(!lines.empty() && lines.back().first == grestart::Level::info &&
+           lines.back().second == "ready, generation 1");
     EXPECT(run_hooks_and_count() == 3);
     EXPECT(grestart::wait_shutdown());
     EXPECT(errno_of([] { grestart::on_shutdown([] {}); }) == ESHUTDOWN);

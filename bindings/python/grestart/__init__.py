@@ -12,6 +12,7 @@ on failure, and may be called from any thread.
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import math
 import os
@@ -49,6 +50,8 @@ __all__ = [
     "set_executable",
     "set_log_level",
     "set_logger",
+    "use_logging",
+    "LogLevel",
     "LOG_OFF",
     "LOG_ERROR",
     "LOG_WARN",
@@ -57,24 +60,36 @@ __all__ = [
     "__version__",
 ]
 
-LOG_OFF, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG = range(5)
+class LogLevel(enum.IntEnum):
+    """grestart's log levels, the ``GR_LOG_*`` values of grestart.h (a test
+    checks they agree)."""
+
+    OFF = 0
+    ERROR = 1
+    WARN = 2
+    INFO = 3
+    DEBUG = 4
+
+
+LOG_OFF, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG = LogLevel
 
 __version__: str = lib.gr_version().decode()
 
-# The hand-over variables; the library removes them from the C environment when
-# it starts, and Python's copy of the environment must not keep them either, or
-# a subprocess started with os.environ would think it was socket-activated.
-_PROTOCOL_VARIABLES = (
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "GRESTART_READY_FD",
-    "GRESTART_GENERATION",
-    "GRESTART_SIGNAL",
-)
-_GENERATION = check(lib.gr_generation())  # starts the engine: it reads the variables now
-for _name in _PROTOCOL_VARIABLES:
-    os.environ.pop(_name, None)
+_GENERATION = check(lib.gr_generation())  # starts the engine: it reads the hand-over now
+
+
+def _forget_what_the_library_consumed() -> None:
+    """The library removes the hand-over variables from the C environment when
+    it starts; Python's copy must lose them too, or a subprocess started with
+    os.environ would think it was socket-activated. Whatever the C environment
+    no longer has is dropped, so no list of names is kept twice."""
+    getenv = ctypes.CDLL(None).getenv
+    getenv.restype, getenv.argtypes = ctypes.c_char_p, [ctypes.c_char_p]
+    for name in [n for n in os.environ if getenv(os.fsencode(n)) is None]:
+        os.environ.pop(name, None)
+
+
+_forget_what_the_library_consumed()
 
 # ctypes callbacks must stay alive as long as C may call them.
 _keep_alive: list = []
@@ -347,11 +362,11 @@ def set_executable(path: Union[str, os.PathLike], argv: Optional[Sequence[str]] 
 
 
 def set_log_level(level: int) -> None:
-    """LOG_OFF .. LOG_DEBUG; the default is GRESTART_LOG, else LOG_INFO."""
-    check(lib.gr_set_log_level(level))
+    """A :class:`LogLevel`; the default is GRESTART_LOG, else ``LogLevel.INFO``."""
+    check(lib.gr_set_log_level(int(level)))
 
 
-def set_logger(logger: Optional[Callable[[int, str], object]]) -> None:
+def set_logger(logger: Optional[Callable[[LogLevel, str], object]]) -> None:
     """Sends grestart's log lines to ``logger(level, line)`` instead of stderr
     (``None``: back to stderr). Called from any thread."""
     if logger is None:
@@ -360,7 +375,7 @@ def set_logger(logger: Optional[Callable[[int, str], object]]) -> None:
 
     def forward(level: int, line: bytes, _arg: Optional[int]) -> None:
         try:
-            logger(level, line.decode("utf-8", "replace"))
+            logger(LogLevel(level), line.decode("utf-8", "replace"))
         except BaseException:
             import traceback
 
@@ -369,3 +384,19 @@ def set_logger(logger: Optional[Callable[[int, str], object]]) -> None:
     callback = LOG(forward)
     check(lib.gr_set_log_callback(callback, None))
     _keep_alive.append(callback)
+
+
+def use_logging(logger: "Optional[logging.Logger]" = None) -> None:
+    """Routes grestart's lines into the standard :mod:`logging` module, to
+    ``logger`` (default: the logger named "grestart") at the matching levels.
+    grestart's own level (:func:`set_log_level`) still decides what is sent."""
+    import logging
+
+    target = logger or logging.getLogger("grestart")
+    levels = {
+        LogLevel.ERROR: logging.ERROR,
+        LogLevel.WARN: logging.WARNING,
+        LogLevel.INFO: logging.INFO,
+        LogLevel.DEBUG: logging.DEBUG,
+    }
+    set_logger(lambda level, line: target.log(levels.get(level, logging.INFO), "%s", line))

@@ -297,3 +297,25 @@ def test_incoming_ends_on_drain_and_shutdown_waits_for_open_connections():
     assert "accept loop ended after 1" in result.stdout
     assert "hook sees ['served']" in result.stdout, result.stdout
     assert "client got b'answer'" in result.stdout
+
+
+def test_grestart_lines_go_to_the_logging_module():
+    result = run_python("""
+        import logging, grestart
+        records = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                records.append((record.name, record.levelname, record.getMessage()))
+
+        logging.getLogger("grestart").addHandler(Keep())
+        logging.getLogger("grestart").setLevel(logging.DEBUG)
+        grestart.use_logging()
+        grestart.set_log_level(grestart.LogLevel.INFO)
+        grestart.ready()
+        grestart.shutdown()
+        print(records)
+        assert ("grestart", "INFO", "ready, generation 1") in records, records
+        assert all(level != "DEBUG" for _, level, _ in records), records
+    """)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -38,3 +38,11 @@ def test_every_function_is_declared_with_the_header_types():
         for param, argtype in zip(params, argtypes):
             expected = C_TYPES[param]
             assert expected is argtype or expected == argtype, f"{name}: {param} declared as {argtype}"
+
+
+def test_log_levels_are_the_headers():
+    import grestart
+
+    text = (REPO / "include" / "grestart.h").read_text()
+    defined = {name: int(value) for name, value in re.findall(r"^#define GR_LOG_(\w+) (\d+)$", text, re.M)}
+    assert defined == {level.name: level.value for level in grestart.LogLevel}
