@@ -11,7 +11,6 @@
 //! `ListenStream=P` and `systemd-socket-activate -l P` create, and binding
 //! `0.0.0.0:P` beside it would fail with `EADDRINUSE`.
 
-use std::ffi::c_int;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
@@ -21,9 +20,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{self, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::socket::{Backlog, SockType, getsockopt, listen, sockopt};
 
 use crate::error::{fail, with_context};
+use crate::sys::socket_type;
 
 /// A parsed listen address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,17 +89,17 @@ impl Address {
     /// Whether `fd` is a socket of this kind bound to exactly this address.
     pub(crate) fn is_bound_by(&self, fd: BorrowedFd<'_>) -> bool {
         match (self, socket_type(fd)) {
-            (Address::Tcp(want), Some(libc::SOCK_STREAM)) => {
+            (Address::Tcp(want), Some(SockType::Stream)) => {
                 same_inet(*want, peek(fd, |s: &TcpListener| s.local_addr()), fd)
             }
-            (Address::Udp(want), Some(libc::SOCK_DGRAM)) => {
+            (Address::Udp(want), Some(SockType::Datagram)) => {
                 same_inet(*want, peek(fd, |s: &UdpSocket| s.local_addr()), fd)
             }
-            (Address::UnixPath(want), Some(libc::SOCK_STREAM)) => {
+            (Address::UnixPath(want), Some(SockType::Stream)) => {
                 peek(fd, |s: &UnixListener| s.local_addr().ok())
                     .is_some_and(|a| a.as_pathname() == Some(want.as_path()))
             }
-            (Address::UnixAbstract(want), Some(libc::SOCK_STREAM)) => {
+            (Address::UnixAbstract(want), Some(SockType::Stream)) => {
                 peek(fd, |s: &UnixListener| s.local_addr().ok())
                     .is_some_and(|a| a.as_abstract_name() == Some(want.as_slice()))
             }
@@ -122,8 +122,7 @@ impl Address {
             // std listens with a small backlog; a restart under load needs room
             // for the connections that queue while generations change places.
             // Calling listen() again on a listening socket only resizes the queue.
-            // SAFETY: plain listen() on a socket we own.
-            unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) };
+            let _ = listen(&fd, Backlog::MAXCONN);
         }
         Ok(fd)
     }
@@ -179,28 +178,6 @@ fn peek<T: FromRawFd, R>(fd: BorrowedFd<'_>, f: impl FnOnce(&T) -> R) -> R {
     // SAFETY: `fd` is open for the whole call, and ManuallyDrop never closes it.
     let socket = ManuallyDrop::new(unsafe { T::from_raw_fd(fd.as_raw_fd()) });
     f(&socket)
-}
-
-/// `SO_TYPE` of `fd`, or `None` when it is not a socket.
-pub(crate) fn socket_type(fd: BorrowedFd<'_>) -> Option<c_int> {
-    int_option(fd, libc::SO_TYPE)
-}
-
-/// An integer `SOL_SOCKET` option of `fd`.
-pub(crate) fn int_option(fd: BorrowedFd<'_>, option: c_int) -> Option<c_int> {
-    let mut value: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` describe a valid c_int buffer.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut c_int).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(value)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One generation's lifecycle: listeners, readiness, the hand-over to a
-//! successor, the drain and the shutdown hooks.
+//! One generation's lifecycle: phases, readiness, the hand-over to a
+//! successor, the drain, the work in flight and the shutdown hooks. The
+//! listeners live in `registry.rs`, the link to the predecessor in `link.rs`.
 //!
 //! ```text
 //! Starting --ready()--> Serving --successor ready / shutdown()--> Draining
@@ -12,7 +13,7 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::mem;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,16 +23,19 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::unistd::{AccessFlags, access};
 use once_cell::sync::OnceCell;
 
-use crate::address::{self, Address};
-use crate::error::{fail, os_fail, with_context};
+use crate::error::{fail, with_context};
+use crate::link::Predecessor;
 use crate::log::{self, debug, error, info, warning};
 use crate::notify;
 use crate::origin::{self, Origin};
-use crate::protocol::{self, check_name};
+use crate::protocol;
+use crate::registry::Registry;
 use crate::signal;
-use crate::spawn::{self, NotReady, READY_BYTE};
+use crate::spawn::{self, NotReady};
+use crate::sys;
 
 /// A shutdown hook, run once in reverse order of registration.
 pub(crate) type Hook = Box<dyn FnOnce() + Send>;
@@ -64,12 +68,9 @@ struct Settings {
 
 struct State {
     phase: Phase,
-    /// Our own duplicates of the registered listeners, in registration order.
-    listeners: Vec<(String, OwnedFd)>,
-    /// Passed to us and not claimed yet; closed when we become ready.
-    inherited: Vec<(String, OwnedFd)>,
-    /// An heir's channel to its parent: "ready" goes out, EOF means the parent exited.
-    parent: Option<OwnedFd>,
+    registry: Registry,
+    /// An heir's link to the generation that started it, until it has exited.
+    predecessor: Option<Predecessor>,
     /// Kept open until we exit, so that our successor can see when we are gone.
     successor: Option<OwnedFd>,
     hooks: Hooks,
@@ -82,7 +83,6 @@ pub(crate) struct Engine {
     /// The process that started the engine. A child it forks (a prefork
     /// worker) shares its memory image but is not the generation.
     owner: u32,
-    parent_pid: libc::pid_t,
     notify_socket: Option<OsString>,
     /// Readable once this process must drain; an event loop polls it. A forked
     /// worker shares it, so it drains with its master.
@@ -158,7 +158,11 @@ impl Engine {
         // Read first, consume last: everything that can fail comes before the
         // environment is cleared and the passed fds are adopted, so that a
         // failed start (no thread to be had) can be retried without losing them.
-        let heritage = protocol::parse(|k| std::env::var(k).ok(), std::process::id(), fd_is_socket);
+        let heritage = protocol::parse(
+            |k| std::env::var(k).ok(),
+            std::process::id(),
+            sys::fd_is_socket,
+        );
         let shutdown_event =
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
@@ -188,32 +192,29 @@ impl Engine {
         }
         let adopt = |fd: RawFd| {
             // SAFETY: the protocol checked the fd is open; it was passed to us,
-            // nothing else in this process owns it. Close-on-exec so that
-            // programs we launch don't hold our sockets.
-            unsafe {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                OwnedFd::from_raw_fd(fd)
-            }
+            // nothing else in this process owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            sys::set_cloexec(&fd);
+            fd
         };
         let inherited: Vec<(String, OwnedFd)> = heritage
             .fds
             .into_iter()
             .map(|(name, fd)| (name, adopt(fd)))
             .collect();
-        let parent = heritage.ready_fd.map(adopt);
+        let parent_pid = nix::unistd::getppid().as_raw();
+        let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
 
         let engine = Engine {
             generation: heritage.generation,
             origin: origin::get().map_err(|e| e.to_string()),
             owner: std::process::id(),
-            parent_pid: nix::unistd::getppid().as_raw(),
             notify_socket: std::env::var_os("NOTIFY_SOCKET"),
             shutdown_event,
             state: Mutex::new(State {
                 phase: Phase::Starting,
-                listeners: Vec::new(),
-                inherited,
-                parent,
+                registry: Registry::new(inherited),
+                predecessor,
                 successor: None,
                 hooks: Hooks::Pending(Vec::new()),
                 settings: Settings {
@@ -233,11 +234,11 @@ impl Engine {
             Ok(origin) => debug!("successors start as {origin}"),
         }
         let state = engine.lock();
-        let names: Vec<&str> = state.inherited.iter().map(|(n, _)| n.as_str()).collect();
-        match (&state.parent, names.is_empty()) {
-            (Some(_), _) => info!(
+        let names = state.registry.inherited_names();
+        match (&state.predecessor, names.is_empty()) {
+            (Some(predecessor), _) => info!(
                 "generation {} started by pid {}, inherited {names:?}",
-                engine.generation, engine.parent_pid
+                engine.generation, predecessor.pid
             ),
             (None, false) => info!("socket-activated, inherited {names:?}"),
             (None, true) => debug!("fresh start"),
@@ -277,8 +278,6 @@ impl Engine {
     }
 
     pub(crate) fn register(&self, fd: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-        check_name(name)?;
-        check_listener(fd)?;
         let mut state = self.lock();
         if state.phase == Phase::Draining {
             return Err(fail(
@@ -286,44 +285,17 @@ impl Engine {
                 "this process is draining; register listeners before gr_ready",
             ));
         }
-        add_listener(&mut state.listeners, fd, name)
+        state.registry.register(fd, name)
     }
 
     /// The inherited socket named `name`, now registered again for the next restart.
     pub(crate) fn inherit(&self, name: &str) -> io::Result<Option<OwnedFd>> {
-        check_name(name)?;
-        let mut state = self.lock();
-        match state.inherited.iter().position(|(n, _)| n == name) {
-            Some(index) => claim(&mut state, index, name).map(Some),
-            None => Ok(None),
-        }
+        self.lock().registry.inherit(name)
     }
 
-    /// Inherit-or-listen: an inherited socket bound to `text` (preferring one
-    /// named `name`), or else a new one bound now; registered either way.
+    /// Inherit-or-listen: see [`Registry::listen`].
     pub(crate) fn listen(&self, text: &str, name: Option<&str>) -> io::Result<OwnedFd> {
-        let address = Address::parse(text)?;
-        let name = name.map_or_else(|| Address::default_name(text), String::from);
-        check_name(&name)?;
-        let mut state = self.lock();
-        if state.listeners.iter().any(|(n, _)| *n == name) {
-            return Err(duplicate(&name));
-        }
-        let bound_here = |(_, fd): &(String, OwnedFd)| address.is_bound_by(fd.as_fd());
-        let found = (state.inherited.iter())
-            .position(|entry| entry.0 == name && bound_here(entry))
-            .or_else(|| state.inherited.iter().position(bound_here));
-        if let Some(index) = found {
-            debug!(
-                "{address}: using inherited fd {}",
-                state.inherited[index].1.as_raw_fd()
-            );
-            return claim(&mut state, index, &name);
-        }
-        let fd = address.bind()?;
-        add_listener(&mut state.listeners, fd.as_fd(), &name)?;
-        debug!("{address}: listening on new fd {}", fd.as_raw_fd());
-        Ok(fd)
+        self.lock().registry.listen(text, name)
     }
 
     pub(crate) fn on_shutdown(&self, hook: Hook) -> io::Result<()> {
@@ -346,12 +318,10 @@ impl Engine {
             }
             Phase::Starting => state.phase = Phase::Serving,
         }
-        let unclaimed = mem::take(&mut state.inherited);
+        let unclaimed = state.registry.close_unclaimed();
         if !unclaimed.is_empty() {
-            let names: Vec<&str> = unclaimed.iter().map(|(n, _)| n.as_str()).collect();
-            info!("closing inherited fds nobody claimed: {names:?}");
+            info!("closed inherited fds nobody claimed: {unclaimed:?}");
         }
-        drop(unclaimed);
         if let Some(path) = &state.settings.pid_file {
             if let Err(e) = notify::write_pid_file(path) {
                 warning!("cannot write the PID file {}: {e}", path.display());
@@ -360,25 +330,9 @@ impl Engine {
         // systemd must learn the new main pid before the parent exits, or it
         // would take the parent's exit for the service's.
         self.notify_serving();
-        if let Some(parent) = &state.parent {
-            // SAFETY: one byte from a local to our own socket; MSG_NOSIGNAL
-            // turns a vanished parent into EPIPE instead of SIGPIPE.
-            let sent = unsafe {
-                libc::send(
-                    parent.as_raw_fd(),
-                    (&READY_BYTE as *const u8).cast(),
-                    1,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if sent != 1 {
-                warning!(
-                    "cannot tell pid {} we are ready: {}",
-                    self.parent_pid,
-                    io::Error::last_os_error()
-                );
-                state.parent = None;
-            }
+        if let Some(Err(e)) = state.predecessor.as_ref().map(Predecessor::tell_ready) {
+            warning!("{e}");
+            state.predecessor = None;
         }
         info!("ready, generation {}", self.generation);
         Ok(())
@@ -422,16 +376,13 @@ impl Engine {
             let mut state = self.lock();
             self.check_may_restart(&mut state)?;
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
-            // SAFETY: access() on a valid C string.
-            if unsafe { libc::access(exe.as_ptr(), libc::X_OK) } < 0 {
-                return Err(os_fail(format!(
-                    "cannot execute the successor {}",
-                    exe.to_string_lossy()
-                )));
-            }
-            let names: Vec<&str> = state.listeners.iter().map(|(n, _)| n.as_str()).collect();
-            let fds: Vec<BorrowedFd<'_>> =
-                state.listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+            access(exe.as_c_str(), AccessFlags::X_OK).map_err(|e| {
+                with_context(
+                    e.into(),
+                    format!("cannot execute the successor {}", exe.to_string_lossy()),
+                )
+            })?;
+            let (names, fds) = state.registry.handed_over();
             let restart_signal = signal::current();
             let env = protocol::successor_env(
                 std::env::vars_os(),
@@ -499,17 +450,17 @@ impl Engine {
             }
             Phase::Serving => {}
         }
-        if let Some(parent) = &state.parent {
-            if !peer_closed(parent.as_fd()) {
+        if let Some(predecessor) = &state.predecessor {
+            if !predecessor.has_exited() {
                 return Err(fail(
                     libc::EAGAIN,
                     format!(
                         "the previous generation (pid {}) is still draining; try again when it has exited",
-                        self.parent_pid
+                        predecessor.pid
                     ),
                 ));
             }
-            state.parent = None;
+            state.predecessor = None;
         }
         Ok(())
     }
@@ -539,9 +490,7 @@ impl Engine {
             return;
         }
         state.phase = Phase::Draining;
-        // Our duplicates are no longer needed; the successor holds its own.
-        // Closing them never shuts the sockets down.
-        state.listeners.clear();
+        state.registry.release();
         if let Err(e) = self.shutdown_event.write(1) {
             error!("cannot signal the drain on the shutdown fd: {e}");
         }
@@ -700,73 +649,4 @@ fn watch_signals(pipe: OwnedFd) {
         let Some(engine) = ENGINE.get() else { continue };
         let _ = engine.restart_coalescing(|| signal::drain(&pipe));
     }
-}
-
-fn duplicate(name: &str) -> io::Error {
-    fail(
-        libc::EEXIST,
-        format!("a listener named {name:?} is already registered"),
-    )
-}
-
-fn add_listener(
-    listeners: &mut Vec<(String, OwnedFd)>,
-    fd: BorrowedFd<'_>,
-    name: &str,
-) -> io::Result<()> {
-    if listeners.iter().any(|(n, _)| n == name) {
-        return Err(duplicate(name));
-    }
-    let ours = fd
-        .try_clone_to_owned()
-        .map_err(|e| with_context(e, "cannot duplicate the listener"))?;
-    listeners.push((name.to_string(), ours));
-    Ok(())
-}
-
-/// Hands the inherited fd at `index` to the caller and registers it again.
-fn claim(state: &mut State, index: usize, name: &str) -> io::Result<OwnedFd> {
-    add_listener(&mut state.listeners, state.inherited[index].1.as_fd(), name)?;
-    Ok(state.inherited.remove(index).1)
-}
-
-/// Refuses what cannot be handed over as a listener.
-fn check_listener(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    match address::socket_type(fd) {
-        None => Err(fail(libc::ENOTSOCK, format!("fd {raw} is not a socket"))),
-        Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
-            if address::int_option(fd, libc::SO_ACCEPTCONN) != Some(1) =>
-        {
-            Err(fail(
-                libc::EINVAL,
-                format!(
-                    "fd {raw} is a stream socket that is not listening (call listen() before registering it)"
-                ),
-            ))
-        }
-        Some(_) => Ok(()),
-    }
-}
-
-fn fd_is_socket(fd: RawFd) -> bool {
-    // SAFETY: only looked at while the probe runs; the fd is checked open first.
-    fd_is_open(fd) && address::socket_type(unsafe { BorrowedFd::borrow_raw(fd) }).is_some()
-}
-
-pub(crate) fn fd_is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the fd's flags.
-    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
-}
-
-/// Whether the other end of a stream socket has closed (it exited).
-fn peer_closed(fd: BorrowedFd<'_>) -> bool {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no waiting.
-    unsafe { libc::poll(&mut poll, 1, 0) };
-    poll.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
 }

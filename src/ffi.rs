@@ -16,9 +16,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::engine::{engine, engine_in_any_process, fd_is_open};
+use crate::engine::{engine, engine_in_any_process};
 use crate::error::{errno_of, fail};
 use crate::log::{self, Level};
+use crate::sys::fd_is_open;
 
 /// Nothing is logged.
 pub const GR_LOG_OFF: c_int = 0;

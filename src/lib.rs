@@ -12,27 +12,20 @@
 //!
 //! ```no_run
 //! use std::io::Write;
-//! use std::os::fd::AsRawFd;
 //!
 //! fn main() -> std::io::Result<()> {
 //!     // Inherited from the previous generation, or bound now on a fresh start.
 //!     let listener = grestart::listen_tcp("127.0.0.1:8080")?;
-//!     listener.set_nonblocking(true)?;
 //!     grestart::on_shutdown(|| eprintln!("bye"))?;
 //!     grestart::ready()?;
-//!     let shutdown = grestart::shutdown_fd()?;
-//!     let mut fds = [
-//!         libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-//!         libc::pollfd { fd: shutdown.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-//!     ];
-//!     // Serve until a successor took over (or shutdown was requested).
-//!     while fds[1].revents == 0 {
-//!         unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-//!         if let Ok((mut stream, _)) = listener.accept() {
-//!             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")?;
-//!         }
+//!     // Until a successor serves; a connection counts as work in flight until dropped.
+//!     for connection in grestart::incoming(&listener) {
+//!         let mut connection = connection?;
+//!         std::thread::spawn(move || {
+//!             connection.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+//!         });
 //!     }
-//!     grestart::shutdown() // finish in-flight work first, then run the hooks
+//!     grestart::shutdown() // waits for the connections in flight, then runs the hooks
 //! }
 //! ```
 //!
@@ -44,13 +37,16 @@ mod engine;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
+mod link;
 mod log;
 mod notify;
 mod origin;
 mod protocol;
+mod registry;
 mod serve;
 mod signal;
 mod spawn;
+mod sys;
 
 use std::ffi::{CString, OsStr};
 use std::io;

@@ -10,6 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 
+use nix::time::{ClockId, clock_gettime};
+
 /// Sends `message` to `NOTIFY_SOCKET`, if systemd gave us one.
 ///
 /// `socket` is the variable's value read at start-up: a path, or `@name` for
@@ -36,13 +38,9 @@ pub(crate) fn sd_notify(socket: Option<&OsString>, message: &str) -> io::Result<
 
 /// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
 pub(crate) fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
+    })
 }
 
 /// Writes our pid to `path` atomically: readers see the old pid or the new one,

@@ -11,11 +11,12 @@
 //! (bounded by the drain deadline) before it runs the hooks.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{SockFlag, accept4};
 
 use crate::engine::Engine;
 use crate::error::{fail, with_context};
@@ -56,24 +57,14 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
         {
             return Err(fail(libc::EINVAL, "the listener is not a listening socket"));
         }
-        // SAFETY: accept4 on a borrowed fd, no address wanted.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            engine.begin_work();
-            // SAFETY: a new connection that only we hold.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        match Errno::last() {
+        match accept4(listener, SockFlag::SOCK_CLOEXEC) {
+            Ok(connection) => {
+                engine.begin_work();
+                return Ok(connection);
+            }
             // Taken by the successor or another worker, or given up by the client.
-            Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED => continue,
-            e => return Err(with_context(e.into(), "accept")),
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => continue,
+            Err(e) => return Err(with_context(e.into(), "accept")),
         }
     }
 }

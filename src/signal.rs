@@ -11,13 +11,14 @@
 use std::ffi::c_int;
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::ptr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::fcntl::OFlag;
-use nix::unistd::pipe2;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::unistd::{pipe2, read};
 
 use crate::error::{fail, os_fail, with_context};
 
@@ -109,6 +110,9 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
     if matches!(*installed, Some((current, _)) if current == signo) {
         return Ok(());
     }
+    // libc's sigaction, not nix's: nix cannot name the real-time signals,
+    // which an application may choose as its restart signal.
+    // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).
     let mut action: libc::sigaction = unsafe { mem::zeroed() };
     action.sa_sigaction = on_signal as extern "C" fn(c_int) as usize;
     // SA_RESTART: the application's blocking calls must not fail with EINTR
@@ -116,6 +120,7 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
     action.sa_flags = libc::SA_RESTART;
     // SAFETY: `action.sa_mask` is a valid sigset to empty.
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: as above; sigaction fills it.
     let mut previous: libc::sigaction = unsafe { mem::zeroed() };
     // SAFETY: valid sigaction structs; the handler is async-signal-safe.
     if unsafe { libc::sigaction(signo, &action, &mut previous) } < 0 {
@@ -134,13 +139,14 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
 /// Blocks until the restart signal arrived at least once, and swallows every
 /// arrival since (a storm of signals is one request).
 pub(crate) fn wait(pipe: &OwnedFd) {
-    let mut poll = libc::pollfd {
-        fd: pipe.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; EINTR and spurious wake-ups only loop again.
-    while unsafe { libc::poll(&mut poll, 1, -1) } < 1 {}
+    // EINTR and spurious wake-ups only loop again.
+    while !matches!(
+        poll(
+            &mut [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)],
+            PollTimeout::NONE
+        ),
+        Ok(1..)
+    ) {}
     drain(pipe);
 }
 
@@ -148,14 +154,11 @@ pub(crate) fn wait(pipe: &OwnedFd) {
 pub(crate) fn drain(pipe: &OwnedFd) -> usize {
     let mut buf = [0u8; 256];
     let mut total = 0;
-    loop {
-        // SAFETY: reading into a local buffer from our non-blocking pipe.
-        let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return total;
-        }
-        total += n as usize;
+    // The pipe is non-blocking: EAGAIN once it is empty.
+    while let Ok(n @ 1..) = read(pipe.as_fd(), &mut buf) {
+        total += n;
     }
+    total
 }
 
 #[cfg(test)]

@@ -36,12 +36,17 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::io;
 use std::mem;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect, munmap};
+use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, socketpair};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::error::{fail, os_fail, with_context};
@@ -223,31 +228,17 @@ fn page_size() -> usize {
 /// other way). A socket rather than a pipe so that writing to a dead peer is an
 /// `EPIPE` we can ask not to be signalled for (`MSG_NOSIGNAL`).
 fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` has room for the two fds socketpair writes.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(os_fail("cannot create the readiness channel"));
-    }
-    // SAFETY: socketpair succeeded, so both fds are open and ours alone.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| with_context(e.into(), "cannot create the readiness channel"))
 }
 
 fn fd_limit() -> RawFd {
-    let mut limit: libc::rlimit = unsafe { mem::zeroed() };
-    // SAFETY: `limit` is a valid rlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        limit.rlim_cur.min(1 << 20) as RawFd
-    } else {
-        1024
-    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft.min(1 << 20) as RawFd)
 }
 
 /// `struct clone_args` of `clone3(2)`; libc only defines it on some targets.
@@ -548,45 +539,40 @@ impl Successor {
     /// Waits until the successor reports ready, exits, or `timeout` passes.
     pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<(), NotReady> {
         let deadline = Instant::now() + timeout;
-        let mut fds = [
-            libc::pollfd {
-                fd: self.channel.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        let mut listening = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(NotReady::TimedOut);
             }
-            let ms = left.as_millis().clamp(1, c_int::MAX as u128) as c_int;
-            // SAFETY: `fds` is a valid array of two pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            if n < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            let wait = PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [
+                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.channel.as_fd(), PollFlags::POLLIN),
+            ];
+            // Once the channel can no longer say "ready", only the exit counts.
+            let watched = if listening { 2 } else { 1 };
+            match poll(&mut fds[..watched], wait) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(NotReady::Failed(with_context(
+                        e.into(),
+                        "waiting for the successor",
+                    )));
                 }
-                return Err(NotReady::Failed(os_fail("waiting for the successor")));
             }
-            if fds[0].revents != 0 {
+            let exited = fds[0].any() == Some(true);
+            if listening && fds[1].any() == Some(true) {
                 // The channel speaks first: the child may report an exec error and
                 // exit at once, and its message is better than its exit status.
                 let mut message = [0u8; 6];
-                // SAFETY: reading into a local buffer of the given length.
-                let got = unsafe {
-                    libc::recv(
-                        fds[0].fd,
-                        message.as_mut_ptr().cast(),
-                        message.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                let got = recv(
+                    self.channel.as_raw_fd(),
+                    &mut message,
+                    MsgFlags::MSG_DONTWAIT,
+                )
+                .unwrap_or(0);
                 return match (got, message[0]) {
                     (1.., READY_BYTE) => Ok(()),
                     (6, FAILED_BYTE) => {
@@ -610,12 +596,12 @@ impl Successor {
                     // every fd). Stop listening to it and wait for the successor's
                     // exit or the timeout; reaping now could block on a live child.
                     _ => {
-                        fds[0].fd = -1;
+                        listening = false;
                         continue;
                     }
                 };
             }
-            if fds[1].revents != 0 {
+            if exited {
                 return Err(NotReady::Failed(self.died()));
             }
         }
@@ -647,33 +633,21 @@ impl Successor {
 
     /// Waits for the successor to exit and says how it ended. It never stays a zombie.
     fn reap(&self) -> String {
-        let mut info: libc::siginfo_t = unsafe { mem::zeroed() };
         loop {
-            // SAFETY: waitid on our own pidfd into a zeroed siginfo.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    self.pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED,
-                )
-            };
-            if r == 0 {
-                break;
-            }
-            return match io::Error::last_os_error().raw_os_error() {
-                Some(libc::EINTR) => continue,
+            return match waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED) {
+                Ok(WaitStatus::Exited(_, status)) => format!("exited with status {status}"),
+                Ok(WaitStatus::Signaled(_, signal, true)) => {
+                    format!("was killed by signal {} (core dumped)", signal as i32)
+                }
+                Ok(WaitStatus::Signaled(_, signal, false)) => {
+                    format!("was killed by signal {}", signal as i32)
+                }
+                Ok(other) => format!("ended ({other:?})"),
+                Err(Errno::EINTR) => continue,
                 // The application reaps children itself or ignores SIGCHLD.
-                Some(libc::ECHILD) => "exited (its status was collected elsewhere)".to_string(),
-                _ => format!("could not be waited for ({})", io::Error::last_os_error()),
+                Err(Errno::ECHILD) => "exited (its status was collected elsewhere)".to_string(),
+                Err(e) => format!("could not be waited for ({e})"),
             };
-        }
-        // SAFETY: waitid filled `info` for an exited child.
-        let status = unsafe { info.si_status() };
-        match info.si_code {
-            libc::CLD_EXITED => format!("exited with status {status}"),
-            libc::CLD_DUMPED => format!("was killed by signal {status} (core dumped)"),
-            _ => format!("was killed by signal {status}"),
         }
     }
 }

@@ -1,0 +1,79 @@
+//! The small fd and socket questions several modules ask, answered once,
+//! through `nix` where it can serve.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{SockType, getsockopt, sockopt};
+
+/// Whether `fd` is an open descriptor. Raw numbers come from the C edge and
+/// from the environment, where nothing guarantees they are open.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the flags of whatever `fd` names, if anything.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// Whether `fd` is an open socket.
+pub(crate) fn fd_is_socket(fd: RawFd) -> bool {
+    // SAFETY: borrowed only for this check, after it was found open.
+    fd_is_open(fd) && socket_type(unsafe { BorrowedFd::borrow_raw(fd) }).is_some()
+}
+
+/// The socket's type, or `None` when `fd` is not a socket.
+pub(crate) fn socket_type(fd: BorrowedFd<'_>) -> Option<SockType> {
+    getsockopt(&fd, sockopt::SockType).ok()
+}
+
+/// Whether a stream socket is listening (`SO_ACCEPTCONN`).
+pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> bool {
+    getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false)
+}
+
+/// Whether the other end of a Unix stream socket pair has closed (its
+/// process exited): the kernel then reports `POLLHUP`, which poll always
+/// returns. (Not `POLLRDHUP`: nix has no name for it, and a flag it cannot
+/// name makes it drop the whole answer.)
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::ZERO);
+    fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+}
+
+/// Marks `fd` close-on-exec, so that programs the application launches do
+/// not hold it.
+pub(crate) fn set_cloexec(fd: &OwnedFd) {
+    let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn a_closed_peer_is_seen() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        assert!(!peer_closed(ours.as_fd()));
+        drop(theirs);
+        assert!(peer_closed(ours.as_fd()));
+    }
+
+    #[test]
+    fn sockets_and_listening_sockets_are_told_apart() {
+        let dir = std::env::temp_dir().join(format!("gr-sys-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = UnixListener::bind(&dir).unwrap();
+        let (stream, _) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(socket_type(listener.as_fd()), Some(SockType::Stream));
+        assert!(is_listening(listener.as_fd()) && !is_listening(stream.as_fd()));
+        assert_eq!(socket_type(file.as_fd()), None);
+        assert!(fd_is_socket(stream.as_raw_fd()) && !fd_is_socket(file.as_raw_fd()));
+        assert!(!fd_is_open(-1));
+        std::fs::remove_file(&dir).unwrap();
+    }
+}
