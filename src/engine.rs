@@ -153,7 +153,19 @@ impl DerefMut for Locked<'_> {
     }
 }
 
+/// What an engine is made of, apart from the process: the unit tests build
+/// engines from these without a signal handler, a thread or a fork.
+struct Parts {
+    generation: u64,
+    origin: Result<Origin, String>,
+    inherited: Vec<(String, OwnedFd)>,
+    predecessor: Option<Predecessor>,
+    notify_socket: Option<OsString>,
+}
+
 impl Engine {
+    /// The process's engine: reads the hand-over, installs the signal
+    /// handler and its watcher thread, and adopts what was handed over.
     fn start() -> io::Result<Engine> {
         // Read first, consume last: everything that can fail comes before the
         // environment is cleared and the passed fds are adopted, so that a
@@ -204,31 +216,16 @@ impl Engine {
             .collect();
         let parent_pid = nix::unistd::getppid().as_raw();
         let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
-
-        let engine = Engine {
-            generation: heritage.generation,
-            origin: origin::get().map_err(|e| e.to_string()),
-            owner: std::process::id(),
-            notify_socket: std::env::var_os("NOTIFY_SOCKET"),
-            shutdown_event,
-            state: Mutex::new(State {
-                phase: Phase::Starting,
-                registry: Registry::new(inherited),
+        let engine = Engine::new(
+            Parts {
+                generation: heritage.generation,
+                origin: origin::get().map_err(|e| e.to_string()),
+                inherited,
                 predecessor,
-                successor: None,
-                hooks: Hooks::Pending(Vec::new()),
-                settings: Settings {
-                    ready_timeout: Duration::from_secs(60),
-                    drain_deadline: None,
-                    pid_file: None,
-                    exe: None,
-                    argv: None,
-                },
-            }),
-            in_flight: AtomicUsize::new(0),
-            changed: Condvar::new(),
-            restarting: Mutex::new(()),
-        };
+                notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+            },
+            shutdown_event,
+        );
         match &engine.origin {
             Err(e) => warning!("restarts will fail: cannot tell how this process was started: {e}"),
             Ok(origin) => debug!("successors start as {origin}"),
@@ -245,6 +242,33 @@ impl Engine {
         }
         drop(state);
         Ok(engine)
+    }
+
+    fn new(parts: Parts, shutdown_event: EventFd) -> Engine {
+        Engine {
+            generation: parts.generation,
+            origin: parts.origin,
+            owner: std::process::id(),
+            notify_socket: parts.notify_socket,
+            shutdown_event,
+            state: Mutex::new(State {
+                phase: Phase::Starting,
+                registry: Registry::new(parts.inherited),
+                predecessor: parts.predecessor,
+                successor: None,
+                hooks: Hooks::Pending(Vec::new()),
+                settings: Settings {
+                    ready_timeout: Duration::from_secs(60),
+                    drain_deadline: None,
+                    pid_file: None,
+                    exe: None,
+                    argv: None,
+                },
+            }),
+            in_flight: AtomicUsize::new(0),
+            changed: Condvar::new(),
+            restarting: Mutex::new(()),
+        }
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -648,5 +672,117 @@ fn watch_signals(pipe: OwnedFd) {
         signal::wait(&pipe);
         let Some(engine) = ENGINE.get() else { continue };
         let _ = engine.restart_coalescing(|| signal::drain(&pipe));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::errno_of;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    /// An engine of its own (leaked: the lifecycle takes `&'static self`),
+    /// with no way to start a successor: a restart that passes the phase
+    /// rules fails with ENOEXEC instead of forking.
+    fn engine_with(predecessor: Option<Predecessor>) -> &'static Engine {
+        let parts = Parts {
+            generation: 1,
+            origin: Err("a unit test".into()),
+            inherited: Vec::new(),
+            predecessor,
+            notify_socket: None,
+        };
+        let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
+        Box::leak(Box::new(Engine::new(parts, event)))
+    }
+
+    fn errno(result: io::Result<()>) -> i32 {
+        errno_of(&result.expect_err("refused"))
+    }
+
+    #[test]
+    fn a_restart_waits_for_ready_and_is_refused_while_draining() {
+        let engine = engine_with(None);
+        assert_eq!(errno(engine.restart()), libc::EAGAIN);
+        engine.ready().unwrap();
+        engine.ready().unwrap(); // again: fine
+        assert_eq!(errno(engine.restart()), libc::ENOEXEC); // past the rules
+        assert!(!engine.wait_shutdown(Some(Duration::ZERO)));
+        engine.shutdown();
+        assert!(engine.wait_shutdown(Some(Duration::ZERO)));
+        assert_eq!(errno(engine.restart()), libc::ESHUTDOWN);
+        assert_eq!(errno(engine.ready()), libc::ESHUTDOWN);
+    }
+
+    #[test]
+    fn one_restart_at_a_time() {
+        let engine = engine_with(None);
+        engine.ready().unwrap();
+        let running = engine.restarting.lock().unwrap();
+        assert_eq!(errno(engine.restart()), libc::EALREADY);
+        drop(running);
+        assert_eq!(errno(engine.restart()), libc::ENOEXEC);
+    }
+
+    #[test]
+    fn no_hand_over_while_the_predecessor_drains() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let engine = engine_with(Some(Predecessor::new(ours.into(), 1)));
+        engine.ready().unwrap(); // tells the predecessor
+        assert_eq!(errno(engine.restart()), libc::EAGAIN);
+        drop(theirs); // the predecessor exited
+        assert_eq!(errno(engine.restart()), libc::ENOEXEC);
+    }
+
+    #[test]
+    fn hooks_run_once_in_reverse_order() {
+        let engine = engine_with(None);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 1..=3 {
+            let order = Arc::clone(&order);
+            engine
+                .on_shutdown(Box::new(move || order.lock().unwrap().push(i)))
+                .unwrap();
+        }
+        engine.ready().unwrap();
+        engine.shutdown();
+        engine.shutdown();
+        assert_eq!(*order.lock().unwrap(), [3, 2, 1]);
+        let late = engine.on_shutdown(Box::new(|| ()));
+        assert_eq!(errno(late), libc::ESHUTDOWN);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_work_in_flight() {
+        let engine = engine_with(None);
+        assert_eq!(errno(engine.end_work()), libc::EINVAL);
+        let finished = Arc::new(Mutex::new(false));
+        let seen = Arc::clone(&finished);
+        engine
+            .on_shutdown(Box::new(move || assert!(*seen.lock().unwrap())))
+            .unwrap();
+        engine.ready().unwrap();
+        engine.begin_work();
+        let worker = thread::spawn(move || {
+            // The drain has begun: the work finishes, then shutdown may go on.
+            assert!(engine.wait_shutdown(Some(Duration::from_secs(10))));
+            *finished.lock().unwrap() = true;
+            engine.end_work().unwrap();
+        });
+        engine.shutdown();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_zero_drain_deadline_is_none() {
+        let engine = engine_with(None);
+        engine.set_drain_deadline(Some(Duration::ZERO));
+        assert_eq!(engine.lock().settings.drain_deadline, None);
+        engine.set_drain_deadline(Some(Duration::from_millis(5)));
+        assert_eq!(
+            engine.lock().settings.drain_deadline,
+            Some(Duration::from_millis(5))
+        );
     }
 }
