@@ -166,3 +166,54 @@ fn every_spawn_method_restarts_under_load() {
         server.stop();
     }
 }
+
+/// `systemctl kill -s USR2` (or `pkill -USR2`) signals every process of the
+/// service, a successor that is still starting included: the Python example
+/// takes tens of milliseconds to import its modules. Signal it over and over
+/// until its grestart has installed the handler; it must survive and serve.
+#[test]
+fn a_restart_signal_to_every_process_spares_a_starting_successor() {
+    support::become_subreaper();
+    let mut command = support::python_example("http_server.py");
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    let mut server = Server::launch(command);
+    let old = server.pid;
+    support::kill(old, libc::SIGUSR2);
+    let started = std::time::Instant::now();
+    let mut signalled_while_starting = std::collections::HashSet::new();
+    let answer = loop {
+        for pid in support::children(old, false) {
+            if !support::catches(pid, libc::SIGUSR2) {
+                support::kill(pid, libc::SIGUSR2);
+                signalled_while_starting.insert(pid);
+            }
+        }
+        let answer = server
+            .probe(std::time::Duration::from_secs(5))
+            .expect("the service answers");
+        if answer.pid != old {
+            break answer;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "no successor took over"
+        );
+    };
+    assert!(
+        signalled_while_starting.contains(&answer.pid),
+        "the successor was signalled while it started: {signalled_while_starting:?}"
+    );
+    assert_eq!(answer.generation, 2);
+    let old_exit = support::pidfd(old).ok();
+    if let Some(fd) = &old_exit {
+        assert!(support::wait_exit(fd, std::time::Duration::from_secs(40)));
+    }
+    support::reap(old);
+    server.pid = answer.pid;
+    server.pids.push(answer.pid);
+    let again = server
+        .probe(std::time::Duration::from_secs(5))
+        .expect("the successor serves on");
+    assert_eq!((again.pid, again.generation), (answer.pid, 2));
+    server.stop();
+}

@@ -25,13 +25,15 @@ fn quick_start_restarts_under_load(binary: &Path) {
 }
 
 fn restarts_under_load_checking(binary: &Path, swap_in_v2: Option<impl FnOnce()>) {
+    let mut command = Command::new(binary);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    restarts_of(command, swap_in_v2);
+}
+
+/// Restarts the server `command` starts `RESTARTS` times under load.
+fn restarts_of(command: Command, swap_in_v2: Option<impl FnOnce()>) {
     support::become_subreaper();
-    let mut server = Server::start(
-        binary,
-        &[] as &[&OsStr],
-        "127.0.0.1:0",
-        &[("GRESTART_LOG", "warn")],
-    );
+    let mut server = Server::launch(command);
     let load = Load::start(server.addr, 4, 4);
     let versioned = swap_in_v2.is_some();
     let mut swap_in_v2 = swap_in_v2;
@@ -55,8 +57,8 @@ fn restarts_under_load_checking(binary: &Path, swap_in_v2: Option<impl FnOnce()>
     let stats = load.finish();
     latencies.sort();
     println!(
-        "{}: {} requests answered, {} failed; restart latency median {:?}, max {:?}; generations served: {}",
-        binary.display(),
+        "{:?}: {} requests answered, {} failed; restart latency median {:?}, max {:?}; generations served: {}",
+        server.child.id(),
         stats.ok,
         stats.failed,
         latencies[latencies.len() / 2],
@@ -158,6 +160,15 @@ fn rust_quick_start_restarts_under_load() {
     let binary = dir.join("quickstart");
     build_rust_example("quickstart", &binary, 1);
     quick_start_restarts_under_load(&binary);
+}
+
+#[test]
+fn python_examples_restart_under_load() {
+    for script in ["http_server.py", "asyncio_server.py", "quickstart.py"] {
+        let mut command = support::python_example(script);
+        command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+        restarts_of(command, None::<fn()>);
+    }
 }
 
 /// Builds the Rust example `name` reporting `version` and renames it into `path`.

@@ -1,0 +1,144 @@
+//! Building what the tests run: the repository's paths, a temporary
+//! directory, and the C and C++ example servers compiled against the library.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>` of the profile this binary was built with.
+pub fn profile_dir() -> PathBuf {
+    // target/<profile>/deps/<test binary> or target/<profile>/examples/<example>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// The directory holding the `libgrestart.so` built with this binary. Cargo
+/// copies it up to `target/<profile>` only for `cargo build`, not for
+/// `cargo test`, so use the one in `deps`, which every build refreshes.
+pub fn lib_dir() -> PathBuf {
+    profile_dir().join("deps")
+}
+
+/// A directory removed with everything in it when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("grestart-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles C (or C++ with `compiler = "c++"`) sources against the header and
+/// the library, with warnings as errors. Panics with the compiler's output.
+pub fn compile(compiler: &str, sources: &[&Path], output: &Path, extra: &[&str]) {
+    let lib = lib_dir();
+    let mut cmd = Command::new(compiler);
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-O1", "-g"])
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-I")
+        .arg(repo().join("bindings/cpp"))
+        .args(extra)
+        .args(sources)
+        .arg("-o")
+        .arg(output)
+        .arg("-L")
+        .arg(&lib)
+        // DT_RPATH, not RUNPATH: cargo test sets LD_LIBRARY_PATH, which would
+        // otherwise win and may point at a stale copy in target/<profile>.
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
+        .arg("-lgrestart");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    assert!(
+        out.status.success(),
+        "{compiler} failed for {sources:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the C example reporting `version`, and puts it at `path` by renaming
+/// over whatever is there: a running server's binary is replaced the way a
+/// package manager replaces it.
+pub fn build_c_example(path: &Path, version: u32) {
+    build_example("cc", "examples/c/http_server.c", "-std=c99", path, version);
+}
+
+/// The prefork C example (a master and its workers) reporting `version`.
+pub fn build_prefork_example(path: &Path, version: u32) {
+    build_example(
+        "cc",
+        "examples/c/prefork_server.c",
+        "-std=c99",
+        path,
+        version,
+    );
+}
+
+/// [`build_c_example`] for the C++ example.
+pub fn build_cpp_example(path: &Path, version: u32) {
+    build_example(
+        "c++",
+        "examples/cpp/http_server.cpp",
+        "-std=c++17",
+        path,
+        version,
+    );
+}
+
+/// The C example built with AddressSanitizer (and LeakSanitizer, which makes
+/// a process that leaked exit with a non-zero status).
+pub fn build_c_example_with_asan(path: &Path) {
+    build_example(
+        "cc",
+        "examples/c/http_server.c",
+        "-fsanitize=address",
+        path,
+        1,
+    );
+}
+
+fn build_example(compiler: &str, source: &str, flag: &str, path: &Path, version: u32) {
+    let fresh = path.with_extension("new");
+    let define = format!("-DAPP_VERSION=\"{version}\"");
+    compile(
+        compiler,
+        &[&repo().join(source)],
+        &fresh,
+        &[flag, "-pthread", &define],
+    );
+    std::fs::rename(&fresh, path).expect("rename the new binary into place");
+}
+
+/// `python3 examples/python/SCRIPT` on the package in `bindings/python`, with
+/// the library this test was built with: no installation needed.
+pub fn python_example(script: &str) -> Command {
+    let mut command = Command::new("python3");
+    command
+        .arg(repo().join("examples/python").join(script))
+        .env("PYTHONPATH", repo().join("bindings/python"))
+        .env("GRESTART_LIBRARY", lib_dir().join("libgrestart.so"));
+    command
+}

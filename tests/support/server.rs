@@ -1,0 +1,229 @@
+//! A server under test: started, probed, restarted by signal and followed
+//! from generation to generation, and stopped with everything it started.
+
+use std::ffi::OsStr;
+use std::io::{self, BufRead, BufReader};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::http::{Response, get};
+use super::process::{children, kill, pidfd, reap, wait_exit, zombie_children};
+
+/// A server under test: its first generation is our child.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The pid serving now.
+    pub pid: i32,
+    pub generation: u64,
+    /// Every pid that ever served, for cleaning up.
+    pub pids: Vec<i32>,
+    /// The lines every generation writes to stderr (also echoed to ours),
+    /// with the moment each was read.
+    log: Receiver<(Instant, String)>,
+}
+
+impl Server {
+    /// Starts `program args... ADDRESS` and reads the address it listens on
+    /// from its first line ("... listening on HOST:PORT").
+    pub fn start(program: &Path, args: &[&OsStr], address: &str, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(program);
+        command.args(args).arg(address).envs(env.iter().copied());
+        Server::launch(command)
+    }
+
+    /// [`Server::start`] for a prepared command (working directory, `PATH`...)
+    /// whose last argument is the address.
+    pub fn launch(mut command: Command) -> Server {
+        let program = PathBuf::from(command.get_program());
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        stdout.read_line(&mut line).expect("first line");
+        // Every generation inherits this pipe and prints its own first line:
+        // keep reading, or a successor would die of SIGPIPE.
+        thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+        let (sender, log) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let read = Instant::now();
+                eprintln!("{line}");
+                let _ = sender.send((read, line));
+            }
+        });
+        let parsed: Option<SocketAddr> =
+            line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
+        let Some(mut addr) = parsed else {
+            // Not a Server yet, whose drop would end it: end it here.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no address in the server's first line {line:?}");
+        };
+        // A server listening on every address is reached through loopback.
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let pid = child.id() as i32;
+        let server = Server {
+            child,
+            addr,
+            pid,
+            generation: 1,
+            pids: vec![pid],
+            log,
+        };
+        let first = server
+            .probe(Duration::from_secs(10))
+            .expect("the server answers");
+        assert_eq!(first.pid, pid);
+        server
+    }
+
+    /// Waits for a line of the servers' stderr that contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_log_at(needle, timeout).1
+    }
+
+    /// [`Server::wait_for_log`], with the moment the line was read.
+    pub fn wait_for_log_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok((read, line)) if line.contains(needle) => return (read, line),
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// One GET on a fresh connection; retried until it works or `timeout` passes.
+    pub fn probe(&self, timeout: Duration) -> Result<Response, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match get(self.addr, true) {
+                Ok(r) => return Ok(r),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => thread::yield_now(),
+            }
+        }
+    }
+
+    /// Sends the restart signal and waits until a fresh connection is answered
+    /// by a new pid; then waits for the old generation to exit and reaps it.
+    /// Returns the restart latency (signal to first answer from the successor).
+    pub fn restart(&mut self, signal: i32) -> Restart {
+        let old = self.pid;
+        let old_exit = pidfd(old).expect("pidfd of the serving generation");
+        let started = Instant::now();
+        kill(old, signal);
+        let deadline = started + Duration::from_secs(20);
+        let response = loop {
+            let response = self
+                .probe(Duration::from_secs(5))
+                .expect("the service answers during a restart");
+            if response.pid != old {
+                break response;
+            }
+            assert!(Instant::now() < deadline, "pid {old} never handed over");
+        };
+        let latency = started.elapsed();
+        assert_eq!(
+            response.generation,
+            self.generation + 1,
+            "the generation goes up by one per restart"
+        );
+        self.pid = response.pid;
+        self.generation = response.generation;
+        self.pids.push(response.pid);
+        assert!(
+            wait_exit(&old_exit, Duration::from_secs(40)),
+            "generation pid {old} did not exit after draining"
+        );
+        let old_status = reap(old);
+        let zombies = zombie_children(self.pid);
+        assert!(
+            zombies.is_empty(),
+            "zombie children of {}: {zombies:?}",
+            self.pid
+        );
+        Restart {
+            signalled: started,
+            latency,
+            pid: response.pid,
+            version: response.version,
+            old_status,
+        }
+    }
+
+    /// For a hand-over triggered some other way than [`Server::restart`]:
+    /// waits for the serving generation (watched by `old_exit`) to exit, reaps
+    /// it, and follows the generation that answers now.
+    pub fn follow_hand_over(&mut self, old_exit: &OwnedFd) -> Response {
+        assert!(
+            wait_exit(old_exit, Duration::from_secs(20)),
+            "pid {} did not exit",
+            self.pid
+        );
+        reap(self.pid);
+        let answer = self
+            .probe(Duration::from_secs(5))
+            .expect("the successor answers");
+        self.pid = answer.pid;
+        self.generation = answer.generation;
+        self.pids.push(answer.pid);
+        answer
+    }
+
+    /// Stops every generation still alive and reaps them all.
+    pub fn stop(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        // A generation's own children (prefork workers) go last: once their
+        // parent is reaped they are ours (we are the subreaper) to reap.
+        let workers: Vec<i32> = (self.pids.iter())
+            .flat_map(|&pid| children(pid, false))
+            .collect();
+        for pid in self.pids.clone().into_iter().chain(workers) {
+            if let Ok(fd) = pidfd(pid) {
+                kill(pid, libc::SIGKILL);
+                wait_exit(&fd, Duration::from_secs(5));
+                reap(pid);
+            }
+        }
+        let _ = self.child.wait();
+        self.pids.clear();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+pub struct Restart {
+    /// When the restart signal was sent.
+    pub signalled: Instant,
+    pub latency: Duration,
+    /// How the previous generation ended (a `waitpid` status), if we reaped it.
+    pub old_status: Option<i32>,
+    pub pid: i32,
+    pub version: String,
+}
