@@ -44,9 +44,10 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, mprotect, munmap};
 use nix::sys::resource::{Resource, getrlimit};
-use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, socketpair};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::error::{fail, os_fail, with_context};
@@ -395,11 +396,10 @@ fn fork_with_pidfd(plan: &mut Prepared<'_>) -> io::Result<(i32, OwnedFd, &'stati
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let err = os_fail("pidfd_open (grestart needs Linux 5.3 or later)");
-        // SAFETY: the child is ours and not reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, ptr::null_mut(), 0);
-        }
+        // The child is ours and not reaped yet: its pid cannot have been reused.
+        let child = Pid::from_raw(pid);
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
         return Err(err);
     }
     // SAFETY: pidfd_open returned a new close-on-exec fd that only we hold.
