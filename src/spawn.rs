@@ -665,6 +665,7 @@ mod tests {
             (4194304, "4194304"),
             (u32::MAX, "4294967295"),
         ] {
+            // SAFETY: `buf` has the 21 bytes write_decimal may write.
             unsafe { write_decimal(buf.as_mut_ptr(), n) };
             let end = buf.iter().position(|&b| b == 0).unwrap();
             assert_eq!(&buf[..end], text.as_bytes());
