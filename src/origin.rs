@@ -93,12 +93,9 @@ extern "C" fn capture_at_start(
 }
 
 fn capture(argv: Vec<Vec<u8>>) -> Result<Origin, String> {
-    let running =
-        std::fs::metadata("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
-    let is_running_binary = |candidate: &Path| {
-        std::fs::metadata(candidate)
-            .is_ok_and(|m| m.dev() == running.dev() && m.ino() == running.ino())
-    };
+    // When /proc/self/exe cannot be read no candidate matches, and the
+    // fallback below says why.
+    let is_running_binary = |candidate: &Path| same_file(candidate, Path::new("/proc/self/exe"));
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
     let pwd = std::env::var_os("PWD").map(PathBuf::from);
     let start_dir = start_dir(pwd, cwd, same_file);

@@ -202,18 +202,13 @@ def shutdown_fd() -> int:
     return check(lib.gr_shutdown_fd())
 
 
-def _poll_shutdown(timeout: Optional[float]) -> bool:
-    """Polls the shutdown fd from Python, so that a signal handler (Ctrl-C's
-    KeyboardInterrupt) runs while it waits, as in any blocking Python call."""
+def wait_shutdown(timeout: Optional[float] = None) -> bool:
+    """Blocks until this process must drain (True) or ``timeout`` seconds pass
+    (False). The wait polls the shutdown fd from Python, so Ctrl-C raises
+    KeyboardInterrupt at once, as in any blocking Python call."""
     poller = select.poll()
     poller.register(shutdown_fd(), select.POLLIN)
     return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
-
-
-def wait_shutdown(timeout: Optional[float] = None) -> bool:
-    """Blocks until this process must drain (True) or ``timeout`` seconds pass
-    (False). Interruptible: Ctrl-C raises KeyboardInterrupt at once."""
-    return _poll_shutdown(timeout)
 
 
 # One future per event loop, resolved when the shutdown fd turns readable:
@@ -276,12 +271,12 @@ def accept(listener: socket.socket) -> Optional[Connection]:
     successor may take a connection between our poll and our accept.
     """
     listener.setblocking(False)
+    draining = shutdown_fd()
     poller = select.poll()
-    poller.register(shutdown_fd(), select.POLLIN)
+    poller.register(draining, select.POLLIN)
     poller.register(listener.fileno(), select.POLLIN)
     while True:
-        ready = dict(poller.poll())
-        if shutdown_fd() in ready:
+        if draining in dict(poller.poll()):
             return None
         try:
             accepted, _ = listener.accept()
