@@ -38,7 +38,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::signal::unix::SignalKind;
 
-use support::{Load, Server};
+use support::{Load, Server, Summary, summarize};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -256,24 +256,6 @@ async fn connection(stream: TcpStream, generation: u64, draining: &AtomicBool) -
 }
 
 // ------------------------------------------------------------ the benchmark
-
-struct Summary {
-    min: Duration,
-    median: Duration,
-    p99: Duration,
-    max: Duration,
-}
-
-fn summarize(mut samples: Vec<Duration>) -> Summary {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Summary {
-        min: samples[0],
-        median: at(0.5),
-        p99: at(0.99),
-        max: samples[samples.len() - 1],
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

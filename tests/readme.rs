@@ -1,7 +1,9 @@
 //! Every code block of the READMEs is real code that the tests run: each C,
 //! C++, Rust and Python block must be preceded by `<!-- file: PATH -->` and
-//! equal that file, which the restart tests build and restart under load.
-//! (Shell commands, unit files and output samples are not programs.)
+//! equal that file, or by `<!-- from: PATH -->` and be lines that follow one
+//! another in that file (an excerpt); the restart tests build and restart
+//! those files under load. (Shell commands, unit files and output samples are
+//! not programs.)
 
 mod support;
 
@@ -27,23 +29,35 @@ fn every_program_in_a_readme_is_a_tested_file() {
                     .unwrap_or_else(|| panic!("{readme}:{}: unclosed block", i + 1));
             if PROGRAMS.contains(&language) {
                 let marker = if i > 0 { lines[i - 1] } else { "" };
-                let path = marker
-                    .strip_prefix("<!-- file: ")
-                    .and_then(|m| m.strip_suffix(" -->"))
+                let (whole, path) = (marker.strip_suffix(" -->"))
+                    .and_then(|m| {
+                        (m.strip_prefix("<!-- file: ").map(|p| (true, p)))
+                            .or_else(|| m.strip_prefix("<!-- from: ").map(|p| (false, p)))
+                    })
                     .unwrap_or_else(|| {
                         panic!(
-                            "{readme}:{}: a {language} block without <!-- file: PATH -->",
+                            "{readme}:{}: a {language} block without <!-- file: PATH --> \
+                             or <!-- from: PATH -->",
                             i + 1
                         )
                     });
                 let file = std::fs::read_to_string(support::repo().join(path))
                     .unwrap_or_else(|e| panic!("{readme}:{}: {path}: {e}", i + 1));
                 let block: String = lines[i + 1..end].iter().map(|l| format!("{l}\n")).collect();
-                assert!(
-                    block == file,
-                    "{readme}:{}: the block differs from {path}; paste the file again",
-                    i + 1
-                );
+                if whole {
+                    assert!(
+                        block == file,
+                        "{readme}:{}: the block differs from {path}; paste the file again",
+                        i + 1
+                    );
+                } else {
+                    assert!(
+                        !block.is_empty()
+                            && (file.starts_with(&block) || file.contains(&format!("\n{block}"))),
+                        "{readme}:{}: the block is not a run of lines of {path}",
+                        i + 1
+                    );
+                }
                 checked += 1;
             }
             i = end + 1;

@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Load, Server, TempDir};
+use support::{Server, TempDir};
 
 const RESTARTS: usize = 20;
 
@@ -27,48 +27,7 @@ fn quick_start_restarts_under_load(binary: &Path) {
 fn restarts_under_load_checking(binary: &Path, swap_in_v2: Option<impl FnOnce()>) {
     let mut command = Command::new(binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    restarts_of(command, swap_in_v2);
-}
-
-/// Restarts the server `command` starts `RESTARTS` times under load.
-fn restarts_of(command: Command, swap_in_v2: Option<impl FnOnce()>) {
-    support::become_subreaper();
-    let mut server = Server::launch(command);
-    let load = Load::start(server.addr, 4, 4);
-    let versioned = swap_in_v2.is_some();
-    let mut swap_in_v2 = swap_in_v2;
-    let mut latencies = Vec::new();
-    for i in 0..RESTARTS {
-        if i == RESTARTS / 2 {
-            if let Some(swap) = swap_in_v2.take() {
-                swap();
-            }
-        }
-        let restart = server.restart(libc::SIGUSR2);
-        if versioned {
-            let expected = if i < RESTARTS / 2 { "1" } else { "2" };
-            assert_eq!(
-                restart.version, expected,
-                "restart {i} runs the binary on disk"
-            );
-        }
-        latencies.push(restart.latency);
-    }
-    let stats = load.finish();
-    latencies.sort();
-    println!(
-        "{:?}: {} requests answered, {} failed; restart latency median {:?}, max {:?}; generations served: {}",
-        server.child.id(),
-        stats.ok,
-        stats.failed,
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        stats.by_pid.len()
-    );
-    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
-    assert!(stats.ok > 0, "the load got answers");
-    assert_eq!(server.generation, 1 + RESTARTS as u64);
-    server.stop();
+    support::restarts_of(command, RESTARTS, swap_in_v2);
 }
 
 #[test]
@@ -129,8 +88,10 @@ fn cpp_example_restarts_under_load() {
 fn rust_example_restarts_under_load() {
     let dir = TempDir::new("restart-rust");
     let binary = dir.join("http_server");
-    build_rust_example("http_server", &binary, 1);
-    restarts_under_load(&binary, || build_rust_example("http_server", &binary, 2));
+    support::build_rust_example("http_server", &[], &binary, 1);
+    restarts_under_load(&binary, || {
+        support::build_rust_example("http_server", &[], &binary, 2)
+    });
 }
 
 /// The quick starts of the README, blocking thread-per-connection servers,
@@ -158,7 +119,7 @@ fn compiled_quick_start_restarts_under_load(compiler: &str, source: &str, standa
 fn rust_quick_start_restarts_under_load() {
     let dir = TempDir::new("quickstart-rust");
     let binary = dir.join("quickstart");
-    build_rust_example("quickstart", &binary, 1);
+    support::build_rust_example("quickstart", &[], &binary, 1);
     quick_start_restarts_under_load(&binary);
 }
 
@@ -167,29 +128,6 @@ fn python_examples_restart_under_load() {
     for script in ["http_server.py", "asyncio_server.py", "quickstart.py"] {
         let mut command = support::python_example(script);
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-        restarts_of(command, None::<fn()>);
+        support::restarts_of(command, RESTARTS, None::<fn()>);
     }
-}
-
-/// Builds the Rust example `name` reporting `version` and renames it into `path`.
-///
-/// `cargo test` builds examples only as test targets, so the example is built
-/// here, in a target directory of its own (the one running this test is
-/// cargo's), by the same cargo that runs the tests.
-fn build_rust_example(name: &str, path: &Path, version: u32) {
-    let target = support::repo().join("target/example-under-test");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--example", name, "--target-dir"])
-        .arg(&target)
-        .env("APP_VERSION", version.to_string())
-        .current_dir(support::repo())
-        .status()
-        .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build of the Rust example, version {version}"
-    );
-    let fresh = path.with_extension("new");
-    std::fs::copy(target.join("debug/examples").join(name), &fresh).expect("copy the example");
-    std::fs::rename(&fresh, path).expect("rename the example into place");
 }

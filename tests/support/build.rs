@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -30,8 +32,12 @@ pub fn lib_dir() -> PathBuf {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A new directory, unique to this call (tests run in parallel threads).
     pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("grestart-{tag}-{}", std::process::id()));
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let made = MADE.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("grestart-{tag}-{}-{made}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -108,6 +114,52 @@ pub fn build_cpp_example(path: &Path, version: u32) {
     );
 }
 
+/// [`build_c_example`] for the C++ example on standalone Asio (`libasio-dev`).
+pub fn build_asio_example(path: &Path, version: u32) {
+    build_example(
+        "c++",
+        "examples/cpp/asio_server.cpp",
+        "-std=c++17",
+        path,
+        version,
+    );
+}
+
+/// Builds the Rust example `name` (with cargo `features`) reporting `version`
+/// and renames it into `path`; optimised when this binary is (the benchmarks).
+///
+/// `cargo test` builds examples only as test targets, so the example is built
+/// here, in a target directory of its own (the one running this test is
+/// cargo's), by the same cargo that runs the tests. One build at a time, so
+/// that tests building the same example at once copy the version they asked for.
+pub fn build_rust_example(name: &str, features: &[&str], path: &Path, version: u32) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _building = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let target = repo().join("target/example-under-test");
+    let (profile, flags) = if cfg!(debug_assertions) {
+        ("debug", &[][..])
+    } else {
+        ("release", &["--release"][..])
+    };
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--example", name, "--target-dir"])
+        .arg(&target)
+        .args(flags)
+        .args(["--features", &features.join(",")])
+        .env("APP_VERSION", version.to_string())
+        .current_dir(repo())
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build of the Rust example {name}, version {version}"
+    );
+    let fresh = path.with_extension("new");
+    let built = target.join(profile).join("examples").join(name);
+    std::fs::copy(built, &fresh).expect("copy the example");
+    std::fs::rename(&fresh, path).expect("rename the example into place");
+}
+
 /// The C example built with AddressSanitizer (and LeakSanitizer, which makes
 /// a process that leaked exit with a non-zero status).
 pub fn build_c_example_with_asan(path: &Path) {
@@ -132,10 +184,23 @@ fn build_example(compiler: &str, source: &str, flag: &str, path: &Path, version:
     std::fs::rename(&fresh, path).expect("rename the new binary into place");
 }
 
-/// `python3 examples/python/SCRIPT` on the package in `bindings/python`, with
-/// the library this test was built with: no installation needed.
+/// The virtualenv `scripts/test` prepares, with the frameworks the adapters
+/// serve (`scripts/python-venv`).
+pub fn python_venv() -> PathBuf {
+    repo().join("target/python-venv/bin/python")
+}
+
+/// `python examples/python/SCRIPT` on the package in `bindings/python`, with
+/// the library this test was built with: no installation needed. The
+/// virtualenv's python when there is one (the framework examples need it),
+/// else `python3` (enough for the others).
 pub fn python_example(script: &str) -> Command {
-    let mut command = Command::new("python3");
+    let venv = python_venv();
+    let mut command = Command::new(if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    });
     command
         .arg(repo().join("examples/python").join(script))
         .env("PYTHONPATH", repo().join("bindings/python"))

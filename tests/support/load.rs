@@ -149,3 +149,22 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+/// The spread of a set of timings.
+pub struct Summary {
+    pub min: Duration,
+    pub median: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+pub fn summarize(mut samples: Vec<Duration>) -> Summary {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Summary {
+        min: samples[0],
+        median: at(0.5),
+        p99: at(0.99),
+        max: samples[samples.len() - 1],
+    }
+}

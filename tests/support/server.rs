@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::http::{Response, get};
+use super::load::Load;
 use super::process::{children, kill, pidfd, reap, wait_exit, zombie_children};
 
 /// A server under test: its first generation is our child.
@@ -127,11 +128,26 @@ impl Server {
     /// by a new pid; then waits for the old generation to exit and reaps it.
     /// Returns the restart latency (signal to first answer from the successor).
     pub fn restart(&mut self, signal: i32) -> Restart {
+        let leaving = self.hand_over(signal);
+        let old_status = self.wait_gone(&leaving, Duration::from_secs(40));
+        Restart {
+            signalled: leaving.signalled,
+            latency: leaving.latency,
+            pid: self.pid,
+            version: leaving.version,
+            old_status,
+        }
+    }
+
+    /// The first half of [`Server::restart`]: signals, and follows the
+    /// successor once a fresh connection is answered by it. The old
+    /// generation may still be draining.
+    pub fn hand_over(&mut self, signal: i32) -> Leaving {
         let old = self.pid;
-        let old_exit = pidfd(old).expect("pidfd of the serving generation");
-        let started = Instant::now();
+        let exit = pidfd(old).expect("pidfd of the serving generation");
+        let signalled = Instant::now();
         kill(old, signal);
-        let deadline = started + Duration::from_secs(20);
+        let deadline = signalled + Duration::from_secs(20);
         let response = loop {
             let response = self
                 .probe(Duration::from_secs(5))
@@ -141,7 +157,7 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "pid {old} never handed over");
         };
-        let latency = started.elapsed();
+        let latency = signalled.elapsed();
         assert_eq!(
             response.generation,
             self.generation + 1,
@@ -150,24 +166,32 @@ impl Server {
         self.pid = response.pid;
         self.generation = response.generation;
         self.pids.push(response.pid);
+        Leaving {
+            pid: old,
+            exit,
+            signalled,
+            latency,
+            version: response.version,
+        }
+    }
+
+    /// The second half of [`Server::restart`]: waits up to `timeout` for the
+    /// old generation to exit, reaps it and checks the serving one has no
+    /// zombie children. Returns how it ended (a `waitpid` status).
+    pub fn wait_gone(&self, leaving: &Leaving, timeout: Duration) -> Option<i32> {
         assert!(
-            wait_exit(&old_exit, Duration::from_secs(40)),
-            "generation pid {old} did not exit after draining"
+            wait_exit(&leaving.exit, timeout),
+            "generation pid {} did not exit after draining",
+            leaving.pid
         );
-        let old_status = reap(old);
+        let status = reap(leaving.pid);
         let zombies = zombie_children(self.pid);
         assert!(
             zombies.is_empty(),
             "zombie children of {}: {zombies:?}",
             self.pid
         );
-        Restart {
-            signalled: started,
-            latency,
-            pid: response.pid,
-            version: response.version,
-            old_status,
-        }
+        status
     }
 
     /// For a hand-over triggered some other way than [`Server::restart`]:
@@ -218,6 +242,18 @@ impl Drop for Server {
     }
 }
 
+/// A generation that handed over and may still be draining.
+pub struct Leaving {
+    pub pid: i32,
+    /// Its pidfd: readable once it exited.
+    pub exit: OwnedFd,
+    pub signalled: Instant,
+    /// Signal to the successor's first answer.
+    pub latency: Duration,
+    /// The successor's `X-Version`.
+    pub version: String,
+}
+
 pub struct Restart {
     /// When the restart signal was sent.
     pub signalled: Instant,
@@ -226,4 +262,48 @@ pub struct Restart {
     pub old_status: Option<i32>,
     pub pid: i32,
     pub version: String,
+}
+
+/// Restarts the server `command` starts `restarts` times in a row while
+/// clients hammer it (keep-alive and one connection per request); the
+/// version on disk changes halfway when `swap_in_v2` is given. Nothing may
+/// fail, every old generation must exit, no zombie may be left.
+pub fn restarts_of(command: Command, restarts: usize, swap_in_v2: Option<impl FnOnce()>) {
+    super::become_subreaper();
+    let mut server = Server::launch(command);
+    let load = Load::start(server.addr, 4, 4);
+    let versioned = swap_in_v2.is_some();
+    let mut swap_in_v2 = swap_in_v2;
+    let mut latencies = Vec::new();
+    for i in 0..restarts {
+        if i == restarts / 2 {
+            if let Some(swap) = swap_in_v2.take() {
+                swap();
+            }
+        }
+        let restart = server.restart(libc::SIGUSR2);
+        if versioned {
+            let expected = if i < restarts / 2 { "1" } else { "2" };
+            assert_eq!(
+                restart.version, expected,
+                "restart {i} runs the binary on disk"
+            );
+        }
+        latencies.push(restart.latency);
+    }
+    let stats = load.finish();
+    latencies.sort();
+    println!(
+        "{:?}: {} requests answered, {} failed; restart latency median {:?}, max {:?}; generations served: {}",
+        server.child.id(),
+        stats.ok,
+        stats.failed,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        stats.by_pid.len()
+    );
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(stats.ok > 0, "the load got answers");
+    assert_eq!(server.generation, 1 + restarts as u64);
+    server.stop();
 }
