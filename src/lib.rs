@@ -47,6 +47,8 @@ mod serve;
 mod signal;
 mod spawn;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 use std::ffi::{CString, OsStr};
 use std::io;
