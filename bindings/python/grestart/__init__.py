@@ -38,6 +38,7 @@ __all__ = [
     "shutdown_fd",
     "wait_shutdown",
     "shutdown_requested",
+    "draining",
     "accept",
     "incoming",
     "Connection",
@@ -209,6 +210,11 @@ def wait_shutdown(timeout: Optional[float] = None) -> bool:
     poller = select.poll()
     poller.register(shutdown_fd(), select.POLLIN)
     return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+def draining() -> bool:
+    """Whether this process must drain (a successor serves), without waiting."""
+    return check(lib.gr_wait_shutdown(0)) == 1
 
 
 # One future per event loop, resolved when the shutdown fd turns readable:

@@ -1,0 +1,64 @@
+"""What the framework adapters share: the listener, and the wait for the
+connections to finish once the drain began.
+
+A framework's own graceful shutdown closes idle and just-accepted connections
+at once, which is right for a process that stops for good and wrong for a
+hand-over: a client may be sending its next request on that connection at
+that very moment, and it is lost. The adapters instead stop accepting, answer
+the next request of each connection with ``Connection: close``, and only close
+what stays idle for ``idle_grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable, Union
+
+import grestart
+
+Listener = Union[socket.socket, grestart.Address]
+
+# Poll period of the wait for the last connection: the frameworks have no
+# event for "connection closed", and it bounds how long an old generation
+# lingers after its last connection.
+_PERIOD = 0.01
+
+
+def listener(where: Listener) -> socket.socket:
+    """``where`` itself when it is a socket, else ``grestart.listen(where)``."""
+    if isinstance(where, socket.socket):
+        return where
+    return grestart.listen(where)
+
+
+def check_grace(idle_grace: float) -> float:
+    """A number of seconds >= 0 (``math.inf``: idle connections stay until
+    their clients close them)."""
+    if not isinstance(idle_grace, (int, float)) or isinstance(idle_grace, bool) or not idle_grace >= 0:
+        raise ValueError(f"idle_grace must be a number of seconds >= 0, not {idle_grace!r}")
+    return float(idle_grace)
+
+
+async def stop_accepting(sock: socket.socket) -> None:
+    """Stops the event loop accepting on ``sock`` without losing a connection
+    it already accepted; close the framework's server after this.
+
+    asyncio accepts in a callback, and sets each connection up in a task of
+    its own: the task creates the transport on the next turn of the loop (and
+    the protocol's ``connection_made`` runs on the turn after). Closing the
+    server first would make those tasks fail (the transport cannot attach to
+    a closed server) and drop their connections with the request unread. So
+    the listener leaves the loop first, and the tasks get their turns."""
+    asyncio.get_running_loop().remove_reader(sock.fileno())  # uvloop: not ours, no-op
+    for _ in range(3):  # two turns suffice; one more costs nothing
+        await asyncio.sleep(0)
+
+
+async def connections_finished(open_connections: Callable[[], int], idle_grace: float) -> None:
+    """Returns once ``open_connections()`` is 0, or ``idle_grace`` seconds passed.
+    Call it once the server stopped accepting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_grace
+    while open_connections() and loop.time() < deadline:
+        await asyncio.sleep(_PERIOD)

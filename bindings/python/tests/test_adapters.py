@@ -1,0 +1,36 @@
+"""The framework adapters' API: bad input fails clearly, before anything
+listens. Their restarts under load, with idle and just-accepted connections,
+run from the Rust test kit (tests/frameworks.rs) on the example servers."""
+
+import asyncio
+import socket
+
+import pytest
+
+import grestart
+import grestart.aiohttp
+import grestart.uvicorn
+from aiohttp import web
+
+
+async def asgi_app(scope, receive, send) -> None:
+    pass
+
+
+@pytest.mark.parametrize("grace", [-1, "2", None, True, float("nan")])
+def test_a_bad_idle_grace_is_refused_before_anything_listens(grace):
+    with pytest.raises(ValueError, match="idle_grace"):
+        asyncio.run(grestart.aiohttp.serve(web.Application(), ("127.0.0.1", 0), idle_grace=grace))
+    with pytest.raises(ValueError, match="idle_grace"):
+        asyncio.run(grestart.uvicorn.serve(asgi_app, ("127.0.0.1", 0), idle_grace=grace))
+
+
+def test_a_bad_address_raises_type_error():
+    with pytest.raises(TypeError):
+        asyncio.run(grestart.aiohttp.serve(web.Application(), 8080))
+    with pytest.raises(TypeError):
+        asyncio.run(grestart.uvicorn.serve(asgi_app, ("127.0.0.1", "8080")))
+
+
+def test_not_draining_while_serving():
+    assert grestart.draining() is False
