@@ -1,0 +1,220 @@
+//! The servers people run: axum on tokio, aiohttp and uvicorn on asyncio,
+//! and Asio, each through its grestart adapter or recipe (see the README,
+//! "With your framework"). Each restarts 20 times in a row under keep-alive
+//! and connection-per-request load with nothing failed, and each hands its
+//! idle keep-alive connections over without losing the request a client
+//! sends on one: answered while the old generation waits out its grace,
+//! closed in order (a FIN, not a reset) when the client stays idle past it.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Server, TempDir};
+
+const RESTARTS: usize = 20;
+/// The examples' idle grace: how long a draining generation keeps a
+/// keep-alive connection that stays idle.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// A framework example, ready to start.
+struct Example {
+    name: &'static str,
+    /// Keeps the built binaries until the test ends.
+    _dir: Option<TempDir>,
+    command: Command,
+}
+
+fn axum_example(version: u32) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("axum");
+    let binary = dir.join("axum_server");
+    support::build_rust_example("axum_server", &["axum"], &binary, version);
+    (dir, binary)
+}
+
+fn asio_example() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("asio");
+    let binary = dir.join("asio_server");
+    support::build_asio_example(&binary, 1);
+    (dir, binary)
+}
+
+fn compiled(name: &'static str, (dir, binary): (TempDir, PathBuf)) -> Example {
+    let mut command = Command::new(&binary);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    Example {
+        name,
+        _dir: Some(dir),
+        command,
+    }
+}
+
+fn python(script: &'static str) -> Example {
+    let venv = support::python_venv();
+    assert!(
+        venv.exists(),
+        "{} is missing: scripts/python-venv makes it (scripts/test runs it first), \
+         with the frameworks the Python adapters serve",
+        venv.display()
+    );
+    let mut command = support::python_example(script);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    Example {
+        name: script,
+        _dir: None,
+        command,
+    }
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        compiled("axum_server", axum_example(1)),
+        python("aiohttp_server.py"),
+        python("uvicorn_server.py"),
+        compiled("asio_server", asio_example()),
+    ]
+}
+
+#[test]
+fn axum_example_restarts_under_load() {
+    let (_dir, binary) = axum_example(1);
+    let mut command = Command::new(&binary);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    support::restarts_of(
+        command,
+        RESTARTS,
+        Some(|| support::build_rust_example("axum_server", &["axum"], &binary, 2)),
+    );
+}
+
+#[test]
+fn aiohttp_example_restarts_under_load() {
+    support::restarts_of(python("aiohttp_server.py").command, RESTARTS, None::<fn()>);
+}
+
+#[test]
+fn uvicorn_example_restarts_under_load() {
+    support::restarts_of(python("uvicorn_server.py").command, RESTARTS, None::<fn()>);
+}
+
+#[test]
+fn asio_example_restarts_under_load() {
+    let (_dir, binary) = asio_example();
+    let mut command = Command::new(&binary);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    support::restarts_of(
+        command,
+        RESTARTS,
+        Some(|| support::build_asio_example(&binary, 2)),
+    );
+}
+
+/// A keep-alive connection to `server`, answered once by the serving generation.
+fn idle_connection(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let answer = support::request(&mut stream, &mut reader, false).expect("first answer");
+    assert_eq!(answer.pid, server.pid);
+    assert!(!answer.closes, "a keep-alive connection before the restart");
+    (stream, reader)
+}
+
+/// A client idle across the hand-over sends its next request while the old
+/// generation drains: it is answered (by the old generation, which says
+/// `Connection: close`), and the old generation then leaves at once, without
+/// waiting out its grace.
+#[test]
+fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
+    support::become_subreaper();
+    for example in examples() {
+        let mut server = Server::launch(example.command);
+        let (mut stream, mut reader) = idle_connection(&server);
+        let leaving = server.hand_over(libc::SIGUSR2);
+        let sent = Instant::now();
+        let answer = support::request(&mut stream, &mut reader, false)
+            .unwrap_or_else(|e| panic!("{}: the idle client's request: {e}", example.name));
+        assert_eq!(
+            answer.pid, leaving.pid,
+            "{}: answered by the old generation",
+            example.name
+        );
+        assert!(answer.closes, "{}: with Connection: close", example.name);
+        // Well within the grace: nothing is left to wait for.
+        server.wait_gone(&leaving, IDLE_GRACE / 2);
+        println!(
+            "{}: the idle client's request answered; old generation gone {:?} after it",
+            example.name,
+            sent.elapsed()
+        );
+        assert!(
+            reader.read(&mut [0; 1]).expect("an orderly close") == 0,
+            "{}: the connection ends with a FIN",
+            example.name
+        );
+        assert_eq!(support::get(server.addr, true).unwrap().pid, server.pid);
+        server.stop();
+    }
+}
+
+/// An old generation left with only idle keep-alive connections closes them
+/// in order once its grace passed (the clients read end-of-file, no reset)
+/// and exits then, not later.
+#[test]
+fn an_old_generation_with_only_idle_connections_exits_after_its_grace() {
+    support::become_subreaper();
+    for example in examples() {
+        let mut server = Server::launch(example.command);
+        let mut idle: Vec<_> = (0..4).map(|_| idle_connection(&server)).collect();
+        let leaving = server.hand_over(libc::SIGUSR2);
+        server.wait_gone(&leaving, IDLE_GRACE + Duration::from_secs(2));
+        let gone = leaving.signalled.elapsed();
+        println!(
+            "{}: old generation gone {gone:?} after the signal",
+            example.name
+        );
+        assert!(
+            gone >= IDLE_GRACE - Duration::from_millis(100),
+            "{}: idle connections get their grace ({gone:?})",
+            example.name
+        );
+        for (_, reader) in &mut idle {
+            let mut rest = Vec::new();
+            let read = reader.read_to_end(&mut rest);
+            assert!(
+                matches!(read, Ok(0)),
+                "{}: an idle connection is closed with a FIN and nothing else: {read:?}",
+                example.name
+            );
+        }
+        assert_eq!(support::get(server.addr, true).unwrap().pid, server.pid);
+        server.stop();
+    }
+}
+
+/// The framework examples read a request's body and answer a POST like a GET.
+#[test]
+fn framework_examples_answer_a_post_with_a_body() {
+    support::become_subreaper();
+    for example in examples() {
+        let server = Server::launch(example.command);
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let post = b"POST /submit HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+        stream.write_all(post).unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "{}: {status:?}",
+            example.name
+        );
+        server.stop();
+    }
+}
