@@ -1,9 +1,11 @@
 //! Installing for C and C++ users: a versioned library whose soname is
 //! libgrestart.so.MAJOR and which exports only gr_* symbols, headers, and a
-//! pkg-config file with which both examples build, link and run.
+//! pkg-config file with which both examples build, link and run; a patch
+//! release installed over it in place, under a running server; uninstalling.
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command) -> String {
@@ -78,4 +80,119 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
     );
     server.restart(libc::SIGUSR2);
     server.stop();
+}
+
+/// The C example built against the copy installed under `prefix`.
+fn build_against(prefix: &Path, binary: &Path) {
+    let lib = prefix.join("lib");
+    let flags = run(Command::new("pkg-config")
+        .args(["--cflags", "--libs", "grestart"])
+        .env("PKG_CONFIG_PATH", lib.join("pkgconfig")));
+    run(Command::new("cc")
+        .arg(support::repo().join("examples/c/http_server.c"))
+        .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+        .arg(binary)
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", lib.display())));
+}
+
+/// The sources of the next patch release, made from this one in `dir`:
+/// what `scripts/install` builds from, with the patch version raised.
+fn next_patch_release(dir: &Path) -> (PathBuf, String) {
+    let next = dir.join("next");
+    let repo = support::repo();
+    // What cargo reads of the manifest (its examples and benchmarks) and
+    // what scripts/install builds and installs.
+    for part in [
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "include",
+        "bindings/cpp",
+        "scripts",
+        "examples",
+        "benches",
+    ] {
+        let to = next.join(part);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        run(Command::new("cp").arg("-r").arg(repo.join(part)).arg(&to));
+    }
+    let version = format!(
+        "{}.{}.{}",
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH").parse::<u32>().unwrap() + 1
+    );
+    let manifest = std::fs::read_to_string(repo.join("Cargo.toml"))
+        .unwrap()
+        .replacen(
+            &format!("version = \"{}\"", env!("CARGO_PKG_VERSION")),
+            &format!("version = \"{version}\""),
+            1,
+        );
+    std::fs::write(next.join("Cargo.toml"), manifest).unwrap();
+    (next, version)
+}
+
+#[test]
+fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_removes_it() {
+    let dir = support::TempDir::new("upgrade");
+    let prefix = dir.join("prefix");
+    let lib = prefix.join("lib");
+    run(Command::new(support::repo().join("scripts/install"))
+        .arg("--prefix")
+        .arg(&prefix));
+    let server_c = dir.join("server_c");
+    build_against(&prefix, &server_c);
+
+    support::become_subreaper();
+    let mut server =
+        support::Server::start(&server_c, &[], "127.0.0.1:0", &[("GRESTART_LOG", "warn")]);
+    let load = support::Load::start(server.addr, 4, 4);
+    let (next, version) = next_patch_release(&dir.0);
+    // The same build directory: only grestart itself is compiled again.
+    run(Command::new(next.join("scripts/install"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .env("CARGO_TARGET_DIR", support::repo().join("target/install")));
+    let major = env!("CARGO_PKG_VERSION_MAJOR");
+    assert_eq!(
+        std::fs::read_link(lib.join(format!("libgrestart.so.{major}"))).unwrap(),
+        PathBuf::from(format!("libgrestart.so.{version}"))
+    );
+    assert!(
+        !lib.join(format!("libgrestart.so.{}", env!("CARGO_PKG_VERSION")))
+            .exists(),
+        "the release it replaced is gone from the prefix"
+    );
+    // The server built against the old release serves on, and restarts onto
+    // the new one without having been rebuilt: the soname did not change.
+    let old_pid = server.pid;
+    server.restart(libc::SIGUSR2);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid)).unwrap();
+    assert!(
+        maps.contains(&format!("libgrestart.so.{version}")),
+        "the successor of {old_pid} maps the new release:\n{maps}"
+    );
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    server.stop();
+
+    run(Command::new(support::repo().join("scripts/uninstall"))
+        .arg("--prefix")
+        .arg(&prefix));
+    let left = run(Command::new("find")
+        .arg(&prefix)
+        .args(["-not", "-type", "d"]));
+    assert!(left.is_empty(), "left behind by uninstall:\n{left}");
+    let again = Command::new(support::repo().join("scripts/uninstall"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "uninstalling twice says nothing is installed"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not installed"));
 }
