@@ -32,6 +32,8 @@
 //! Requires Linux 5.3 or later (pidfds). Every function may be called from any
 //! thread.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod address;
 mod engine;
 mod error;
@@ -48,6 +50,7 @@ mod signal;
 mod spawn;
 mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 use std::ffi::{CString, OsStr};

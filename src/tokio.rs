@@ -281,6 +281,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
 /// For `axum::serve`: yields connections until this process must drain, then
 /// none (axum keeps serving the open ones until its graceful shutdown).
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl<L: Listener> axum::serve::Listener for Incoming<L> {
     type Io = Connection<L::Stream>;
     type Addr = L::Addr;
@@ -323,6 +324,7 @@ impl<L: Listener> axum::serve::Listener for Incoming<L> {
 /// # }
 /// ```
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub async fn close_when_draining(
     mut response: axum::response::Response,
 ) -> axum::response::Response {

@@ -1,0 +1,111 @@
+//! The crate as crates.io would ship it: `cargo package` makes it, it holds
+//! what a Rust user needs and nothing of the tests or the other languages,
+//! and the README's Rust quick start builds from it in a scratch project,
+//! offline, and restarts under load.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::TempDir;
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn the_packaged_crate_runs_the_readme_quick_start_offline() {
+    let dir = TempDir::new("package");
+    let target = support::repo().join("target/package-test");
+    run(cargo()
+        .args([
+            "package",
+            "--no-verify",
+            "--allow-dirty",
+            "--offline",
+            "--quiet",
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(support::repo()));
+    let name = format!("grestart-{}", env!("CARGO_PKG_VERSION"));
+    let crate_file = target.join("package").join(format!("{name}.crate"));
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&crate_file)
+        .arg("-C")
+        .arg(&dir.0));
+    let unpacked = dir.join(&name);
+
+    let listing = run(Command::new("tar").arg("-tzf").arg(&crate_file));
+    for needed in [
+        "src/lib.rs",
+        "src/ffi.rs",
+        "build.rs",
+        "include/grestart.h",
+        "README.md",
+    ] {
+        assert!(
+            unpacked.join(needed).exists(),
+            "{needed} missing from the package:\n{listing}"
+        );
+    }
+    for foreign in [
+        "/tests/",
+        "/benches/",
+        "/bindings/",
+        "/target/",
+        "/scripts/",
+        ".so",
+    ] {
+        assert!(
+            !listing.contains(foreign),
+            "the package holds {foreign}:\n{listing}"
+        );
+    }
+
+    // A user's project: the README's quick start as its main, the crate as
+    // unpacked from the .crate file, nothing from the network.
+    let scratch = dir.join("scratch");
+    std::fs::create_dir_all(scratch.join("src")).unwrap();
+    std::fs::write(
+        scratch.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"scratch\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n\
+             [dependencies]\ngrestart = {{ path = {:?} }}\n",
+            unpacked.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        support::repo().join("examples/quickstart.rs"),
+        scratch.join("src/main.rs"),
+    )
+    .unwrap();
+    let scratch_target = support::repo().join("target/package-scratch");
+    run(cargo()
+        .args(["build", "--offline", "--quiet", "--target-dir"])
+        .arg(&scratch_target)
+        .current_dir(&scratch)
+        .env_remove("RUSTFLAGS"));
+    let binary = scratch_target.join("debug/scratch");
+    assert!(Path::new(&binary).exists());
+
+    let mut command = Command::new(&binary);
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    support::restarts_of(command, 3, None::<fn()>);
+}
