@@ -1,8 +1,10 @@
 """Builds libgrestart.so with cargo and ships it inside the package.
 
-`pip install ./bindings/python` runs this in place (pip >= 21.3 builds in the
-source tree), so the Rust crate two directories up is at hand. Needs cargo on
-PATH; CARGO_TARGET_DIR is honoured.
+The Rust crate is found beside this file in `rust/` (an sdist made by
+scripts/build-wheel carries it there) or two directories up (the repository,
+for `pip install ./bindings/python`). Needs cargo on PATH; CARGO_TARGET_DIR is
+honoured. The wheel holds a plain shared library loaded with ctypes, so it
+fits every Python 3 and is tagged for the platform only: py3-none-PLATFORM.
 """
 
 import os
@@ -11,29 +13,43 @@ import subprocess
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 from setuptools.dist import Distribution
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CRATE = HERE / "rust" if (HERE / "rust" / "Cargo.toml").exists() else HERE.parents[1]
 
 
 class BuildWithLibrary(build_py):
     def run(self):
         super().run()
+        target = Path(os.environ.get("CARGO_TARGET_DIR", CRATE / "target"))
         subprocess.check_call(
-            ["cargo", "build", "--release", "--lib", "--manifest-path", str(ROOT / "Cargo.toml")]
+            ["cargo", "build", "--release", "--lib", "--manifest-path", str(CRATE / "Cargo.toml")],
+            env={**os.environ, "CARGO_TARGET_DIR": str(target)},
         )
-        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
         destination = Path(self.build_lib) / "grestart" / "libgrestart.so"
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target / "release" / "libgrestart.so", destination)
 
 
 class NativeDistribution(Distribution):
-    """The wheel holds a native library: tag it for this platform, not 'any'."""
+    """The wheel holds a native library: a platform wheel, never 'any'."""
 
     def has_ext_modules(self):
         return True
 
 
-setup(cmdclass={"build_py": BuildWithLibrary}, distclass=NativeDistribution)
+class PlatformWheel(bdist_wheel):
+    """No Python extension inside: any Python 3 on this platform loads it."""
+
+    def get_tag(self):
+        _python, _abi, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+setup(
+    cmdclass={"build_py": BuildWithLibrary, "bdist_wheel": PlatformWheel},
+    distclass=NativeDistribution,
+)
