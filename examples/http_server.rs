@@ -5,29 +5,35 @@
 //! kill -USR2 <pid>    # restart onto the binary on disk; nothing is lost
 //! ```
 //!
-//! Every GET is answered with 200 and the headers `X-Pid`, `X-Generation` and
-//! `X-Version`. A thread per connection; the main thread accepts until
-//! grestart's shutdown fd turns readable, then waits for the connections to
-//! finish (each answers its next request with `Connection: close`).
+//! Every GET and POST is answered with 200 and the headers `X-Pid`,
+//! `X-Generation` and `X-Version`. A thread per connection; the main thread
+//! accepts, and adopts the connections the previous generation hands over,
+//! until grestart's shutdown fd turns readable. Then each connection finishes
+//! what its client sent and, idle, is handed to the successor: no connection
+//! is closed by a restart. (Where the successor takes none, each answers its
+//! next request with `Connection: close`.)
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const VERSION: &str = match option_env!("APP_VERSION") {
     Some(v) => v,
     None => "1",
 };
-/// While draining, a keep-alive connection idle this long is closed.
+/// The listener's name, which each handed-over connection carries.
+const LISTENER: &str = "http";
+/// While draining without a successor that adopts, a keep-alive connection
+/// idle this long is closed.
 const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
-#[derive(Default)]
 struct Server {
-    draining: AtomicBool,
+    /// Idle connections go to the successor (until it takes none).
+    handing_over: AtomicBool,
     served: AtomicU64,
     open_connections: Mutex<usize>,
     all_closed: Condvar,
@@ -46,9 +52,17 @@ fn main() {
 
 fn run(address: &str) -> io::Result<()> {
     // The previous generation's socket, or a new one on a fresh start.
-    let listener = grestart::listen_tcp(address)?;
+    let listener = TcpListener::from(grestart::listen(
+        &format!("tcp://{address}"),
+        Some(LISTENER),
+    )?);
     listener.set_nonblocking(true)?;
-    let server = Arc::new(Server::default());
+    let server = Arc::new(Server {
+        handing_over: AtomicBool::new(true),
+        served: AtomicU64::new(0),
+        open_connections: Mutex::new(0),
+        all_closed: Condvar::new(),
+    });
     let generation = grestart::generation()?;
     let for_hook = Arc::clone(&server);
     grestart::on_shutdown(move || {
@@ -59,6 +73,8 @@ fn run(address: &str) -> io::Result<()> {
         );
     })?;
     grestart::set_drain_deadline(Some(Duration::from_secs(30)))?;
+    // Before ready: the previous generation then hands us its idle connections.
+    let adopt = grestart::adopt_fd()?;
     println!(
         "http_server: pid {} generation {generation} version {VERSION} listening on {}",
         std::process::id(),
@@ -66,53 +82,71 @@ fn run(address: &str) -> io::Result<()> {
     );
     grestart::ready()?;
 
-    accept_until_shutdown(&listener, &server)?;
+    serve_until_shutdown(&listener, adopt, &server)?;
     // A successor serves now. Closing our copy of the listening socket leaves it
     // open in the successor, which accepts whatever is still queued.
     drop(listener);
-    server.draining.store(true, Ordering::SeqCst);
     let open = server.open_connections.lock().unwrap();
     drop(server.all_closed.wait_while(open, |n| *n > 0).unwrap());
     grestart::shutdown()
 }
 
-fn accept_until_shutdown(listener: &TcpListener, server: &Arc<Server>) -> io::Result<()> {
-    let shutdown = grestart::shutdown_fd()?;
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: shutdown.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+/// Which of `fds` are readable, waiting up to `timeout` (`None`: as long as
+/// it takes) for one to be.
+fn readable<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<Duration>,
+) -> io::Result<[bool; N]> {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let timeout = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     loop {
-        // SAFETY: two valid pollfds.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        // SAFETY: N valid pollfds.
+        if unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, timeout) } >= 0 {
+            return Ok(polled.map(|p| p.revents != 0));
         }
-        if fds[1].revents != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn spawn_connection(stream: TcpStream, server: &Arc<Server>) {
+    *server.open_connections.lock().unwrap() += 1;
+    let server = Arc::clone(server);
+    thread::spawn(move || {
+        if let Err(e) = serve_connection(stream, &server) {
+            eprintln!("http_server: {e}");
+        }
+        let mut open = server.open_connections.lock().unwrap();
+        *open -= 1;
+        server.all_closed.notify_all();
+    });
+}
+
+/// Accepts, and adopts what the previous generation hands over, until a
+/// successor serves.
+fn serve_until_shutdown(
+    listener: &TcpListener,
+    adopt: BorrowedFd<'_>,
+    server: &Arc<Server>,
+) -> io::Result<()> {
+    let shutdown = grestart::shutdown_fd()?;
+    loop {
+        let [_, _, draining] = readable([listener.as_fd(), adopt, shutdown], None)?;
+        if draining {
             return Ok(());
+        }
+        while let Some(adopted) = grestart::adopt(Some(Duration::ZERO))? {
+            spawn_connection(TcpStream::from(adopted.connection), server);
         }
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
-                    *server.open_connections.lock().unwrap() += 1;
-                    let server = Arc::clone(server);
-                    thread::spawn(move || {
-                        let _ = serve_connection(stream, &server);
-                        let mut open = server.open_connections.lock().unwrap();
-                        *open -= 1;
-                        server.all_closed.notify_all();
-                    });
-                }
+                Ok((stream, _)) => spawn_connection(stream, server),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
@@ -126,45 +160,41 @@ fn accept_until_shutdown(listener: &TcpListener, server: &Arc<Server>) -> io::Re
 
 fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    // Wake up now and then to notice the drain while a keep-alive client is idle.
-    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    let mut idle_since = Instant::now();
     loop {
-        let request = match read_request(&mut reader) {
-            Ok(Some(request)) => request,
-            Ok(None) => return Ok(()), // the client closed
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if server.draining.load(Ordering::SeqCst)
-                    && idle_since.elapsed() > DRAIN_IDLE
-                    && reader.buffer().is_empty()
-                {
-                    return Ok(());
+        // Between requests: wait for the next one, or for the drain.
+        let shutdown = grestart::shutdown_fd()?;
+        if reader.buffer().is_empty() && readable([writer.as_fd(), shutdown], None)?[1] {
+            if server.handing_over.load(Ordering::SeqCst) {
+                if grestart::hand_over(&writer, LISTENER).is_ok() {
+                    return Ok(()); // dropping our copy closes nothing: the successor serves it
                 }
-                continue;
+                server.handing_over.store(false, Ordering::SeqCst); // none: close as before
             }
-            Err(e) => return Err(e),
+            if !readable([writer.as_fd()], Some(DRAIN_IDLE))?[0] {
+                return Ok(()); // idle while draining: close it
+            }
+        }
+        let Some(request) = read_request(&mut reader)? else {
+            return Ok(()); // the client closed
         };
-        let close =
-            request.client_closes || server.draining.load(Ordering::SeqCst) || !request.is_get;
-        let body = if request.is_get {
+        let draining = grestart::wait_shutdown(Some(Duration::ZERO))?;
+        let close = request.client_closes
+            || (draining && !server.handing_over.load(Ordering::SeqCst))
+            || !request.served;
+        let body = if request.served {
             format!(
                 "served by pid {} generation {}\n",
                 std::process::id(),
                 grestart::generation()?
             )
         } else {
-            "only GET is served here\n".to_string()
+            "only GET and POST are served here\n".to_string()
         };
         let response = format!(
             "HTTP/1.1 {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Pid: {}\r\nX-Generation: {}\r\nX-Version: {VERSION}\r\nConnection: {}\r\n\r\n{body}",
-            if request.is_get {
+            if request.served {
                 "200 OK"
             } else {
                 "405 Method Not Allowed"
@@ -179,12 +209,12 @@ fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
         if close {
             return Ok(());
         }
-        idle_since = Instant::now();
     }
 }
 
 struct Request {
-    is_get: bool,
+    /// GET or POST: answered with 200.
+    served: bool,
     client_closes: bool,
 }
 
@@ -226,7 +256,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         .unwrap_or(0);
     io::copy(&mut reader.by_ref().take(length), &mut io::sink())?;
     Ok(Some(Request {
-        is_get: lower.starts_with("get "),
+        served: lower.starts_with("get ") || lower.starts_with("post "),
         client_closes: if http10 {
             connection != "keep-alive"
         } else {

@@ -166,6 +166,44 @@ int gr_shutdown_fd(void);
  * Blocks until this process must drain, for at most `timeout_ms`
  * milliseconds (a negative value waits forever). Works in a forked worker too.
  *
+ * In a draining process, hands the idle connected socket `fd`, accepted on
+ * the listener named `listener`, to the successor, which serves it as if it
+ * had just accepted it. On success close your `fd`: that closes nothing, the
+ * successor holds the connection. Idle means the application has nothing of
+ * it buffered (no request read and not answered, no response pending);
+ * bytes the client sends meanwhile wait in the kernel for the successor.
+ *
+ * Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
+ * plain shutdown, a failed restart, a successor that never called
+ * gr_adopt_fd or runs an older grestart, or one that took none within 2 s):
+ * then close the connection as you would without grestart. `EINVAL`: no
+ * listener of that name was handed over, or `fd` is no stream socket;
+ * `ENOTCONN`: it is not connected.
+ */
+int gr_hand_over(int fd, const char *listener);
+
+/**
+ * Returns an fd that is readable while connections handed over by the
+ * previous generation wait for gr_adopt, for an event loop (do not read or
+ * close it), or -1 with errno. Calling it tells the previous generation that
+ * this process adopts connections: call it before gr_ready, so that it hands
+ * them over from the start. On a fresh start the fd never turns readable.
+ */
+int gr_adopt_fd(void);
+
+/**
+ * Returns the next connection handed over by the previous generation, a
+ * close-on-exec fd the caller owns and serves exactly as a connection just
+ * accepted on its listener, waiting up to `timeout_ms` for one (0: not at
+ * all, -1: as long as it takes). The name of the listener it was accepted on
+ * is copied to `listener` (`size` bytes, NUL-terminated; `listener` may be
+ * NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
+ * time, `ERANGE` when the name does not fit (the connection stays queued).
+ * The first call says this process adopts connections, as gr_adopt_fd does.
+ */
+int gr_adopt(char *listener, size_t size, int timeout_ms);
+
+/**
  * Returns 1 when this process must drain, 0 when the time passed first, or -1
  * with errno when grestart could not start.
  */

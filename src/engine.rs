@@ -27,6 +27,7 @@ use nix::unistd::{AccessFlags, access};
 use once_cell::sync::OnceCell;
 
 use crate::error::{fail, with_context};
+use crate::handover::{Adoption, Handed, Heir};
 use crate::link::Predecessor;
 use crate::log::{self, debug, error, info, warning};
 use crate::notify;
@@ -71,8 +72,6 @@ struct State {
     registry: Registry,
     /// An heir's link to the generation that started it, until it has exited.
     predecessor: Option<Predecessor>,
-    /// Kept open until we exit, so that our successor can see when we are gone.
-    successor: Option<OwnedFd>,
     hooks: Hooks,
     settings: Settings,
 }
@@ -94,6 +93,11 @@ pub(crate) struct Engine {
     changed: Condvar,
     /// Held for the whole of a restart: one hand-over at a time.
     restarting: Mutex<()>,
+    /// The ready successor, once there is one: connections are handed to it.
+    /// Its channel stays open until we exit, so that it can see when we are gone.
+    heir: Mutex<Option<Heir>>,
+    /// Connections handed to us, once the application asked for them.
+    adoption: OnceCell<&'static Adoption>,
 }
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
@@ -255,7 +259,6 @@ impl Engine {
                 phase: Phase::Starting,
                 registry: Registry::new(parts.inherited),
                 predecessor: parts.predecessor,
-                successor: None,
                 hooks: Hooks::Pending(Vec::new()),
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
@@ -268,6 +271,8 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             changed: Condvar::new(),
             restarting: Mutex::new(()),
+            heir: Mutex::new(None),
+            adoption: OnceCell::new(),
         }
     }
 
@@ -354,7 +359,8 @@ impl Engine {
         // systemd must learn the new main pid before the parent exits, or it
         // would take the parent's exit for the service's.
         self.notify_serving();
-        if let Some(Err(e)) = state.predecessor.as_ref().map(Predecessor::tell_ready) {
+        let adopting = self.adoption.get().is_some();
+        if let Some(Err(e)) = (state.predecessor.as_ref()).map(|p| p.tell_ready(adopting)) {
             warning!("{e}");
             state.predecessor = None;
         }
@@ -383,7 +389,7 @@ impl Engine {
             }
         };
         info!("restart requested");
-        let result = self.hand_over();
+        let result = self.start_successor();
         let coalesced = coalesce();
         if coalesced > 0 {
             info!("{coalesced} restart signals arrived during the restart; coalesced into it");
@@ -394,9 +400,9 @@ impl Engine {
         result
     }
 
-    fn hand_over(&'static self) -> io::Result<()> {
+    fn start_successor(&'static self) -> io::Result<()> {
         let started = Instant::now();
-        let (successor, exe, timeout) = {
+        let (successor, exe, timeout, listeners) = {
             let mut state = self.lock();
             self.check_may_restart(&mut state)?;
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
@@ -407,6 +413,7 @@ impl Engine {
                 )
             })?;
             let (names, fds) = state.registry.handed_over();
+            let listeners: Vec<String> = names.iter().map(|n| n.to_string()).collect();
             let restart_signal = signal::current();
             let env = protocol::successor_env(
                 std::env::vars_os(),
@@ -420,7 +427,7 @@ impl Engine {
             ));
             let successor = spawn::spawn(&exe, &argv, cwd, &env, &fds, restart_signal)
                 .inspect_err(|_| self.notify_serving())?;
-            (successor, exe, state.settings.ready_timeout)
+            (successor, exe, state.settings.ready_timeout, listeners)
         };
         info!(
             "successor {} started as generation {}, waiting up to {timeout:?} for it to be ready",
@@ -428,13 +435,20 @@ impl Engine {
             self.generation + 1
         );
         match successor.wait_ready(&exe, timeout) {
-            Ok(()) => {
+            Ok(adopts) => {
                 info!(
-                    "successor {} ready after {} ms",
+                    "successor {} ready after {} ms{}",
                     successor.pid,
-                    started.elapsed().as_millis()
+                    started.elapsed().as_millis(),
+                    if adopts { ", adopts connections" } else { "" }
                 );
-                self.begin_drain(Some(successor.channel));
+                *self.heir_lock() = Some(Heir::new(
+                    successor.channel,
+                    successor.pid,
+                    listeners,
+                    adopts,
+                ));
+                self.begin_drain();
                 Ok(())
             }
             Err(not_ready) => {
@@ -505,11 +519,8 @@ impl Engine {
     }
 
     /// Stops this generation: the shutdown fd turns readable and waiters wake.
-    fn begin_drain(&'static self, successor: Option<OwnedFd>) {
+    fn begin_drain(&'static self) {
         let mut state = self.lock();
-        if successor.is_some() {
-            state.successor = successor;
-        }
         if state.phase == Phase::Draining {
             return;
         }
@@ -530,6 +541,7 @@ impl Engine {
                 warning!(
                     "drain deadline of {deadline:?} passed with work still in flight; exiting"
                 );
+                self.finish_hand_overs();
                 self.run_hooks();
                 // SAFETY: flush C stdio, then leave without running atexit
                 // handlers under the feet of the threads still working.
@@ -592,19 +604,79 @@ impl Engine {
     /// Drains (if not already), waits for the work in flight, and runs the
     /// hooks, once; a second caller waits for them to finish.
     pub(crate) fn shutdown(&'static self) {
-        self.begin_drain(None);
+        self.begin_drain();
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
             info!("waiting for {in_flight} pieces of work in flight");
             self.wait_until(|_| self.in_flight.load(Ordering::SeqCst) == 0);
         }
+        self.finish_hand_overs();
         self.run_hooks();
+        let succeeded = self.heir_lock().is_some();
         let state = self.lock();
-        if state.successor.is_none() {
+        if !succeeded {
             if let Some(path) = &state.settings.pid_file {
                 notify::remove_pid_file(path);
             }
         }
+    }
+
+    fn heir_lock(&self) -> MutexGuard<'_, Option<Heir>> {
+        self.heir.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the idle `connection`, accepted on the listener `name`, to the
+    /// ready successor; `ESRCH` when there is none that takes connections.
+    pub(crate) fn hand_over(&self, connection: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        let mut heir = self.heir_lock();
+        let heir = heir.as_mut().ok_or_else(|| {
+            fail(
+                libc::ESRCH,
+                "no successor to hand the connection to (not restarting, or the restart failed): close it",
+            )
+        })?;
+        heir.hand_over(connection, name)
+    }
+
+    /// Waits (within the bound) for the successor to take what was handed to it.
+    fn finish_hand_overs(&self) {
+        if let Some(heir) = self.heir_lock().as_mut() {
+            heir.finish();
+        }
+    }
+
+    /// The fd readable while handed-over connections wait; asking for it says
+    /// we adopt them (to the predecessor now, or with "ready").
+    pub(crate) fn adopt_fd(&'static self) -> io::Result<BorrowedFd<'static>> {
+        self.adoption().map(|a| a.fd())
+    }
+
+    fn adoption(&'static self) -> io::Result<&'static Adoption> {
+        if let Some(adoption) = self.adoption.get() {
+            return Ok(adoption);
+        }
+        let state = self.lock();
+        let adoption = self.adoption.get_or_try_init(|| {
+            let link = (state.predecessor.as_ref()).map(|p| (p.channel(), p.pid));
+            Adoption::start(link)
+        })?;
+        if state.phase != Phase::Starting {
+            // Already ready: say it now. A predecessor gone has nothing to hand over.
+            if let Some(predecessor) = &state.predecessor {
+                let _ = predecessor.tell_adopting();
+            }
+        }
+        Ok(adoption)
+    }
+
+    /// The next connection handed over by the predecessor, waiting up to
+    /// `timeout`; `ERANGE` (and it stays queued) when its name does not `fit`.
+    pub(crate) fn adopt(
+        &'static self,
+        timeout: Option<Duration>,
+        fits: impl Fn(&str) -> bool,
+    ) -> io::Result<Option<Handed>> {
+        self.adoption()?.adopt(timeout, fits)
     }
 
     fn run_hooks(&self) {

@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, OsStr, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::BorrowedFd;
 use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -238,13 +238,80 @@ pub extern "C" fn gr_restart() -> c_int {
 pub extern "C" fn gr_shutdown_fd() -> c_int {
     call(|| {
         let engine = engine_in_any_process()?;
-        Ok(std::os::fd::AsRawFd::as_raw_fd(&engine.shutdown_fd()))
+        Ok(engine.shutdown_fd().as_raw_fd())
     })
 }
 
 /// Blocks until this process must drain, for at most `timeout_ms`
 /// milliseconds (a negative value waits forever). Works in a forked worker too.
 ///
+/// In a draining process, hands the idle connected socket `fd`, accepted on
+/// the listener named `listener`, to the successor, which serves it as if it
+/// had just accepted it. On success close your `fd`: that closes nothing, the
+/// successor holds the connection. Idle means the application has nothing of
+/// it buffered (no request read and not answered, no response pending);
+/// bytes the client sends meanwhile wait in the kernel for the successor.
+///
+/// Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
+/// plain shutdown, a failed restart, a successor that never called
+/// gr_adopt_fd or runs an older grestart, or one that took none within 2 s):
+/// then close the connection as you would without grestart. `EINVAL`: no
+/// listener of that name was handed over, or `fd` is no stream socket;
+/// `ENOTCONN`: it is not connected.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gr_hand_over(fd: c_int, listener: *const c_char) -> c_int {
+    call(|| {
+        // SAFETY: `listener` per this function's contract.
+        let name = unsafe { text(listener, "listener") }?;
+        engine()?.hand_over(open_fd(fd)?, name).map(ok)
+    })
+}
+
+/// Returns an fd that is readable while connections handed over by the
+/// previous generation wait for gr_adopt, for an event loop (do not read or
+/// close it), or -1 with errno. Calling it tells the previous generation that
+/// this process adopts connections: call it before gr_ready, so that it hands
+/// them over from the start. On a fresh start the fd never turns readable.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_adopt_fd() -> c_int {
+    call(|| Ok(engine()?.adopt_fd()?.as_raw_fd()))
+}
+
+/// Returns the next connection handed over by the previous generation, a
+/// close-on-exec fd the caller owns and serves exactly as a connection just
+/// accepted on its listener, waiting up to `timeout_ms` for one (0: not at
+/// all, -1: as long as it takes). The name of the listener it was accepted on
+/// is copied to `listener` (`size` bytes, NUL-terminated; `listener` may be
+/// NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
+/// time, `ERANGE` when the name does not fit (the connection stays queued).
+/// The first call says this process adopts connections, as gr_adopt_fd does.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gr_adopt(listener: *mut c_char, size: usize, timeout_ms: c_int) -> c_int {
+    call(|| {
+        if listener.is_null() && size > 0 {
+            return Err(fail(libc::EINVAL, "listener is NULL but size is not 0"));
+        }
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        let fits = |name: &str| size == 0 || name.len() < size;
+        let Some(handed) = engine()?.adopt(timeout, fits)? else {
+            return Err(fail(libc::EAGAIN, "no connection was handed over in time"));
+        };
+        if size > 0 {
+            // SAFETY: the caller gave `size` writable bytes at `listener`;
+            // `fits` checked the name and its NUL fit.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    handed.listener.as_ptr(),
+                    listener.cast::<u8>(),
+                    handed.listener.len(),
+                );
+                *listener.add(handed.listener.len()) = 0;
+            }
+        }
+        Ok(handed.connection.into_raw_fd())
+    })
+}
+
 /// Returns 1 when this process must drain, 0 when the time passed first, or -1
 /// with errno when grestart could not start.
 #[unsafe(no_mangle)]

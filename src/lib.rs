@@ -39,6 +39,7 @@ mod engine;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
+mod handover;
 mod link;
 mod log;
 mod notify;
@@ -186,6 +187,53 @@ pub fn wait_shutdown(timeout: Option<Duration>) -> io::Result<bool> {
 pub fn shutdown() -> io::Result<()> {
     engine()?.shutdown();
     Ok(())
+}
+
+/// In a draining process, hands the idle `connection`, accepted on the
+/// listener named `listener`, to the successor, which serves it as if it had
+/// just accepted it; then drop your own descriptor (that closes nothing: the
+/// successor holds the connection). Idle means the application has nothing
+/// of it buffered: no request bytes read and not answered, no response
+/// pending. Bytes the client sends meanwhile wait in the kernel for the
+/// successor.
+///
+/// Fails with `ESRCH` when no successor takes connections (a plain shutdown,
+/// a failed restart, a successor that never asked with [`adopt_fd`] or runs
+/// an older grestart, or one that took none within 2 s): then close the
+/// connection as you would without grestart. `EINVAL` when `listener` was
+/// not handed to the successor or `connection` is no stream socket,
+/// `ENOTCONN` when it is not connected.
+pub fn hand_over(connection: impl AsFd, listener: &str) -> io::Result<()> {
+    engine()?.hand_over(connection.as_fd(), listener)
+}
+
+/// An fd that is readable while connections handed over by the previous
+/// generation wait to be [`adopt`]ed, for an event loop (do not read or close
+/// it). Asking for it tells the previous generation that this process adopts
+/// connections: ask before [`ready`], so that it hands over from the start.
+/// On a fresh start it never turns readable.
+pub fn adopt_fd() -> io::Result<BorrowedFd<'static>> {
+    engine()?.adopt_fd()
+}
+
+/// A connection handed over by the previous generation.
+pub struct Adopted {
+    /// The connected socket, blocking or not as the previous generation left it.
+    pub connection: OwnedFd,
+    /// The name of the listener it was accepted on.
+    pub listener: String,
+}
+
+/// The next connection handed over by the previous generation, waiting up to
+/// `timeout` (`None`: as long as it takes) for one; `Ok(None)` when none came
+/// in time. Serve it exactly as a connection just accepted on its listener.
+/// The first call says this process adopts connections, as [`adopt_fd`] does.
+pub fn adopt(timeout: Option<Duration>) -> io::Result<Option<Adopted>> {
+    let handed = engine()?.adopt(timeout, |_| true)?;
+    Ok(handed.map(|h| Adopted {
+        connection: h.connection,
+        listener: h.listener,
+    }))
 }
 
 /// 1 for a fresh start, one more with every hand-over.

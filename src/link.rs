@@ -1,43 +1,65 @@
 //! The link between an heir and the generation that started it: a private
 //! socket pair whose number travels in `GRESTART_READY_FD`. The heir writes
-//! "ready" on it; its end of file tells the heir that its predecessor has
-//! exited (every copy of the other end closed), so another hand-over may begin.
+//! "ready" on it (and that it adopts connections, `handover.rs`); its end of
+//! file tells the heir that its predecessor has exited (every copy of the
+//! other end closed), so another hand-over may begin.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::with_context;
+use crate::handover::ADOPT_BYTE;
 use crate::spawn::READY_BYTE;
 use crate::sys::peer_closed;
 
 /// The generation that started this one, as an heir sees it.
 pub(crate) struct Predecessor {
-    channel: OwnedFd,
+    /// Shared with the thread that receives handed-over connections.
+    channel: Arc<OwnedFd>,
     pub pid: libc::pid_t,
 }
 
 impl Predecessor {
     pub(crate) fn new(channel: OwnedFd, pid: libc::pid_t) -> Predecessor {
-        Predecessor { channel, pid }
+        Predecessor {
+            channel: Arc::new(channel),
+            pid,
+        }
     }
 
-    /// Says "ready": the predecessor begins to drain.
-    pub(crate) fn tell_ready(&self) -> io::Result<()> {
+    pub(crate) fn channel(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.channel)
+    }
+
+    /// Says "ready" (the predecessor begins to drain), and whether we adopt
+    /// its idle connections. "Ready" comes first: it is all an older grestart reads.
+    pub(crate) fn tell_ready(&self, adopting: bool) -> io::Result<()> {
+        let message: &[u8] = if adopting {
+            &[READY_BYTE, ADOPT_BYTE]
+        } else {
+            &[READY_BYTE]
+        };
+        self.tell(message)
+    }
+
+    /// Says we adopt connections, once already ready.
+    pub(crate) fn tell_adopting(&self) -> io::Result<()> {
+        self.tell(&[ADOPT_BYTE])
+    }
+
+    fn tell(&self, message: &[u8]) -> io::Result<()> {
         // MSG_NOSIGNAL: a vanished predecessor is EPIPE, not SIGPIPE.
-        send(
-            self.channel.as_raw_fd(),
-            &[READY_BYTE],
-            MsgFlags::MSG_NOSIGNAL,
-        )
-        .map(drop)
-        .map_err(|e| {
-            with_context(
-                e.into(),
-                format!("cannot tell pid {} we are ready", self.pid),
-            )
-        })
+        send(self.channel.as_raw_fd(), message, MsgFlags::MSG_NOSIGNAL)
+            .map(drop)
+            .map_err(|e| {
+                with_context(
+                    e.into(),
+                    format!("cannot write to the previous generation, pid {}", self.pid),
+                )
+            })
     }
 
     /// Whether the predecessor has exited (it has finished draining).

@@ -51,6 +51,7 @@ use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::error::{fail, os_fail, with_context};
+use crate::handover::ADOPT_BYTE;
 use crate::log::{debug, error, warning};
 use crate::protocol::{FIRST_FD, LISTEN_PID};
 
@@ -225,13 +226,15 @@ fn page_size() -> usize {
         .map_or(4096, |n| n as usize)
 }
 
-/// A connected pair for "ready" (child to parent) and "parent gone" (EOF the
-/// other way). A socket rather than a pipe so that writing to a dead peer is an
-/// `EPIPE` we can ask not to be signalled for (`MSG_NOSIGNAL`).
+/// A connected pair for "ready" (child to parent), "parent gone" (EOF the
+/// other way) and handed-over connections (`handover.rs`). A socket rather
+/// than a pipe so that writing to a dead peer is an `EPIPE` we can ask not to
+/// be signalled for (`MSG_NOSIGNAL`), and fds can travel; sequenced packets,
+/// so that each connection arrives as one message with its listener's name.
 fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
     socketpair(
         AddressFamily::Unix,
-        SockType::Stream,
+        SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
@@ -537,7 +540,8 @@ unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
 
 impl Successor {
     /// Waits until the successor reports ready, exits, or `timeout` passes.
-    pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<(), NotReady> {
+    /// Ready, it says whether it adopts handed-over connections.
+    pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<bool, NotReady> {
         let deadline = Instant::now() + timeout;
         let mut listening = true;
         loop {
@@ -574,7 +578,7 @@ impl Successor {
                 )
                 .unwrap_or(0);
                 return match (got, message[0]) {
-                    (1.., READY_BYTE) => Ok(()),
+                    (1.., READY_BYTE) => Ok(message[1..got].contains(&ADOPT_BYTE)),
                     (6, FAILED_BYTE) => {
                         let errno =
                             i32::from_ne_bytes([message[2], message[3], message[4], message[5]]);

@@ -217,6 +217,44 @@ inline std::optional<Connection> accept(int listener) {
     return Connection(detail::check(fd));
 }
 
+/// In a draining process, hands the idle connection `fd`, accepted on the
+/// listener `listener`, to the successor, which serves it next. Returns true
+/// when it did: then close your fd (that closes nothing, the successor holds
+/// the connection); false when no successor takes connections: close it as
+/// you would without grestart. Throws on bad arguments.
+inline bool hand_over(int fd, const std::string &listener) {
+    if (gr_hand_over(fd, listener.c_str()) == 0) {
+        return true;
+    }
+    if (errno == ESRCH) {
+        return false;
+    }
+    detail::fail();
+}
+
+/// Readable while connections handed over by the previous generation wait for
+/// adopt(); owned by grestart. Asking for it says this process adopts them:
+/// ask before ready().
+inline int adopt_fd() { return detail::check(gr_adopt_fd()); }
+
+/// A connection handed over by the previous generation.
+struct Adopted {
+    Fd fd;
+    /// The listener it was accepted on.
+    std::string listener;
+};
+
+/// The next connection handed over, waiting up to `timeout` (none: as long as
+/// it takes; the default: not at all); std::nullopt when none came in time.
+inline std::optional<Adopted> adopt(std::optional<std::chrono::milliseconds> timeout = std::chrono::milliseconds(0)) {
+    char listener[256];
+    int fd = gr_adopt(listener, sizeof listener, timeout ? detail::wait_ms(*timeout) : -1);
+    if (fd < 0 && errno == EAGAIN) {
+        return std::nullopt;
+    }
+    return Adopted{Fd(detail::check(fd)), listener};
+}
+
 /// Drains if not already, waits for the work in flight (every Connection and
 /// Work destroyed), then runs the shutdown hooks, once.
 inline void shutdown() { detail::check(gr_shutdown()); }

@@ -1,14 +1,18 @@
 /*
  * The HTTP/1.1 machinery of the C examples: a one-thread poll() loop over a
  * listener, its connections and grestart's shutdown fd, answering every GET
- * with 200 and the headers X-Pid, X-Generation and X-Version (and
+ * and POST with 200 and the headers X-Pid, X-Generation and X-Version (and
  * X-Worker-Pid when a prefork worker answers for its master).
  *
  * When the shutdown fd turns readable a successor serves: stop accepting,
- * answer each connection's next request with "Connection: close", close
- * connections that stay idle, and return. Included by http_server.c (one
- * process) and prefork_server.c (a master and its workers, each running this
- * loop on the shared listener). Everything is static: one copy per program.
+ * finish what each connection sent, and hand every idle connection to the
+ * successor (gr_hand_over), which adopts it (gr_adopt) and serves its next
+ * request: no connection is closed by a restart. Where the successor takes
+ * none (an older one, a prefork worker), answer each connection's next
+ * request with "Connection: close" and close connections that stay idle.
+ * Included by http_server.c (one process) and prefork_server.c (a master and
+ * its workers, each running this loop on the shared listener). Everything is
+ * static: one copy per program.
  */
 #ifndef HTTP_LOOP_H
 #define HTTP_LOOP_H
@@ -49,6 +53,9 @@ struct connection {
 
 /* The pid the answers name in X-Pid: the process an operator signals. */
 static int reported_pid;
+/* Whether idle connections are handed to the successor when draining (until
+ * the first gr_hand_over that fails: then they are closed as before). */
+static int handing_over;
 
 static struct connection *connections[MAX_CONNECTIONS];
 static int connection_count;
@@ -73,9 +80,10 @@ static const char *header(const char *headers, const char *name) {
     return found ? found + strlen(name) : NULL;
 }
 
-/* Parses every complete request in the input buffer and queues its answer.
- * Returns -1 when the connection must be dropped at once (garbage). */
-static int handle_requests(struct connection *c, int draining) {
+/* Parses every complete request in the input buffer and queues its answer;
+ * `closing`: say "Connection: close" and close after it. Returns -1 when the
+ * connection must be dropped at once (garbage). */
+static int handle_requests(struct connection *c, int closing) {
     for (;;) {
         char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
         if (!end) {
@@ -101,20 +109,20 @@ static int handle_requests(struct connection *c, int draining) {
         int http10 = line_end - head >= 8 && strncmp(line_end - 8, "http/1.0", 8) == 0;
         const char *option = connection_value ? connection_value + strspn(connection_value, " \t") : "";
         int client_closes = http10 ? strncmp(option, "keep-alive", 10) != 0 : strncmp(option, "close", 5) == 0;
-        int is_get = strncmp(head, "get ", 4) == 0;
-        c->close_after_write = client_closes || draining || !is_get;
+        int served = strncmp(head, "get ", 4) == 0 || strncmp(head, "post ", 5) == 0;
+        c->close_after_write = client_closes || closing || !served;
 
         int worker = reported_pid != (int)getpid();
         char worker_pid[16];
         snprintf(worker_pid, sizeof worker_pid, "%d", (int)getpid());
         char body[128];
-        int body_size = is_get ? snprintf(body, sizeof body, "served by pid %d generation %lld\n", (int)getpid(),
+        int body_size = served ? snprintf(body, sizeof body, "served by pid %d generation %lld\n", (int)getpid(),
                                           (long long)gr_generation())
-                               : snprintf(body, sizeof body, "only GET is served here\n");
+                               : snprintf(body, sizeof body, "only GET and POST are served here\n");
         int n = snprintf(c->out + c->out_len, sizeof c->out - c->out_len,
                          "HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                          "X-Pid: %d\r\n%s%s%sX-Generation: %lld\r\nX-Version: %s\r\nConnection: %s\r\n\r\n%s",
-                         is_get ? "200 OK" : "405 Method Not Allowed", body_size, reported_pid,
+                         served ? "200 OK" : "405 Method Not Allowed", body_size, reported_pid,
                          worker ? "X-Worker-Pid: " : "", worker ? worker_pid : "", worker ? "\r\n" : "",
                          (long long)gr_generation(), APP_VERSION, c->close_after_write ? "close" : "keep-alive",
                          body);
@@ -135,13 +143,13 @@ static int handle_requests(struct connection *c, int draining) {
 }
 
 /* Reads what arrived and answers it. Returns -1 when the connection is done. */
-static int on_readable(struct connection *c, int draining) {
+static int on_readable(struct connection *c, int closing) {
     for (;;) {
         ssize_t n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
         if (n > 0) {
             c->in_len += (size_t)n;
             c->last_active_ms = now_ms();
-            if (handle_requests(c, draining) < 0) {
+            if (handle_requests(c, closing) < 0) {
                 return -1;
             }
             if (c->close_after_write || c->in_len == sizeof c->in) {
@@ -169,6 +177,18 @@ static int on_writable(struct connection *c) {
     return c->close_after_write ? -1 : 0;
 }
 
+static int add_connection(int fd) {
+    struct connection *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return -1;
+    }
+    c->fd = fd;
+    c->last_active_ms = now_ms();
+    connections[connection_count++] = c;
+    return 0;
+}
+
 static void accept_all(int listener) {
     while (connection_count < MAX_CONNECTIONS) {
         int fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -178,15 +198,49 @@ static void accept_all(int listener) {
             }
             return;
         }
-        struct connection *c = calloc(1, sizeof *c);
-        if (!c) {
-            close(fd);
+        if (add_connection(fd) < 0) {
             return;
         }
-        c->fd = fd;
-        c->last_active_ms = now_ms();
-        connections[connection_count++] = c;
     }
+}
+
+/* Takes the connections the previous generation handed over: each is served
+ * as if just accepted. */
+static void adopt_all(void) {
+    while (connection_count < MAX_CONNECTIONS) {
+        int fd = gr_adopt(NULL, 0, 0);
+        if (fd < 0) {
+            if (errno != EAGAIN) {
+                fprintf(stderr, "gr_adopt: %s\n", gr_last_error());
+            }
+            return;
+        }
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        if (add_connection(fd) < 0) {
+            return;
+        }
+    }
+}
+
+/* While draining, hands connection `index` to the successor if it is idle
+ * (nothing read and unanswered, nothing to send). Returns 1 when handed over
+ * (drop it: closing our fd closes nothing), 0 when it stays. The first refusal
+ * (no successor takes connections) turns hand-over off: close as before. */
+static int hand_over_if_idle(struct connection *c) {
+    if (!handing_over || c->in_len > 0 || c->out_len > 0 || c->close_after_write) {
+        return 0;
+    }
+    if (gr_hand_over(c->fd, "http") == 0) {
+        return 1;
+    }
+    if (errno != ESRCH) {
+        fprintf(stderr, "gr_hand_over: %s\n", gr_last_error());
+    }
+    handing_over = 0; /* from now on, answer with "Connection: close" */
+    for (int i = 0; i < connection_count; i++) {
+        connections[i]->last_active_ms = now_ms();
+    }
+    return 0;
 }
 
 /* The listener named "http" for the HOST:PORT of argv[1], non-blocking (the
@@ -233,24 +287,28 @@ static void print_listening(const char *name, int listener) {
 }
 
 /* Serves HTTP on `listener` (non-blocking) until this process must drain and
- * every connection is finished. Returns 0, or 1 when poll() failed. */
-static int serve_http(int listener) {
+ * every connection is finished or handed over. `adopt_fd` (gr_adopt_fd, or -1)
+ * brings the connections the previous generation handed over. Returns 0, or 1
+ * when poll() failed. */
+static int serve_http(int listener, int adopt_fd) {
     int shutdown_fd = gr_shutdown_fd();
     int draining = 0;
-    static struct pollfd fds[MAX_CONNECTIONS + 2];
+    enum { SHUTDOWN, LISTENER, ADOPT, FIRST };
+    static struct pollfd fds[MAX_CONNECTIONS + FIRST];
     while (!draining || connection_count > 0) {
-        fds[0] = (struct pollfd){.fd = shutdown_fd, .events = POLLIN};
-        fds[1] = (struct pollfd){.fd = draining ? -1 : listener, .events = POLLIN};
+        fds[SHUTDOWN] = (struct pollfd){.fd = shutdown_fd, .events = POLLIN};
+        fds[LISTENER] = (struct pollfd){.fd = draining ? -1 : listener, .events = POLLIN};
+        fds[ADOPT] = (struct pollfd){.fd = draining ? -1 : adopt_fd, .events = POLLIN};
         for (int i = 0; i < connection_count; i++) {
             struct connection *c = connections[i];
-            fds[i + 2] = (struct pollfd){.fd = c->fd, .events = c->out_len > c->out_sent ? POLLOUT : POLLIN};
+            fds[i + FIRST] = (struct pollfd){.fd = c->fd, .events = c->out_len > c->out_sent ? POLLOUT : POLLIN};
         }
-        int n = poll(fds, (nfds_t)connection_count + 2, draining ? 100 : -1);
+        int n = poll(fds, (nfds_t)connection_count + FIRST, draining ? 100 : -1);
         if (n < 0 && errno != EINTR) {
             perror("poll");
             return 1;
         }
-        if (!draining && (fds[0].revents & POLLIN)) {
+        if (!draining && (fds[SHUTDOWN].revents & POLLIN)) {
             /* A successor serves now. The shared listening socket stays open in
              * it, so connections still queued there are its to accept. */
             draining = 1;
@@ -260,20 +318,28 @@ static int serve_http(int listener) {
             }
         }
         int polled = connection_count;
-        if (!draining && (fds[1].revents & POLLIN)) {
+        if (!draining && (fds[LISTENER].revents & POLLIN)) {
             accept_all(listener); /* appended after the polled ones */
+        }
+        if (!draining && (fds[ADOPT].revents & POLLIN)) {
+            adopt_all(); /* appended too */
         }
         /* Walk backwards: drop_connection moves the last connection into the gap. */
         for (int i = polled - 1; i >= 0; i--) {
             struct connection *c = connections[i];
             int done = 0;
-            if (fds[i + 2].revents & (POLLIN | POLLHUP | POLLERR)) {
-                done = on_readable(c, draining) < 0;
+            int closing = draining && !handing_over;
+            if (fds[i + FIRST].revents & (POLLIN | POLLHUP | POLLERR)) {
+                done = on_readable(c, closing) < 0;
             }
             if (!done && c->out_len > c->out_sent) {
                 done = on_writable(c) < 0;
             }
-            if (!done && draining && c->out_len == 0 && now_ms() - c->last_active_ms > DRAIN_IDLE_MS) {
+            if (!done && draining) {
+                done = hand_over_if_idle(c);
+            }
+            if (!done && draining && !handing_over && c->out_len == 0 &&
+                now_ms() - c->last_active_ms > DRAIN_IDLE_MS) {
                 done = 1;
             }
             if (done) {

@@ -5,12 +5,12 @@
  *   LD_LIBRARY_PATH=target/release ./http_server 127.0.0.1:8080
  *   kill -USR2 <pid>     # restart onto the binary on disk; nothing is lost
  *
- * Every GET is answered with 200 and the headers X-Pid, X-Generation and
- * X-Version. One thread, poll(): the listener, the connections and grestart's
- * shutdown fd (see http_loop.h). When the shutdown fd turns readable a
- * successor serves: stop accepting, answer each connection's next request with
- * "Connection: close", close connections that stay idle, then run the shutdown
- * hooks and exit.
+ * Every GET and POST is answered with 200 and the headers X-Pid, X-Generation
+ * and X-Version. One thread, poll(): the listener, the connections, grestart's
+ * shutdown fd and its adopt fd (see http_loop.h). When the shutdown fd turns
+ * readable a successor serves: stop accepting, finish what each connection
+ * sent, hand the idle connections to the successor (no connection is closed
+ * by a restart), then run the shutdown hooks and exit.
  */
 #define _GNU_SOURCE
 #include "http_loop.h"
@@ -28,12 +28,19 @@ int main(int argc, char **argv) {
         return 1;
     }
     reported_pid = (int)getpid();
+    /* Before gr_ready: the previous generation then hands us its idle connections. */
+    int adopt_fd = gr_adopt_fd();
+    if (adopt_fd < 0) {
+        fprintf(stderr, "http_server: %s\n", gr_last_error());
+        return 1;
+    }
+    handing_over = 1;
     print_listening("http_server", listener);
     if (gr_ready() < 0) {
         fprintf(stderr, "http_server: %s\n", gr_last_error());
         return 1;
     }
-    if (serve_http(listener) != 0) {
+    if (serve_http(listener, adopt_fd) != 0) {
         return 1;
     }
     return gr_shutdown() < 0 ? 1 : 0;

@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
             if (getppid() != reported_pid) {
                 _exit(1);
             }
-            _exit(serve_http(listener));
+            _exit(serve_http(listener, -1)); /* a worker adopts nothing, hands nothing over */
         }
     }
 

@@ -4,10 +4,13 @@
 //       -Ltarget/release -lgrestart -pthread -o http_server_cpp
 //   LD_LIBRARY_PATH=target/release ./http_server_cpp 127.0.0.1:8080
 //
-// Every GET gets 200 with X-Pid, X-Generation and X-Version. A thread per
-// connection; the main thread accepts until grestart's shutdown fd turns
-// readable, then waits for the connections (each answers its next request
-// with "Connection: close") and runs the shutdown hooks.
+// Every GET and POST gets 200 with X-Pid, X-Generation and X-Version. A
+// thread per connection; the main thread accepts, and adopts what the previous
+// generation hands over, until grestart's shutdown fd turns readable. Then each
+// connection finishes what its client sent and, idle, is handed to the
+// successor (no connection is closed by a restart; where the successor takes
+// none, it answers its next request with "Connection: close"); then the
+// shutdown hooks run.
 #include <algorithm>
 #include <cctype>
 #include <atomic>
@@ -15,6 +18,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -38,6 +42,8 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kDrainIdle = std::chrono::seconds(5);
 
 std::atomic<bool> draining{false};
+// Idle connections go to the successor when draining (until it takes none).
+std::atomic<bool> handing_over{true};
 std::atomic<unsigned long long> served{0};
 std::mutex open_mutex;
 std::condition_variable all_closed;
@@ -72,10 +78,11 @@ bool answer(int fd, const std::string &head) {
         auto start = h.find_first_not_of(" \t", at + 13);
         connection = h.substr(start, h.find("\r\n", start) - start);
     }
-    bool is_get = h.rfind("get ", 0) == 0;
-    bool close = draining || !is_get || (http10 ? connection != "keep-alive" : connection == "close");
+    bool is_get = h.rfind("get ", 0) == 0 || h.rfind("post ", 0) == 0; // both are served
+    bool close = (draining && !handing_over) || !is_get || (http10 ? connection != "keep-alive" : connection == "close");
     std::string pid = std::to_string(::getpid()), generation = std::to_string(grestart::generation());
-    std::string body = is_get ? "served by pid " + pid + " generation " + generation + "\n" : "only GET is served here\n";
+    std::string body =
+        is_get ? "served by pid " + pid + " generation " + generation + "\n" : "only GET and POST are served here\n";
     std::string response = std::string("HTTP/1.1 ") + (is_get ? "200 OK" : "405 Method Not Allowed") +
                            "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
                            "\r\nX-Pid: " + pid + "\r\nX-Generation: " + generation + "\r\nX-Version: " APP_VERSION +
@@ -87,29 +94,51 @@ bool answer(int fd, const std::string &head) {
     return !close;
 }
 
+/// The length of the body a lower-cased request head announces (Content-Length).
+size_t body_length(const std::string &head) {
+    auto at = head.find("\r\ncontent-length:");
+    return at == std::string::npos ? 0 : std::strtoul(head.c_str() + at + 17, nullptr, 10);
+}
+
 void serve(grestart::Fd connection) {
-    timeval tick{0, 200 * 1000}; // wake up now and then to notice the drain
-    ::setsockopt(connection.get(), SOL_SOCKET, SO_RCVTIMEO, &tick, sizeof tick);
+    int shutdown_fd = grestart::shutdown_fd();
     std::string buffer;
-    auto idle_since = Clock::now();
     for (;;) {
         size_t end;
         while ((end = buffer.find("\r\n\r\n")) != std::string::npos) {
+            size_t whole = end + 4 + body_length(lower(buffer.substr(0, end + 4)));
+            if (buffer.size() < whole) {
+                break; // the body is still coming
+            }
             std::string head = buffer.substr(0, end + 4);
-            buffer.erase(0, end + 4); // request bodies are not expected for GET
+            buffer.erase(0, whole);
             if (!answer(connection.get(), head)) {
                 return;
             }
-            idle_since = Clock::now();
+        }
+        if (buffer.empty()) {
+            // Between requests: wait for the next one, or for the drain.
+            pollfd fds[2] = {{connection.get(), POLLIN, 0}, {shutdown_fd, POLLIN, 0}};
+            while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+            }
+            if (fds[1].revents & POLLIN) {
+                if (handing_over && grestart::hand_over(connection.get(), "http")) {
+                    return; // closing our fd closes nothing: the successor serves it
+                }
+                handing_over = false; // no successor takes connections: close as before
+                pollfd idle{connection.get(), POLLIN, 0};
+                int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainIdle).count());
+                if (::poll(&idle, 1, ms) == 0) {
+                    return; // idle while draining: close it
+                }
+            }
         }
         char chunk[4096];
         ssize_t n = ::recv(connection.get(), chunk, sizeof chunk, 0);
         if (n > 0) {
             buffer.append(chunk, static_cast<size_t>(n));
-        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (draining && buffer.empty() && Clock::now() - idle_since > kDrainIdle) {
-                return;
-            }
+        } else if (n < 0 && errno == EINTR) {
+            continue;
         } else {
             return; // closed by the client, or broken
         }
@@ -119,25 +148,35 @@ void serve(grestart::Fd connection) {
     }
 }
 
-void accept_until_shutdown(int listener) {
-    pollfd fds[2] = {{listener, POLLIN, 0}, {grestart::shutdown_fd(), POLLIN, 0}};
-    while (!(fds[1].revents & POLLIN)) {
-        if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+void start(int fd) {
+    std::lock_guard<std::mutex> lock(open_mutex);
+    open_connections++;
+    std::thread([fd] {
+        serve(grestart::Fd(fd));
+        std::lock_guard<std::mutex> done(open_mutex);
+        open_connections--;
+        all_closed.notify_all();
+    }).detach();
+}
+
+/// Accepts, and adopts what the previous generation hands over, until a successor serves.
+void accept_until_shutdown(int listener, int adopt_fd) {
+    pollfd fds[3] = {{listener, POLLIN, 0}, {adopt_fd, POLLIN, 0}, {grestart::shutdown_fd(), POLLIN, 0}};
+    while (!(fds[2].revents & POLLIN)) {
+        if (::poll(fds, 3, -1) < 0 && errno != EINTR) {
             throw std::system_error(errno, std::generic_category(), "poll");
+        }
+        while (auto adopted = grestart::adopt()) {
+            int fd = adopted->fd.release();
+            ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+            start(fd);
         }
         for (;;) {
             int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
             if (fd < 0) {
                 break; // EAGAIN: nothing more queued
             }
-            std::lock_guard<std::mutex> lock(open_mutex);
-            open_connections++;
-            std::thread([fd] {
-                serve(grestart::Fd(fd));
-                std::lock_guard<std::mutex> done(open_mutex);
-                open_connections--;
-                all_closed.notify_all();
-            }).detach();
+            start(fd);
         }
     }
 }
@@ -158,6 +197,8 @@ int main(int argc, char **argv) {
                          static_cast<long long>(grestart::generation()), served.load());
         });
         grestart::set_drain_deadline(std::chrono::seconds(30));
+        // Before ready: the previous generation then hands us its idle connections.
+        int adopt_fd = grestart::adopt_fd();
         sockaddr_in bound{};
         socklen_t length = sizeof bound;
         ::getsockname(listener.get(), reinterpret_cast<sockaddr *>(&bound), &length);
@@ -168,7 +209,7 @@ int main(int argc, char **argv) {
         std::fflush(stdout);
         grestart::ready();
 
-        accept_until_shutdown(listener.get());
+        accept_until_shutdown(listener.get(), adopt_fd);
         listener.reset(); // our copy; the successor accepts what is still queued
         draining = true;
         std::unique_lock<std::mutex> lock(open_mutex);

@@ -43,6 +43,9 @@ __all__ = [
     "incoming",
     "Connection",
     "in_flight",
+    "hand_over",
+    "adopt_fd",
+    "adopt",
     "shutdown",
     "generation",
     "set_ready_timeout",
@@ -320,6 +323,42 @@ class in_flight:
 
     def __exit__(self, *exc: object) -> None:
         check(lib.gr_work_end())
+
+
+def hand_over(sock: Union[socket.socket, int], listener: str) -> bool:
+    """In a draining process, hands the idle connection ``sock``, accepted on
+    the listener named ``listener``, to the successor, which serves it next.
+    True when it did: then close ``sock`` (that closes nothing, the successor
+    holds the connection). False when no successor takes connections (a plain
+    shutdown, a failed restart, an older successor): close it as you would
+    without grestart. Idle means nothing of it is buffered in this process."""
+    fd, name = _fd(sock), _name(listener, "listener")
+    if lib.gr_hand_over(fd, name) == 0:
+        return True
+    if ctypes.get_errno() == errno.ESRCH:
+        return False
+    check(-1)
+    return False  # not reached: check raised
+
+
+def adopt_fd() -> int:
+    """An fd readable while connections handed over by the previous generation
+    wait for :func:`adopt`, for an event loop (never read or close it). Asking
+    for it says this process adopts them: ask before :func:`ready`."""
+    return check(lib.gr_adopt_fd())
+
+
+def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]:
+    """The next connection handed over by the previous generation and the name
+    of the listener it was accepted on, waiting up to ``timeout`` seconds
+    (None: as long as it takes) for one; None when none came in time. Serve
+    it as a connection just accepted on that listener."""
+    name = ctypes.create_string_buffer(256)
+    milliseconds = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+    fd = lib.gr_adopt(name, len(name), milliseconds)
+    if fd < 0 and ctypes.get_errno() == errno.EAGAIN:
+        return None
+    return socket.socket(fileno=check(fd)), name.value.decode()
 
 
 def shutdown() -> None:

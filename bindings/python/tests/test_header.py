@@ -12,6 +12,8 @@ C_TYPES = {
     "int64_t": ctypes.c_int64,
     "uint64_t": ctypes.c_uint64,
     "const char *": ctypes.c_char_p,
+    "char *": ctypes.c_char_p,
+    "size_t": ctypes.c_size_t,
     "void *": ctypes.c_void_p,
     "const char *const *": ctypes.POINTER(ctypes.c_char_p),
     "gr_hook_fn": _ffi.HOOK,

@@ -1,0 +1,405 @@
+//! Idle connections handed to the successor, so that a restart closes none
+//! (see docs/architecture.md, "Connections across a restart").
+//!
+//! The two generations share a private `SOCK_SEQPACKET` socket pair (made in
+//! `spawn.rs`, the heir's end known to `link.rs`). What travels on it:
+//!
+//! * heir to old: `R` ready (the first byte, as every grestart has said it),
+//!   `A` "I adopt connections" (with `R`, or later), `K` "I adopted one";
+//! * old to heir: one message per connection: the listener's name as the
+//!   bytes, the socket as `SCM_RIGHTS`.
+//!
+//! The old generation keeps its own duplicate of each connection until the
+//! heir says `K`. An heir that asked for connections but never takes them
+//! cannot strand a client: after [`BOUND`] the old generation shuts those
+//! connections down (an orderly close) and stops handing over. An heir that
+//! never said `A` (an older grestart, or one that does not poll) gets none:
+//! [`Heir::hand_over`] fails at once and the application closes as before.
+//! Bytes a client sends meanwhile wait in the kernel's socket buffer.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use std::{io, thread};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockType, getpeername, getsockopt,
+    recv, recvmsg, send, sendmsg, shutdown, sockopt,
+};
+
+use crate::error::{fail, with_context};
+use crate::log::{debug, warning};
+use crate::sys::socket_type;
+
+/// Sent with (or after) "ready": the heir adopts connections.
+pub(crate) const ADOPT_BYTE: u8 = b'A';
+/// One connection adopted.
+const ACK_BYTE: u8 = b'K';
+/// How long the old generation hands connections over, and waits for its
+/// heir to take them, from the moment the heir is ready.
+pub(crate) const BOUND: Duration = Duration::from_secs(2);
+/// Listener names are at most this long (systemd's rule, `registry.rs`).
+const NAME_MAX: usize = 255;
+
+fn poll_timeout(left: Duration) -> PollTimeout {
+    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+}
+
+/// The old generation's side: its ready heir, and the connections handed to
+/// it that it has not taken yet.
+pub(crate) struct Heir {
+    channel: OwnedFd,
+    pid: libc::pid_t,
+    /// The listeners the heir inherited: the names a connection may carry.
+    listeners: Vec<String>,
+    adopts: bool,
+    /// The heir closed the channel: it exited.
+    gone: bool,
+    /// Our duplicates of the connections sent and not yet taken, oldest first.
+    pending: VecDeque<OwnedFd>,
+    /// After this, nothing more is handed over.
+    deadline: Instant,
+}
+
+impl Heir {
+    pub(crate) fn new(
+        channel: OwnedFd,
+        pid: libc::pid_t,
+        listeners: Vec<String>,
+        adopts: bool,
+    ) -> Heir {
+        Heir {
+            channel,
+            pid,
+            listeners,
+            adopts,
+            gone: false,
+            pending: VecDeque::new(),
+            deadline: Instant::now() + BOUND,
+        }
+    }
+
+    /// Reads what the heir said since we last looked: adoption, receipts, its end.
+    fn read(&mut self) {
+        let mut said = [0u8; 64];
+        while !self.gone {
+            match recv(self.channel.as_raw_fd(), &mut said, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => self.heir_gone(),
+                Ok(n) => {
+                    for &byte in &said[..n] {
+                        match byte {
+                            ADOPT_BYTE => self.adopts = true,
+                            // The heir holds it now: closing ours closes nothing.
+                            ACK_BYTE => drop(self.pending.pop_front()),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(_) => self.heir_gone(),
+            }
+        }
+    }
+
+    fn heir_gone(&mut self) {
+        self.gone = true;
+        self.close_pending("its successor exited before taking them");
+    }
+
+    /// Closes the connections the heir did not take, in order (a FIN, not a
+    /// reset), whatever else holds them.
+    fn close_pending(&mut self, why: &str) {
+        if self.pending.is_empty() {
+            return;
+        }
+        warning!(
+            "closing {} handed-over connections: {why}",
+            self.pending.len()
+        );
+        for connection in self.pending.drain(..) {
+            let _ = shutdown(connection.as_raw_fd(), Shutdown::Both);
+        }
+    }
+
+    /// Sends `connection`, accepted on the listener `name`, to the heir.
+    /// On success the caller drops its own descriptor; the heir serves it.
+    pub(crate) fn hand_over(&mut self, connection: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+        self.read();
+        let pid = self.pid;
+        if self.gone {
+            return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+        }
+        if !self.adopts {
+            return Err(fail(
+                libc::ESRCH,
+                format!(
+                    "successor {pid} does not adopt connections (it never asked with gr_adopt_fd, \
+                     or runs an older grestart): close the connection"
+                ),
+            ));
+        }
+        if !self.listeners.iter().any(|l| l == name) {
+            return Err(fail(
+                libc::EINVAL,
+                format!("no listener named {name:?} was handed to the successor"),
+            ));
+        }
+        if socket_type(connection) != Some(SockType::Stream) {
+            return Err(fail(libc::EINVAL, "not a stream socket"));
+        }
+        getpeername::<nix::sys::socket::SockaddrStorage>(connection.as_raw_fd())
+            .map_err(|e| with_context(io::Error::from(e), "the connection is not connected"))?;
+        let ours = connection
+            .try_clone_to_owned()
+            .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
+        let fds = [connection.as_raw_fd()];
+        let message = [IoSlice::new(name.as_bytes())];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        loop {
+            let sent = sendmsg::<()>(
+                self.channel.as_raw_fd(),
+                &message,
+                &rights,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            match sent {
+                Ok(_) => {
+                    self.pending.push_back(ours);
+                    return Ok(());
+                }
+                Err(Errno::EINTR) => {}
+                // The heir's queue is full: wait for it to take some, within the bound.
+                Err(Errno::EAGAIN) => {
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.adopts = false;
+                        return Err(fail(
+                            libc::ESRCH,
+                            format!(
+                                "successor {pid} did not take connections within {BOUND:?}: close the connection"
+                            ),
+                        ));
+                    }
+                    let mut fds = [PollFd::new(
+                        self.channel.as_fd(),
+                        PollFlags::POLLOUT | PollFlags::POLLIN,
+                    )];
+                    let _ = poll(&mut fds, poll_timeout(left));
+                    self.read();
+                    if self.gone {
+                        return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                    }
+                }
+                Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    self.heir_gone();
+                    return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                }
+                Err(e) => {
+                    return Err(with_context(e.into(), "cannot hand the connection over"));
+                }
+            }
+        }
+    }
+
+    /// Waits until the heir took every connection handed to it, or the bound
+    /// passed; then closes, in order, those it did not take.
+    pub(crate) fn finish(&mut self) {
+        loop {
+            self.read();
+            if self.pending.is_empty() || self.gone {
+                return;
+            }
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.adopts = false;
+                let why = format!("successor {} did not take them within {BOUND:?}", self.pid);
+                self.close_pending(&why);
+                return;
+            }
+            let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, poll_timeout(left));
+        }
+    }
+}
+
+/// A connection handed over by the previous generation.
+pub(crate) struct Handed {
+    pub(crate) connection: OwnedFd,
+    pub(crate) listener: String,
+}
+
+/// The heir's side: the connections received and not yet adopted by the
+/// application, and an fd that is readable while there are some.
+pub(crate) struct Adoption {
+    /// A semaphore eventfd: one count per queued connection.
+    waiting: EventFd,
+    queue: Mutex<VecDeque<Handed>>,
+    /// The link to the predecessor, for the receipts; `None` on a fresh start.
+    channel: Option<Arc<OwnedFd>>,
+}
+
+impl Adoption {
+    /// Starts receiving on `channel` (the link to `predecessor`) in a thread
+    /// of its own, until the predecessor exits.
+    pub(crate) fn start(
+        channel: Option<(Arc<OwnedFd>, libc::pid_t)>,
+    ) -> io::Result<&'static Adoption> {
+        let waiting = EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_SEMAPHORE,
+        )
+        .map_err(|e| with_context(e.into(), "cannot create the adoption eventfd"))?;
+        if let Some((channel, predecessor)) = &channel {
+            check_peer(channel.as_fd(), *predecessor)?;
+        }
+        let adoption: &'static Adoption = Box::leak(Box::new(Adoption {
+            waiting,
+            queue: Mutex::new(VecDeque::new()),
+            channel: channel.as_ref().map(|(c, _)| Arc::clone(c)),
+        }));
+        if let Some((channel, _)) = channel {
+            thread::Builder::new()
+                .name("grestart-adopt".into())
+                .spawn(move || adoption.receive(&channel))
+                .map_err(|e| with_context(e, "cannot start the adoption thread"))?;
+        }
+        Ok(adoption)
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.waiting.as_fd()
+    }
+
+    /// Receives connections until the predecessor closes the channel.
+    fn receive(&self, channel: &OwnedFd) {
+        let mut name = [0u8; NAME_MAX];
+        loop {
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [IoSliceMut::new(&mut name)];
+            let received = recvmsg::<()>(
+                channel.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            let message = match received {
+                Ok(message) => message,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warning!("cannot receive handed-over connections: {e}");
+                    return;
+                }
+            };
+            let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+            let mut fds = Vec::new();
+            for cmsg in message.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(rights) = cmsg {
+                    // SAFETY: the kernel installed these fds for us just now.
+                    fds.extend(
+                        rights
+                            .into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            let length = message.bytes;
+            if length == 0 && fds.is_empty() {
+                debug!("the previous generation has exited; no more connections come");
+                return;
+            }
+            if truncated {
+                warning!("a handed-over connection was lost: out of file descriptors");
+            }
+            let listener = String::from_utf8_lossy(&name[..length]).into_owned();
+            for connection in fds {
+                if socket_type(connection.as_fd()) != Some(SockType::Stream) {
+                    warning!("ignoring a handed-over fd that is not a stream socket");
+                    continue;
+                }
+                self.queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(Handed {
+                        connection,
+                        listener: listener.clone(),
+                    });
+                if let Err(e) = self.waiting.write(1) {
+                    warning!("cannot count a handed-over connection: {e}");
+                }
+            }
+        }
+    }
+
+    /// The next connection handed over, waiting up to `timeout` (`None`:
+    /// forever) for one; `None` when none came in time; `ERANGE` when its
+    /// listener's name does not `fit` (it stays queued). Tells the
+    /// predecessor, which then drops its copy.
+    pub(crate) fn adopt(
+        &self,
+        timeout: Option<Duration>,
+        fits: impl Fn(&str) -> bool,
+    ) -> io::Result<Option<Handed>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.waiting.read() {
+                Ok(_) => break,
+                Err(Errno::EAGAIN | Errno::EINTR) => {}
+                Err(e) => return Err(with_context(e.into(), "reading the adoption eventfd")),
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(None);
+            }
+            let mut fds = [PollFd::new(self.waiting.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, left.map_or(PollTimeout::NONE, poll_timeout));
+        }
+        let handed = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let name = &queue
+                .front()
+                .expect("one queued connection per count")
+                .listener;
+            if !fits(name) {
+                let err = fail(
+                    libc::ERANGE,
+                    format!("the listener name {name:?} does not fit the buffer"),
+                );
+                drop(queue);
+                let _ = self.waiting.write(1); // the count we took, back
+                return Err(err);
+            }
+            queue.pop_front().expect("checked just now")
+        };
+        if let Some(channel) = &self.channel {
+            // A predecessor already gone has nothing left to drop.
+            let _ = send(channel.as_raw_fd(), &[ACK_BYTE], MsgFlags::MSG_NOSIGNAL);
+        }
+        Ok(Some(handed))
+    }
+}
+
+/// The channel must come from the predecessor, run by our own user.
+fn check_peer(channel: BorrowedFd<'_>, predecessor: libc::pid_t) -> io::Result<()> {
+    let peer = getsockopt(&channel, sockopt::PeerCredentials)
+        .map_err(|e| with_context(e.into(), "cannot check the link to the previous generation"))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if peer.pid() != predecessor || peer.uid() != uid {
+        return Err(fail(
+            libc::EPERM,
+            format!(
+                "the link to the previous generation belongs to pid {} uid {}, not pid {predecessor} \
+                 uid {uid}: no connections are taken from it",
+                peer.pid(),
+                peer.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
