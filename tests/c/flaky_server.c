@@ -8,6 +8,7 @@
  *            and never call gr_ready
  *   lost   - close the readiness channel, then call gr_ready (which tells
  *            systemd MAINPID=<self> while the parent never hears "ready")
+ *   hoard  - ask for handed-over connections (gr_adopt_fd), never adopt one
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -215,6 +216,9 @@ int main(int argc, char **argv) {
         if (gr_on_shutdown(check_heap, NULL) < 0) {
             die("heap hook");
         }
+    }
+    if (strcmp(mode, "hoard") == 0 && gr_adopt_fd() < 0) {
+        die("adopt_fd");
     }
     if (strcmp(mode, "hang") == 0) {
         for (;;) {

@@ -1,0 +1,263 @@
+//! Connections across a restart: a draining generation hands its idle
+//! keep-alive connections to the successor instead of closing them, so a
+//! restart closes no connection and loses no request, even one sent at the
+//! very moment of the hand-over; a successor that takes none leaves the
+//! clients an orderly close, never a reset or a hang.
+
+mod support;
+
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{Server, TempDir};
+
+const RESTARTS: usize = 10;
+
+/// A keep-alive connection, answered once.
+fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    (stream, reader)
+}
+
+/// The examples that hand over, built in `dir`, ready to start.
+fn examples(dir: &TempDir) -> Vec<(&'static str, Command)> {
+    let c = dir.join("http_server");
+    support::build_c_example(&c, 1);
+    let cpp = dir.join("http_server_cpp");
+    support::build_cpp_example(&cpp, 1);
+    let rust = dir.join("http_server_rust");
+    support::build_rust_example("http_server", &[], &rust, 1);
+    [("C", c), ("C++", cpp), ("Rust", rust)]
+        .into_iter()
+        .map(|(name, binary)| {
+            let mut command = Command::new(binary);
+            command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+            (name, command)
+        })
+        .collect()
+}
+
+/// A small, seeded pseudo-random sequence (no crate for a test's think times).
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// What the pool of idle clients saw.
+#[derive(Default)]
+struct Seen {
+    answered: u64,
+    failures: Vec<String>,
+}
+
+/// A connection pool's clients: each keeps one connection, idles a random
+/// 0-6 s between requests on it, and counts a connection the server closes
+/// as a failure (a pool would have to reconnect, and behind a proxy a
+/// request sent at that moment is a 502).
+#[test]
+fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
+    let dir = TempDir::new("pool");
+    support::become_subreaper();
+    for (name, command) in examples(&dir) {
+        let mut server = Server::launch(command);
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let clients: Vec<_> = (0..12u64)
+            .map(|i| {
+                let (stop, seen, addr) = (Arc::clone(&stop), Arc::clone(&seen), server.addr);
+                let (mut stream, mut reader) = connect(addr);
+                thread::spawn(move || {
+                    let mut random = Random(i + 1);
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        let result = support::request(&mut stream, &mut reader, false);
+                        let mut seen = seen.lock().unwrap();
+                        match result {
+                            Ok(answer) if !answer.closes => seen.answered += 1,
+                            Ok(_) => seen
+                                .failures
+                                .push("the server closed the connection".into()),
+                            Err(e) => seen.failures.push(e),
+                        }
+                        drop(seen);
+                        // Think time: idle on the open connection, 0 to 6 s.
+                        let idle = Duration::from_millis(random.below(6000));
+                        let until = Instant::now() + idle;
+                        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    (stream, reader)
+                })
+            })
+            .collect();
+        let mut gone_after = Vec::new();
+        for _ in 0..RESTARTS {
+            let leaving = server.hand_over(libc::SIGUSR2);
+            let answered = Instant::now();
+            server.wait_gone(&leaving, Duration::from_secs(5));
+            gone_after.push(answered.elapsed());
+            thread::sleep(Duration::from_millis(600)); // spread the restarts over the clients' idling
+        }
+        stop.store(true, Ordering::SeqCst);
+        let connections: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        // Every connection is still open, and its next request is the newest generation's.
+        for (mut stream, mut reader) in connections {
+            let answer = support::request(&mut stream, &mut reader, false)
+                .unwrap_or_else(|e| panic!("{name}: a pooled connection after the restarts: {e}"));
+            assert_eq!(
+                answer.pid, server.pid,
+                "{name}: answered by the newest generation"
+            );
+        }
+        let seen = seen.lock().unwrap();
+        gone_after.sort();
+        println!(
+            "{name}: {} requests on 12 pooled connections across {RESTARTS} restarts; old generation gone \
+             after the successor's first answer: median {:?}, max {:?}",
+            seen.answered,
+            gone_after[gone_after.len() / 2],
+            gone_after[gone_after.len() - 1]
+        );
+        assert!(seen.failures.is_empty(), "{name}: {:?}", seen.failures);
+        assert!(seen.answered > 0);
+        assert!(
+            gone_after[gone_after.len() - 1] < Duration::from_millis(100),
+            "{name}: the old generation leaves within 100 ms of the hand-over: {gone_after:?}"
+        );
+        server.stop();
+    }
+}
+
+/// Clients that send their next request the moment the restart signal goes
+/// out: some reach the old generation before it hands the connection over,
+/// the others wait in the kernel's buffer and are read by the successor.
+/// Every one is answered.
+#[test]
+fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
+    let dir = TempDir::new("moment");
+    support::become_subreaper();
+    for (name, command) in examples(&dir) {
+        let mut server = Server::launch(command);
+        let by_successor = AtomicU64::new(0);
+        for _ in 0..RESTARTS {
+            let old = server.pid;
+            let mut connections: Vec<_> = (0..32).map(|_| connect(server.addr)).collect();
+            for (stream, reader) in &mut connections {
+                support::request(stream, reader, false).expect("before the restart");
+            }
+            let old_exit = support::pidfd(old).unwrap();
+            support::kill(old, libc::SIGUSR2);
+            thread::scope(|scope| {
+                for (stream, reader) in &mut connections {
+                    let by_successor = &by_successor;
+                    scope.spawn(move || {
+                        let answer = support::request(stream, reader, false)
+                            .unwrap_or_else(|e| panic!("{name}: sent during the hand-over: {e}"));
+                        if answer.pid != old {
+                            by_successor.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            server.follow_hand_over(&old_exit);
+        }
+        let moved = by_successor.load(Ordering::Relaxed);
+        println!(
+            "{name}: {moved} of {} racing requests answered by the successor",
+            32 * RESTARTS
+        );
+        assert!(
+            moved > 0,
+            "{name}: some requests went through the hand-over"
+        );
+        server.stop();
+    }
+}
+
+/// Builds the flaky test server over `path`, as a deploy would replace the binary.
+fn install_flaky(path: &Path) {
+    let fresh = path.with_extension("flaky");
+    let source = support::repo().join("tests/c/flaky_server.c");
+    support::compile("cc", &[&source], &fresh, &["-std=c99", "-pthread"]);
+    std::fs::rename(&fresh, path).unwrap();
+}
+
+/// What an idle client sees of its connection: `Ok(())` for an orderly close
+/// (end of file), the error otherwise.
+fn closed_in_order(reader: &mut BufReader<TcpStream>) -> Result<(), String> {
+    let mut rest = Vec::new();
+    match reader.read_to_end(&mut rest) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(format!("unexpected bytes {rest:?}")),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Err("reset".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A successor that does not adopt (an older grestart, here one that never
+/// asks) gets nothing: the old generation closes its idle connections as
+/// before, in order, once they stay idle.
+#[test]
+fn a_successor_that_never_asks_gets_no_connection_and_clients_see_an_orderly_close() {
+    successor_that_does_not_adopt("serve", Duration::from_secs(5));
+}
+
+/// A successor that asks for connections and never takes one cannot strand a
+/// client: after its bound the old generation shuts them down, in order, and exits.
+#[test]
+fn a_successor_that_never_adopts_cannot_strand_a_client() {
+    successor_that_does_not_adopt("hoard", Duration::from_secs(2));
+}
+
+fn successor_that_does_not_adopt(mode: &str, bound: Duration) {
+    let dir = TempDir::new(&format!("no-adoption-{mode}"));
+    let binary = dir.join("server");
+    support::build_c_example(&binary, 1);
+    let mode_file = dir.join("mode");
+    std::fs::write(&mode_file, mode).unwrap();
+    support::become_subreaper();
+    let mut command = Command::new(&binary);
+    command
+        .arg("127.0.0.1:0")
+        .env("GRESTART_LOG", "info")
+        .env("GR_TEST_MODE_FILE", &mode_file);
+    let mut server = Server::launch(command);
+    let mut idle: Vec<_> = (0..8).map(|_| connect(server.addr)).collect();
+    for (stream, reader) in &mut idle {
+        support::request(stream, reader, false).expect("before the restart");
+    }
+    install_flaky(&binary);
+    let leaving = server.hand_over(libc::SIGUSR2);
+    server.wait_gone(&leaving, bound + Duration::from_secs(3));
+    let gone = leaving.signalled.elapsed();
+    println!("{mode}: old generation gone {gone:?} after the signal");
+    for (_, reader) in &mut idle {
+        assert_eq!(closed_in_order(reader), Ok(()), "{mode}: an orderly close");
+    }
+    let mut fresh = TcpStream::connect(server.addr).unwrap();
+    fresh
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    fresh.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop();
+}
