@@ -167,7 +167,7 @@ fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
         let shutdown = grestart::shutdown_fd()?;
         if reader.buffer().is_empty() && readable([writer.as_fd(), shutdown], None)?[1] {
             if server.handing_over.load(Ordering::SeqCst) {
-                if grestart::hand_over(&writer, LISTENER).is_ok() {
+                if grestart::hand_over(&writer, Some(LISTENER)).is_ok() {
                     return Ok(()); // dropping our copy closes nothing: the successor serves it
                 }
                 server.handing_over.store(false, Ordering::SeqCst); // none: close as before

@@ -167,7 +167,8 @@ int gr_shutdown_fd(void);
  * milliseconds (a negative value waits forever). Works in a forked worker too.
  *
  * In a draining process, hands the idle connected socket `fd`, accepted on
- * the listener named `listener`, to the successor, which serves it as if it
+ * the listener named `listener` (NULL: the one whose address it was
+ * accepted on), to the successor, which serves it as if it
  * had just accepted it. On success close your `fd`: that closes nothing, the
  * successor holds the connection. Idle means the application has nothing of
  * it buffered (no request read and not answered, no response pending);

@@ -13,7 +13,7 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::mem;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -413,7 +413,12 @@ impl Engine {
                 )
             })?;
             let (names, fds) = state.registry.handed_over();
-            let listeners: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let listeners = (names.iter().zip(&fds))
+                .map(|(name, fd)| {
+                    let bound = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
+                    (name.to_string(), bound)
+                })
+                .collect::<Vec<_>>();
             let restart_signal = signal::current();
             let env = protocol::successor_env(
                 std::env::vars_os(),
@@ -625,9 +630,14 @@ impl Engine {
         self.heir.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands the idle `connection`, accepted on the listener `name`, to the
-    /// ready successor; `ESRCH` when there is none that takes connections.
-    pub(crate) fn hand_over(&self, connection: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    /// Hands the idle `connection`, accepted on the listener `name` (`None`:
+    /// the one its address belongs to), to the ready successor; `ESRCH` when
+    /// there is none that takes connections.
+    pub(crate) fn hand_over(
+        &self,
+        connection: BorrowedFd<'_>,
+        name: Option<&str>,
+    ) -> io::Result<()> {
         let mut heir = self.heir_lock();
         let heir = heir.as_mut().ok_or_else(|| {
             fail(

@@ -246,7 +246,8 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
 /// milliseconds (a negative value waits forever). Works in a forked worker too.
 ///
 /// In a draining process, hands the idle connected socket `fd`, accepted on
-/// the listener named `listener`, to the successor, which serves it as if it
+/// the listener named `listener` (NULL: the one whose address it was
+/// accepted on), to the successor, which serves it as if it
 /// had just accepted it. On success close your `fd`: that closes nothing, the
 /// successor holds the connection. Idle means the application has nothing of
 /// it buffered (no request read and not answered, no response pending);
@@ -261,8 +262,11 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_hand_over(fd: c_int, listener: *const c_char) -> c_int {
     call(|| {
-        // SAFETY: `listener` per this function's contract.
-        let name = unsafe { text(listener, "listener") }?;
+        let name = match listener.is_null() {
+            true => None,
+            // SAFETY: `listener` per this function's contract.
+            false => Some(unsafe { text(listener, "listener") }?),
+        };
         engine()?.hand_over(open_fd(fd)?, name).map(ok)
     })
 }

@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,8 +29,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockType, getpeername, getsockopt,
-    recv, recvmsg, send, sendmsg, shutdown, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockType, SockaddrStorage,
+    getpeername, getsockname, getsockopt, recv, recvmsg, send, sendmsg, shutdown, sockopt,
 };
 
 use crate::error::{fail, with_context};
@@ -55,8 +56,9 @@ fn poll_timeout(left: Duration) -> PollTimeout {
 pub(crate) struct Heir {
     channel: OwnedFd,
     pid: libc::pid_t,
-    /// The listeners the heir inherited: the names a connection may carry.
-    listeners: Vec<String>,
+    /// The listeners the heir inherited: the names a connection may carry,
+    /// and the addresses they are bound to.
+    listeners: Vec<(String, Option<SockaddrStorage>)>,
     adopts: bool,
     /// The heir closed the channel: it exited.
     gone: bool,
@@ -70,7 +72,7 @@ impl Heir {
     pub(crate) fn new(
         channel: OwnedFd,
         pid: libc::pid_t,
-        listeners: Vec<String>,
+        listeners: Vec<(String, Option<SockaddrStorage>)>,
         adopts: bool,
     ) -> Heir {
         Heir {
@@ -127,9 +129,14 @@ impl Heir {
         }
     }
 
-    /// Sends `connection`, accepted on the listener `name`, to the heir.
-    /// On success the caller drops its own descriptor; the heir serves it.
-    pub(crate) fn hand_over(&mut self, connection: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    /// Sends `connection`, accepted on the listener `name` (`None`: the one
+    /// its local address belongs to), to the heir. On success the caller
+    /// drops its own descriptor; the heir serves it.
+    pub(crate) fn hand_over(
+        &mut self,
+        connection: BorrowedFd<'_>,
+        name: Option<&str>,
+    ) -> io::Result<()> {
         self.read();
         let pid = self.pid;
         if self.gone {
@@ -144,17 +151,12 @@ impl Heir {
                 ),
             ));
         }
-        if !self.listeners.iter().any(|l| l == name) {
-            return Err(fail(
-                libc::EINVAL,
-                format!("no listener named {name:?} was handed to the successor"),
-            ));
-        }
         if socket_type(connection) != Some(SockType::Stream) {
             return Err(fail(libc::EINVAL, "not a stream socket"));
         }
-        getpeername::<nix::sys::socket::SockaddrStorage>(connection.as_raw_fd())
+        getpeername::<SockaddrStorage>(connection.as_raw_fd())
             .map_err(|e| with_context(io::Error::from(e), "the connection is not connected"))?;
+        let name = self.listener_of(connection, name)?;
         let ours = connection
             .try_clone_to_owned()
             .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
@@ -208,6 +210,33 @@ impl Heir {
         }
     }
 
+    /// The name of the listener `connection` came from: `name` if the heir
+    /// has it, else the one whose address the connection was accepted on.
+    fn listener_of(&self, connection: BorrowedFd<'_>, name: Option<&str>) -> io::Result<String> {
+        if let Some(name) = name {
+            if self.listeners.iter().any(|(l, _)| l == name) {
+                return Ok(name.to_owned());
+            }
+            return Err(fail(
+                libc::EINVAL,
+                format!("no listener named {name:?} was handed to the successor"),
+            ));
+        }
+        let local = getsockname::<SockaddrStorage>(connection.as_raw_fd()).ok();
+        (self.listeners.iter())
+            .find(|(_, bound)| match (bound, &local) {
+                (Some(bound), Some(local)) => accepts(bound, local),
+                _ => false,
+            })
+            .map(|(name, _)| name.clone())
+            .ok_or_else(|| {
+                fail(
+                    libc::EINVAL,
+                    "the connection was accepted on none of the listeners handed to the successor",
+                )
+            })
+    }
+
     /// Waits until the heir took every connection handed to it, or the bound
     /// passed; then closes, in order, those it did not take.
     pub(crate) fn finish(&mut self) {
@@ -226,6 +255,30 @@ impl Heir {
             let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, poll_timeout(left));
         }
+    }
+}
+
+/// Whether a listener bound to `bound` accepts connections whose local
+/// address is `local`: the same port, and the same address unless the
+/// listener's is the wildcard (a dual-stack `[::]` takes IPv4 too); for Unix
+/// sockets, the same path.
+fn accepts(bound: &SockaddrStorage, local: &SockaddrStorage) -> bool {
+    if let (Some(bound), Some(local)) = (bound.as_unix_addr(), local.as_unix_addr()) {
+        return bound == local;
+    }
+    let ip_port = |a: &SockaddrStorage| {
+        (a.as_sockaddr_in()
+            .map(|v4| (IpAddr::from(v4.ip()), v4.port())))
+        .or_else(|| {
+            a.as_sockaddr_in6()
+                .map(|v6| (IpAddr::from(v6.ip()), v6.port()))
+        })
+    };
+    match (ip_port(bound), ip_port(local)) {
+        (Some((bound_ip, bound_port)), Some((local_ip, local_port))) => {
+            bound_port == local_port && (bound_ip.is_unspecified() || bound_ip == local_ip)
+        }
+        _ => false,
     }
 }
 

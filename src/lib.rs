@@ -190,8 +190,8 @@ pub fn shutdown() -> io::Result<()> {
 }
 
 /// In a draining process, hands the idle `connection`, accepted on the
-/// listener named `listener`, to the successor, which serves it as if it had
-/// just accepted it; then drop your own descriptor (that closes nothing: the
+/// listener named `listener` (`None`: the one whose address it was accepted
+/// on), to the successor, which serves it as if it had just accepted it; then drop your own descriptor (that closes nothing: the
 /// successor holds the connection). Idle means the application has nothing
 /// of it buffered: no request bytes read and not answered, no response
 /// pending. Bytes the client sends meanwhile wait in the kernel for the
@@ -203,7 +203,7 @@ pub fn shutdown() -> io::Result<()> {
 /// connection as you would without grestart. `EINVAL` when `listener` was
 /// not handed to the successor or `connection` is no stream socket,
 /// `ENOTCONN` when it is not connected.
-pub fn hand_over(connection: impl AsFd, listener: &str) -> io::Result<()> {
+pub fn hand_over(connection: impl AsFd, listener: Option<&str>) -> io::Result<()> {
     engine()?.hand_over(connection.as_fd(), listener)
 }
 

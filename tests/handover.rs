@@ -29,7 +29,8 @@ fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
     (stream, reader)
 }
 
-/// The examples that hand over, built in `dir`, ready to start.
+/// The examples that hand over (the C, C++ and Rust ones, and the aiohttp
+/// adapter's), built in `dir`, ready to start.
 fn examples(dir: &TempDir) -> Vec<(&'static str, Command)> {
     let c = dir.join("http_server");
     support::build_c_example(&c, 1);
@@ -37,14 +38,15 @@ fn examples(dir: &TempDir) -> Vec<(&'static str, Command)> {
     support::build_cpp_example(&cpp, 1);
     let rust = dir.join("http_server_rust");
     support::build_rust_example("http_server", &[], &rust, 1);
-    [("C", c), ("C++", cpp), ("Rust", rust)]
+    let mut examples: Vec<_> = [("C", c), ("C++", cpp), ("Rust", rust)]
         .into_iter()
-        .map(|(name, binary)| {
-            let mut command = Command::new(binary);
-            command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-            (name, command)
-        })
-        .collect()
+        .map(|(name, binary)| (name, Command::new(binary)))
+        .collect();
+    examples.push(("aiohttp", support::python_example("aiohttp_server.py")));
+    for (_, command) in &mut examples {
+        command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    }
+    examples
 }
 
 /// A small, seeded pseudo-random sequence (no crate for a test's think times).
@@ -146,47 +148,48 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
     }
 }
 
-/// Clients that send their next request the moment the restart signal goes
-/// out: some reach the old generation before it hands the connection over,
-/// the others wait in the kernel's buffer and are read by the successor.
-/// Every one is answered.
+/// Clients that write their next request the moment they read an answer,
+/// across the restart: the old generation hands each connection over between
+/// two requests, so some request is always on its way at the moment of the
+/// hand-over, waits in the kernel's buffer, and is read by the successor.
+/// Every one is answered, and every connection ends up with the successor.
 #[test]
 fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
     let dir = TempDir::new("moment");
     support::become_subreaper();
     for (name, command) in examples(&dir) {
         let mut server = Server::launch(command);
-        let by_successor = AtomicU64::new(0);
+        let answered = AtomicU64::new(0);
         for _ in 0..RESTARTS {
             let old = server.pid;
-            let mut connections: Vec<_> = (0..32).map(|_| connect(server.addr)).collect();
-            for (stream, reader) in &mut connections {
-                support::request(stream, reader, false).expect("before the restart");
-            }
             let old_exit = support::pidfd(old).unwrap();
-            support::kill(old, libc::SIGUSR2);
+            let mut connections: Vec<_> = (0..16).map(|_| connect(server.addr)).collect();
             thread::scope(|scope| {
                 for (stream, reader) in &mut connections {
-                    let by_successor = &by_successor;
+                    let answered = &answered;
                     scope.spawn(move || {
-                        let answer = support::request(stream, reader, false)
-                            .unwrap_or_else(|e| panic!("{name}: sent during the hand-over: {e}"));
-                        if answer.pid != old {
-                            by_successor.fetch_add(1, Ordering::Relaxed);
+                        let deadline = Instant::now() + Duration::from_secs(20);
+                        loop {
+                            let answer =
+                                support::request(stream, reader, false).unwrap_or_else(|e| {
+                                    panic!("{name}: back to back across the hand-over: {e}")
+                                });
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            assert!(!answer.closes, "{name}: the connection stays open");
+                            if answer.pid != old {
+                                return; // the same connection, now the successor's
+                            }
+                            assert!(Instant::now() < deadline, "{name}: never handed over");
                         }
                     });
                 }
+                support::kill(old, libc::SIGUSR2);
             });
             server.follow_hand_over(&old_exit);
         }
-        let moved = by_successor.load(Ordering::Relaxed);
         println!(
-            "{name}: {moved} of {} racing requests answered by the successor",
-            32 * RESTARTS
-        );
-        assert!(
-            moved > 0,
-            "{name}: some requests went through the hand-over"
+            "{name}: {} requests back to back on 16 connections across {RESTARTS} hand-overs, all answered",
+            answered.load(Ordering::Relaxed)
         );
         server.stop();
     }

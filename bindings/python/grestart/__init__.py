@@ -325,14 +325,16 @@ class in_flight:
         check(lib.gr_work_end())
 
 
-def hand_over(sock: Union[socket.socket, int], listener: str) -> bool:
+def hand_over(sock: Union[socket.socket, int], listener: Optional[str] = None) -> bool:
     """In a draining process, hands the idle connection ``sock``, accepted on
-    the listener named ``listener``, to the successor, which serves it next.
+    the listener named ``listener`` (None: the one whose address it was
+    accepted on), to the successor, which serves it next.
     True when it did: then close ``sock`` (that closes nothing, the successor
     holds the connection). False when no successor takes connections (a plain
     shutdown, a failed restart, an older successor): close it as you would
     without grestart. Idle means nothing of it is buffered in this process."""
-    fd, name = _fd(sock), _name(listener, "listener")
+    fd = _fd(sock)
+    name = None if listener is None else _name(listener, "listener")
     if lib.gr_hand_over(fd, name) == 0:
         return True
     if ctypes.get_errno() == errno.ESRCH:

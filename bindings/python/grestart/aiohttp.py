@@ -7,53 +7,150 @@
     grestart.aiohttp.run_app(app, ("127.0.0.1", 8080))
 
 On hand-over the old generation stops accepting (the queued connections are
-the successor's), lets every request in flight finish, answers the next
-request of each keep-alive connection with ``Connection: close``, and closes
-only connections that stay idle for ``idle_grace`` seconds; it returns as soon
-as no connection is left. Nothing a client sent is lost.
+the successor's), lets every request in flight finish, and hands each idle
+keep-alive connection to the successor, which serves its next request: no
+connection is closed by a restart, and the old generation leaves as soon as
+its last request is answered. Where the successor takes no connections (an
+older grestart), it answers the next request of each connection with
+``Connection: close`` and closes only connections idle for ``idle_grace``
+seconds instead. Nothing a client sent is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import socket
+from typing import Any, Callable, Optional, Set
 
 from aiohttp import web
 
 import grestart
 
-from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._handover import Listener, check_grace, listener, stop_accepting
 
 __all__ = ["serve", "run_app"]
 
+_PERIOD = 0.005  # how often the drain looks for idle connections
 
-async def _close_when_draining(_request: web.BaseRequest, response: web.StreamResponse) -> None:
-    if grestart.draining():
-        # The hook runs once the headers are made: say it, and do it.
-        response.headers["Connection"] = "close"
-        response.force_close()
+
+class _Tracked(asyncio.Protocol):
+    """aiohttp's handler for one connection, watched so that the drain knows
+    when it is idle: waiting for its next request, no byte of one read.
+
+    It reads three attributes of aiohttp's RequestHandler (``_waiter``,
+    ``_messages``, ``_request_count``); without them (another aiohttp) no
+    connection counts as idle and the drain closes as without hand-over."""
+
+    def __init__(self, handler: Any, tracked: Set["_Tracked"]) -> None:
+        self.handler = handler
+        self.tracked = tracked
+        self.transport: Optional[asyncio.Transport] = None
+        self.partial = False  # bytes of a request the handler has not made one of
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.tracked.add(self)
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self.waiting()
+        count = getattr(self.handler, "_request_count", None)
+        self.handler.data_received(data)
+        if getattr(self.handler, "_request_count", None) != count:
+            self.partial = False
+        elif waiting:
+            self.partial = True
+
+    def eof_received(self) -> Optional[bool]:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.tracked.discard(self)
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def waiting(self) -> bool:
+        waiter = getattr(self.handler, "_waiter", None)
+        return waiter is not None and not waiter.done() and not getattr(self.handler, "_messages", True)
+
+    def hand_over(self) -> Optional[bool]:
+        """Hands the connection over if it is idle: True if it did, False if
+        no successor takes connections, None if it is not idle."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.partial or not self.waiting():
+            return None
+        if not grestart.hand_over(transport.get_extra_info("socket")):
+            return False
+        # Our copy only: the successor holds the connection. Closing the
+        # transport takes it out of the loop at once, so no byte of the
+        # client's is read here any more.
+        self.handler.force_close()
+        return True
+
+
+async def _drain(tracked: Set[_Tracked], open_connections: Callable[[], int], idle_grace: float,
+                 handing_over: list) -> None:
+    """Hands idle connections over (while the successor takes them) until none
+    is left, or ``idle_grace`` seconds passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_grace
+    while open_connections() and loop.time() < deadline:
+        if handing_over[0]:
+            for connection in list(tracked):
+                if connection.hand_over() is False:
+                    handing_over[0] = False  # answer with "Connection: close" from now on
+                    break
+        await asyncio.sleep(_PERIOD)
 
 
 async def serve(app: web.Application, where: Listener, *, idle_grace: float = 2.0, **runner_options: Any) -> None:
     """Serves ``app`` on ``where`` (a socket from :func:`grestart.listen`, or an
-    address for it), calls :func:`grestart.ready`, and returns once this
-    process has drained: then call :func:`grestart.shutdown`.
-    ``runner_options`` go to ``aiohttp.web.AppRunner``."""
+    address for it), adopts the connections the previous generation hands
+    over, calls :func:`grestart.ready`, and returns once this process has
+    drained: then call :func:`grestart.shutdown`. ``runner_options`` go to
+    ``aiohttp.web.AppRunner``."""
     idle_grace = check_grace(idle_grace)
-    sock = listener(where)
-    app.on_response_prepare.append(_close_when_draining)
+    sock: socket.socket = listener(where)
+    handing_over = [True]
+
+    async def close_when_draining(_request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if grestart.draining() and not handing_over[0]:
+            # The hook runs once the headers are made: say it, and do it.
+            response.headers["Connection"] = "close"
+            response.force_close()
+
+    app.on_response_prepare.append(close_when_draining)
     runner = web.AppRunner(app, **runner_options)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    tracked: Set[_Tracked] = set()
+
+    def protocol() -> _Tracked:
+        return _Tracked(runner.server(), tracked)  # type: ignore[misc]
+
+    def adopt_all() -> None:
+        while (adopted := grestart.adopt(0)) is not None:
+            loop.create_task(loop.connect_accepted_socket(protocol, adopted[0]))
+
+    adopt = grestart.adopt_fd()  # before ready: the previous generation hands over to us
+    loop.add_reader(adopt, adopt_all)
     try:
-        site = web.SockSite(runner, sock)
-        await site.start()
+        server = await loop.create_server(protocol, sock=sock)
         grestart.ready()
         await grestart.shutdown_requested()
+        loop.remove_reader(adopt)
         await stop_accepting(sock)
-        await site.stop()  # closes our copy of the listener; the successor accepts the queue
-        server = runner.server
-        await connections_finished(lambda: len(server.connections) if server else 0, idle_grace)
+        server.close()  # our copy of the listener; the successor accepts the queue
+        aiohttp_server = runner.server
+        await _drain(tracked, lambda: len(aiohttp_server.connections) if aiohttp_server else 0, idle_grace,
+                     handing_over)
     finally:
+        loop.remove_reader(adopt)
         await runner.cleanup()  # closes what stayed idle, waits for what is in flight
 
 
