@@ -638,6 +638,8 @@ impl Engine {
         connection: BorrowedFd<'_>,
         name: Option<&str>,
     ) -> io::Result<()> {
+        // What the hand-over logs goes out after the lock is released.
+        let _defer = log::Defer::new();
         let mut heir = self.heir_lock();
         let heir = heir.as_mut().ok_or_else(|| {
             fail(
@@ -650,6 +652,7 @@ impl Engine {
 
     /// Waits (within the bound) for the successor to take what was handed to it.
     fn finish_hand_overs(&self) {
+        let _defer = log::Defer::new();
         if let Some(heir) = self.heir_lock().as_mut() {
             heir.finish();
         }

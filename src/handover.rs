@@ -1,13 +1,15 @@
 //! Idle connections handed to the successor, so that a restart closes none
 //! (see docs/architecture.md, "Connections across a restart").
 //!
-//! The two generations share a private `SOCK_SEQPACKET` socket pair (made in
+//! The two generations share a private Unix stream socket pair (made in
 //! `spawn.rs`, the heir's end known to `link.rs`). What travels on it:
 //!
 //! * heir to old: `R` ready (the first byte, as every grestart has said it),
 //!   `A` "I adopt connections" (with `R`, or later), `K` "I adopted one";
-//! * old to heir: one message per connection: the listener's name as the
-//!   bytes, the socket as `SCM_RIGHTS`.
+//! * old to heir: one message per connection: the length of the listener's
+//!   name in a byte, the name, and the socket as `SCM_RIGHTS`. The kernel
+//!   never merges data across a message that carries fds, so each `recvmsg`
+//!   returns one whole message.
 //!
 //! The old generation keeps its own duplicate of each connection until the
 //! heir says `K`. An heir that asked for connections but never takes them
@@ -46,6 +48,8 @@ const ACK_BYTE: u8 = b'K';
 pub(crate) const BOUND: Duration = Duration::from_secs(2);
 /// Listener names are at most this long (systemd's rule, `registry.rs`).
 const NAME_MAX: usize = 255;
+/// How many connections are sent between two reads of the receipts.
+const RECEIPTS_EVERY: u64 = 64;
 
 fn poll_timeout(left: Duration) -> PollTimeout {
     PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
@@ -64,6 +68,8 @@ pub(crate) struct Heir {
     gone: bool,
     /// Our duplicates of the connections sent and not yet taken, oldest first.
     pending: VecDeque<OwnedFd>,
+    /// Connections sent, to read the receipts every so often.
+    sent: u64,
     /// After this, nothing more is handed over.
     deadline: Instant,
 }
@@ -82,6 +88,7 @@ impl Heir {
             adopts,
             gone: false,
             pending: VecDeque::new(),
+            sent: 0,
             deadline: Instant::now() + BOUND,
         }
     }
@@ -137,7 +144,11 @@ impl Heir {
         connection: BorrowedFd<'_>,
         name: Option<&str>,
     ) -> io::Result<()> {
-        self.read();
+        // The receipts wait in our buffer; read them every so often (they let
+        // us drop our duplicates), and while the heir has not said it adopts.
+        if !self.adopts || self.sent % RECEIPTS_EVERY == 0 {
+            self.read();
+        }
         let pid = self.pid;
         if self.gone {
             return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
@@ -161,7 +172,8 @@ impl Heir {
             .try_clone_to_owned()
             .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
         let fds = [connection.as_raw_fd()];
-        let message = [IoSlice::new(name.as_bytes())];
+        let length = [name.len() as u8]; // at most 255, as every listener name
+        let message = [IoSlice::new(&length), IoSlice::new(name.as_bytes())];
         let rights = [ControlMessage::ScmRights(&fds)];
         loop {
             let sent = sendmsg::<()>(
@@ -174,11 +186,13 @@ impl Heir {
             match sent {
                 Ok(_) => {
                     self.pending.push_back(ours);
+                    self.sent += 1;
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}
-                // The heir's queue is full: wait for it to take some, within the bound.
-                Err(Errno::EAGAIN) => {
+                // The heir's buffer is full, or too many fds are in flight
+                // (RLIMIT_NOFILE): wait for it to take some, within the bound.
+                Err(Errno::EAGAIN | Errno::ETOOMANYREFS) => {
                     let left = self.deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.adopts = false;
@@ -193,7 +207,8 @@ impl Heir {
                         self.channel.as_fd(),
                         PollFlags::POLLOUT | PollFlags::POLLIN,
                     )];
-                    let _ = poll(&mut fds, poll_timeout(left));
+                    // With fds in flight the buffer may have room: look again soon.
+                    let _ = poll(&mut fds, poll_timeout(left.min(Duration::from_millis(1))));
                     self.read();
                     if self.gone {
                         return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
@@ -332,27 +347,27 @@ impl Adoption {
 
     /// Receives connections until the predecessor closes the channel.
     fn receive(&self, channel: &OwnedFd) {
-        let mut name = [0u8; NAME_MAX];
+        let mut message = [0u8; 1 + NAME_MAX];
         loop {
             let mut space = nix::cmsg_space!([RawFd; 1]);
-            let mut iov = [IoSliceMut::new(&mut name)];
+            let mut iov = [IoSliceMut::new(&mut message)];
             let received = recvmsg::<()>(
                 channel.as_raw_fd(),
                 &mut iov,
                 Some(&mut space),
                 MsgFlags::MSG_CMSG_CLOEXEC,
             );
-            let message = match received {
-                Ok(message) => message,
+            let received = match received {
+                Ok(received) => received,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     warning!("cannot receive handed-over connections: {e}");
                     return;
                 }
             };
-            let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+            let truncated = received.flags.contains(MsgFlags::MSG_CTRUNC);
             let mut fds = Vec::new();
-            for cmsg in message.cmsgs().into_iter().flatten() {
+            for cmsg in received.cmsgs().into_iter().flatten() {
                 if let ControlMessageOwned::ScmRights(rights) = cmsg {
                     // SAFETY: the kernel installed these fds for us just now.
                     fds.extend(
@@ -362,15 +377,21 @@ impl Adoption {
                     );
                 }
             }
-            let length = message.bytes;
-            if length == 0 && fds.is_empty() {
+            let bytes = received.bytes;
+            if bytes == 0 && fds.is_empty() {
                 debug!("the previous generation has exited; no more connections come");
                 return;
             }
             if truncated {
                 warning!("a handed-over connection was lost: out of file descriptors");
             }
-            let listener = String::from_utf8_lossy(&name[..length]).into_owned();
+            let name = (bytes > 0)
+                .then(|| &message[1..bytes])
+                .filter(|name| name.len() == usize::from(message[0]));
+            let Some(listener) = name.map(|n| String::from_utf8_lossy(n).into_owned()) else {
+                warning!("ignoring a malformed message from the previous generation");
+                continue;
+            };
             for connection in fds {
                 if socket_type(connection.as_fd()) != Some(SockType::Stream) {
                     warning!("ignoring a handed-over fd that is not a stream socket");
@@ -455,4 +476,24 @@ fn check_peer(channel: BorrowedFd<'_>, predecessor: libc::pid_t) -> io::Result<(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn addr(text: &str) -> SockaddrStorage {
+        SockaddrStorage::from(text.parse::<SocketAddr>().unwrap())
+    }
+
+    #[test]
+    fn a_connection_belongs_to_the_listener_on_its_port_and_address() {
+        assert!(accepts(&addr("127.0.0.1:80"), &addr("127.0.0.1:80")));
+        assert!(accepts(&addr("0.0.0.0:80"), &addr("10.0.0.7:80")));
+        assert!(accepts(&addr("[::]:80"), &addr("[::ffff:127.0.0.1]:80")));
+        assert!(!accepts(&addr("127.0.0.1:80"), &addr("127.0.0.1:81")));
+        assert!(!accepts(&addr("127.0.0.2:80"), &addr("127.0.0.1:80")));
+        assert!(!accepts(&addr("[::1]:80"), &addr("127.0.0.1:80")));
+    }
 }

@@ -229,12 +229,13 @@ fn page_size() -> usize {
 /// A connected pair for "ready" (child to parent), "parent gone" (EOF the
 /// other way) and handed-over connections (`handover.rs`). A socket rather
 /// than a pipe so that writing to a dead peer is an `EPIPE` we can ask not to
-/// be signalled for (`MSG_NOSIGNAL`), and fds can travel; sequenced packets,
-/// so that each connection arrives as one message with its listener's name.
+/// be signalled for (`MSG_NOSIGNAL`), and fds can travel. A stream: its
+/// buffer holds thousands of connections in flight, where a datagram socket
+/// queues ten (`net.unix.max_dgram_qlen`).
 fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
     socketpair(
         AddressFamily::Unix,
-        SockType::SeqPacket,
+        SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )

@@ -8,39 +8,32 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
-
 #[test]
 fn install_to_a_prefix_and_build_with_pkg_config() {
     let dir = support::TempDir::new("install");
     let prefix = dir.join("prefix");
-    run(Command::new(support::repo().join("scripts/install"))
-        .arg("--prefix")
-        .arg(&prefix));
+    support::run(
+        Command::new(support::repo().join("scripts/install"))
+            .arg("--prefix")
+            .arg(&prefix),
+    );
 
     let lib = prefix.join("lib");
     let major = env!("CARGO_PKG_VERSION_MAJOR");
-    let dynamic = run(Command::new("readelf")
-        .arg("-d")
-        .arg(lib.join("libgrestart.so")));
+    let dynamic = support::run(
+        Command::new("readelf")
+            .arg("-d")
+            .arg(lib.join("libgrestart.so")),
+    );
     assert!(
         dynamic.contains(&format!("[libgrestart.so.{major}]")),
         "soname: {dynamic}"
     );
-    let exports = run(Command::new("nm")
-        .args(["-D", "--defined-only"])
-        .arg(lib.join("libgrestart.so")));
+    let exports = support::run(
+        Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(lib.join("libgrestart.so")),
+    );
     let foreign: Vec<&str> = exports
         .lines()
         .filter_map(|l| l.split_whitespace().nth(2))
@@ -48,23 +41,27 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
         .collect();
     assert!(foreign.is_empty(), "exports other than gr_*: {foreign:?}");
 
-    let flags = run(Command::new("pkg-config")
-        .args(["--cflags", "--libs", "grestart"])
-        .env("PKG_CONFIG_PATH", lib.join("pkgconfig")));
+    let flags = support::run(
+        Command::new("pkg-config")
+            .args(["--cflags", "--libs", "grestart"])
+            .env("PKG_CONFIG_PATH", lib.join("pkgconfig")),
+    );
     let flags: Vec<&str> = flags.split_whitespace().collect();
     let rpath = format!("-Wl,-rpath,{}", lib.display());
     for (compiler, source, binary) in [
         ("cc", "examples/c/http_server.c", "server_c"),
         ("c++", "examples/cpp/http_server.cpp", "server_cpp"),
     ] {
-        run(Command::new(compiler)
-            .arg(support::repo().join(source))
-            .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-            .arg(dir.join(binary))
-            .args(&flags)
-            .arg(&rpath));
+        support::run(
+            Command::new(compiler)
+                .arg(support::repo().join(source))
+                .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+                .arg(dir.join(binary))
+                .args(&flags)
+                .arg(&rpath),
+        );
     }
-    let linked = run(Command::new("ldd").arg(dir.join("server_cpp")));
+    let linked = support::run(Command::new("ldd").arg(dir.join("server_cpp")));
     assert!(
         linked.contains(&format!("libgrestart.so.{major} => {}", lib.display())),
         "{linked}"
@@ -85,15 +82,19 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
 /// The C example built against the copy installed under `prefix`.
 fn build_against(prefix: &Path, binary: &Path) {
     let lib = prefix.join("lib");
-    let flags = run(Command::new("pkg-config")
-        .args(["--cflags", "--libs", "grestart"])
-        .env("PKG_CONFIG_PATH", lib.join("pkgconfig")));
-    run(Command::new("cc")
-        .arg(support::repo().join("examples/c/http_server.c"))
-        .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-        .arg(binary)
-        .args(flags.split_whitespace())
-        .arg(format!("-Wl,-rpath,{}", lib.display())));
+    let flags = support::run(
+        Command::new("pkg-config")
+            .args(["--cflags", "--libs", "grestart"])
+            .env("PKG_CONFIG_PATH", lib.join("pkgconfig")),
+    );
+    support::run(
+        Command::new("cc")
+            .arg(support::repo().join("examples/c/http_server.c"))
+            .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+            .arg(binary)
+            .args(flags.split_whitespace())
+            .arg(format!("-Wl,-rpath,{}", lib.display())),
+    );
 }
 
 /// The sources of the next patch release, made from this one in `dir`:
@@ -115,7 +116,7 @@ fn next_patch_release(dir: &Path) -> (PathBuf, String) {
     ] {
         let to = next.join(part);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        run(Command::new("cp").arg("-r").arg(repo.join(part)).arg(&to));
+        support::run(Command::new("cp").arg("-r").arg(repo.join(part)).arg(&to));
     }
     let version = format!(
         "{}.{}.{}",
@@ -139,9 +140,11 @@ fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_remove
     let dir = support::TempDir::new("upgrade");
     let prefix = dir.join("prefix");
     let lib = prefix.join("lib");
-    run(Command::new(support::repo().join("scripts/install"))
-        .arg("--prefix")
-        .arg(&prefix));
+    support::run(
+        Command::new(support::repo().join("scripts/install"))
+            .arg("--prefix")
+            .arg(&prefix),
+    );
     let server_c = dir.join("server_c");
     build_against(&prefix, &server_c);
 
@@ -151,10 +154,12 @@ fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_remove
     let load = support::Load::start(server.addr, 4, 4);
     let (next, version) = next_patch_release(&dir.0);
     // The same build directory: only grestart itself is compiled again.
-    run(Command::new(next.join("scripts/install"))
-        .arg("--prefix")
-        .arg(&prefix)
-        .env("CARGO_TARGET_DIR", support::repo().join("target/install")));
+    support::run(
+        Command::new(next.join("scripts/install"))
+            .arg("--prefix")
+            .arg(&prefix)
+            .env("CARGO_TARGET_DIR", support::repo().join("target/install")),
+    );
     let major = env!("CARGO_PKG_VERSION_MAJOR");
     assert_eq!(
         std::fs::read_link(lib.join(format!("libgrestart.so.{major}"))).unwrap(),
@@ -178,12 +183,16 @@ fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_remove
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
     server.stop();
 
-    run(Command::new(support::repo().join("scripts/uninstall"))
-        .arg("--prefix")
-        .arg(&prefix));
-    let left = run(Command::new("find")
-        .arg(&prefix)
-        .args(["-not", "-type", "d"]));
+    support::run(
+        Command::new(support::repo().join("scripts/uninstall"))
+            .arg("--prefix")
+            .arg(&prefix),
+    );
+    let left = support::run(
+        Command::new("find")
+            .arg(&prefix)
+            .args(["-not", "-type", "d"]),
+    );
     assert!(left.is_empty(), "left behind by uninstall:\n{left}");
     let again = Command::new(support::repo().join("scripts/uninstall"))
         .arg("--prefix")

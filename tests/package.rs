@@ -14,44 +14,35 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{command:?} failed:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 #[test]
 fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     let dir = TempDir::new("package");
     let target = support::repo().join("target/package-test");
-    run(cargo()
-        .args([
-            "package",
-            "--no-verify",
-            "--allow-dirty",
-            "--offline",
-            "--quiet",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(support::repo()));
+    support::run(
+        cargo()
+            .args([
+                "package",
+                "--no-verify",
+                "--allow-dirty",
+                "--offline",
+                "--quiet",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(support::repo()),
+    );
     let name = format!("grestart-{}", env!("CARGO_PKG_VERSION"));
     let crate_file = target.join("package").join(format!("{name}.crate"));
-    run(Command::new("tar")
-        .arg("-xzf")
-        .arg(&crate_file)
-        .arg("-C")
-        .arg(&dir.0));
+    support::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&crate_file)
+            .arg("-C")
+            .arg(&dir.0),
+    );
     let unpacked = dir.join(&name);
 
-    let listing = run(Command::new("tar").arg("-tzf").arg(&crate_file));
+    let listing = support::run(Command::new("tar").arg("-tzf").arg(&crate_file));
     for needed in [
         "src/lib.rs",
         "src/ffi.rs",
@@ -97,11 +88,13 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     )
     .unwrap();
     let scratch_target = support::repo().join("target/package-scratch");
-    run(cargo()
-        .args(["build", "--offline", "--quiet", "--target-dir"])
-        .arg(&scratch_target)
-        .current_dir(&scratch)
-        .env_remove("RUSTFLAGS"));
+    support::run(
+        cargo()
+            .args(["build", "--offline", "--quiet", "--target-dir"])
+            .arg(&scratch_target)
+            .current_dir(&scratch)
+            .env_remove("RUSTFLAGS"),
+    );
     let binary = scratch_target.join("debug/scratch");
     assert!(Path::new(&binary).exists());
 

@@ -8,22 +8,9 @@ mod support;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use support::TempDir;
-
-fn run(command: &mut Command) -> String {
-    let out: Output = command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{command:?} failed:\n{text}");
-    text
-}
 
 /// This PATH without the directories that hold a `cargo`.
 fn path_without_cargo() -> OsString {
@@ -63,7 +50,7 @@ fn the_one(dir: &Path, suffix: &str) -> PathBuf {
 #[test]
 fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
     let repo = support::repo();
-    let built = run(Command::new(repo.join("scripts/build-wheel")).current_dir(&repo));
+    let built = support::run(Command::new(repo.join("scripts/build-wheel")).current_dir(&repo));
     assert!(
         !built.to_lowercase().contains("deprecat"),
         "the build warns of a deprecation:\n{built}"
@@ -84,7 +71,7 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
 
     let dir = TempDir::new("wheel");
     let venv = dir.join("venv");
-    run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    support::run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
     let python = venv.join("bin/python");
     let check_cargo = Command::new("sh")
         .args(["-c", "command -v cargo"])
@@ -92,12 +79,12 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
         .output()
         .unwrap();
     assert!(!check_cargo.status.success(), "cargo is still on the PATH");
-    run(as_a_user(
+    support::run(as_a_user(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "pytest"])
             .arg(format!("{}[aiohttp,uvicorn]", wheel.display())),
     ));
-    let installed = run(as_a_user(Command::new(&python).args([
+    let installed = support::run(as_a_user(Command::new(&python).args([
         "-c",
         "import grestart, os; print(grestart.__file__); print(os.listdir(os.path.dirname(grestart.__file__)))",
     ])
@@ -107,7 +94,7 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
         "grestart and its library come from the wheel: {installed}"
     );
 
-    let tests = run(as_a_user(
+    let tests = support::run(as_a_user(
         Command::new(&python)
             .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
             .arg(repo.join("bindings/python/tests"))

@@ -36,8 +36,9 @@
 #define APP_VERSION "1"
 #endif
 
-#define MAX_CONNECTIONS 4096
-#define BUFFER_SIZE 8192
+#define MAX_CONNECTIONS 16384
+#define BUFFER_SIZE 8192 /* a request, head and body */
+#define OUT_SIZE 2048    /* answers queued; a few pipelined ones */
 /* While draining, a keep-alive connection that sends nothing for this long is
  * closed; one that sends a request gets its answer first. */
 #define DRAIN_IDLE_MS 5000
@@ -48,7 +49,7 @@ struct connection {
     int close_after_write;
     long long last_active_ms;
     char in[BUFFER_SIZE];
-    char out[BUFFER_SIZE];
+    char out[OUT_SIZE];
 };
 
 /* The pid the answers name in X-Pid: the process an operator signals. */
@@ -215,7 +216,7 @@ static void adopt_all(void) {
             }
             return;
         }
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        fcntl(fd, F_SETFL, O_NONBLOCK);
         if (add_connection(fd) < 0) {
             return;
         }

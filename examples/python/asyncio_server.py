@@ -43,10 +43,10 @@ class Server:
                 length = int(headers.get("content-length", "0").strip() or 0)
                 if length:
                     await reader.readexactly(length)
-                is_get = lines[0].startswith("get ")
+                is_get = lines[0].startswith(("get ", "post "))  # both are served
                 closing = self.draining or not is_get or (connection != "keep-alive" if http10 else connection == "close")
                 body = (f"served by pid {os.getpid()} generation {grestart.generation()}\n" if is_get
-                        else "only GET is served here\n").encode()
+                        else "only GET and POST are served here\n").encode()
                 status = "200 OK" if is_get else "405 Method Not Allowed"
                 writer.write(
                     f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"

@@ -4,7 +4,7 @@
     python3 examples/python/http_server.py 127.0.0.1:8080
     kill -USR2 <pid>     # restart onto the code on disk; nothing is lost
 
-Every GET is answered with 200 and the headers X-Pid, X-Generation, X-Version.
+Every GET and POST is answered with 200 and the headers X-Pid, X-Generation, X-Version.
 When a successor is ready this process stops accepting, answers each
 connection's next request with "Connection: close", closes connections that
 stay idle, runs its shutdown hooks and exits.
@@ -60,6 +60,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         with served_lock:
             served += 1
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the body, then as GET
+        self.do_GET()
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # one line per request would drown the restart log

@@ -86,3 +86,18 @@ pub fn catches(pid: i32, signo: i32) -> bool {
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
         .is_some_and(|mask| mask >> (signo - 1) & 1 == 1)
 }
+
+/// Runs `command` to its end; what it printed (stdout, then stderr). Panics
+/// with that output when it fails.
+pub fn run(command: &mut std::process::Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{command:?} failed:\n{text}");
+    text
+}

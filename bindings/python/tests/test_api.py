@@ -321,3 +321,19 @@ def test_grestart_lines_go_to_the_logging_module():
         assert all(level != "DEBUG" for _, level, _ in records), records
     """)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hand_over_without_a_successor_says_so_and_adopt_finds_nothing():
+    a, b = socket.socketpair()
+    with a, b:
+        # Not draining, no successor: the caller closes the connection itself.
+        assert grestart.hand_over(a) is False
+        with pytest.raises(TypeError):
+            grestart.hand_over("not a socket")
+        with pytest.raises(TypeError):
+            grestart.hand_over(a, b"bytes name")
+    assert isinstance(grestart.adopt_fd(), int)
+    assert grestart.adopt(0) is None  # a fresh start: nothing is ever handed over
+    started = time.monotonic()
+    assert grestart.adopt(0.05) is None
+    assert time.monotonic() - started >= 0.05
