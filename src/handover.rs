@@ -306,7 +306,8 @@ pub(crate) struct Handed {
 /// The heir's side: the connections received and not yet adopted by the
 /// application, and an fd that is readable while there are some.
 pub(crate) struct Adoption {
-    /// A semaphore eventfd: one count per queued connection.
+    /// Readable while the queue holds a connection: written when the queue
+    /// stops being empty, read back when it becomes empty, both under its lock.
     waiting: EventFd,
     queue: Mutex<VecDeque<Handed>>,
     /// The link to the predecessor, for the receipts; `None` on a fresh start.
@@ -319,11 +320,9 @@ impl Adoption {
     pub(crate) fn start(
         channel: Option<(Arc<OwnedFd>, libc::pid_t)>,
     ) -> io::Result<&'static Adoption> {
-        let waiting = EventFd::from_value_and_flags(
-            0,
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_SEMAPHORE,
-        )
-        .map_err(|e| with_context(e.into(), "cannot create the adoption eventfd"))?;
+        let waiting =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|e| with_context(e.into(), "cannot create the adoption eventfd"))?;
         if let Some((channel, predecessor)) = &channel {
             check_peer(channel.as_fd(), *predecessor)?;
         }
@@ -397,15 +396,15 @@ impl Adoption {
                     warning!("ignoring a handed-over fd that is not a stream socket");
                     continue;
                 }
-                self.queue
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(Handed {
-                        connection,
-                        listener: listener.clone(),
-                    });
-                if let Err(e) = self.waiting.write(1) {
-                    warning!("cannot count a handed-over connection: {e}");
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.push_back(Handed {
+                    connection,
+                    listener: listener.clone(),
+                });
+                if queue.len() == 1 {
+                    if let Err(e) = self.waiting.write(1) {
+                        warning!("cannot signal a handed-over connection: {e}");
+                    }
                 }
             }
         }
@@ -421,11 +420,25 @@ impl Adoption {
         fits: impl Fn(&str) -> bool,
     ) -> io::Result<Option<Handed>> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            match self.waiting.read() {
-                Ok(_) => break,
-                Err(Errno::EAGAIN | Errno::EINTR) => {}
-                Err(e) => return Err(with_context(e.into(), "reading the adoption eventfd")),
+        let handed = loop {
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(front) = queue.front() {
+                    if !fits(&front.listener) {
+                        return Err(fail(
+                            libc::ERANGE,
+                            format!(
+                                "the listener name {:?} does not fit the buffer",
+                                front.listener
+                            ),
+                        ));
+                    }
+                    let handed = queue.pop_front().expect("checked just now");
+                    if queue.is_empty() {
+                        let _ = self.waiting.read(); // not readable until the next one
+                    }
+                    break handed;
+                }
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -433,23 +446,6 @@ impl Adoption {
             }
             let mut fds = [PollFd::new(self.waiting.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, left.map_or(PollTimeout::NONE, poll_timeout));
-        }
-        let handed = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let name = &queue
-                .front()
-                .expect("one queued connection per count")
-                .listener;
-            if !fits(name) {
-                let err = fail(
-                    libc::ERANGE,
-                    format!("the listener name {name:?} does not fit the buffer"),
-                );
-                drop(queue);
-                let _ = self.waiting.write(1); // the count we took, back
-                return Err(err);
-            }
-            queue.pop_front().expect("checked just now")
         };
         if let Some(channel) = &self.channel {
             // A predecessor already gone has nothing left to drop.

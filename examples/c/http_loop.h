@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,11 +180,14 @@ static int on_writable(struct connection *c) {
 }
 
 static int add_connection(int fd) {
-    struct connection *c = calloc(1, sizeof *c);
+    /* Only the header is cleared: the buffers' pages are touched when used,
+     * which keeps thousands of idle connections cheap to hold and to free. */
+    struct connection *c = malloc(sizeof *c);
     if (!c) {
         close(fd);
         return -1;
     }
+    memset(c, 0, offsetof(struct connection, in));
     c->fd = fd;
     c->last_active_ms = now_ms();
     connections[connection_count++] = c;
