@@ -43,8 +43,8 @@ use crate::sys::socket_type;
 pub(crate) const ADOPT_BYTE: u8 = b'A';
 /// One connection adopted.
 const ACK_BYTE: u8 = b'K';
-/// How long the old generation hands connections over, and waits for its
-/// heir to take them, from the moment the heir is ready.
+/// How long the old generation waits for its heir to take a connection it
+/// handed over (or to make room for one).
 pub(crate) const BOUND: Duration = Duration::from_secs(2);
 /// Listener names are at most this long (systemd's rule, `registry.rs`).
 const NAME_MAX: usize = 255;
@@ -70,8 +70,8 @@ pub(crate) struct Heir {
     pending: VecDeque<OwnedFd>,
     /// Connections sent, to read the receipts every so often.
     sent: u64,
-    /// After this, nothing more is handed over.
-    deadline: Instant,
+    /// When the last one was sent: the heir has until then + BOUND to take it.
+    last_sent: Instant,
 }
 
 impl Heir {
@@ -89,7 +89,7 @@ impl Heir {
             gone: false,
             pending: VecDeque::new(),
             sent: 0,
-            deadline: Instant::now() + BOUND,
+            last_sent: Instant::now(),
         }
     }
 
@@ -175,6 +175,7 @@ impl Heir {
         let length = [name.len() as u8]; // at most 255, as every listener name
         let message = [IoSlice::new(&length), IoSlice::new(name.as_bytes())];
         let rights = [ControlMessage::ScmRights(&fds)];
+        let give_up = Instant::now() + BOUND;
         loop {
             let sent = sendmsg::<()>(
                 self.channel.as_raw_fd(),
@@ -187,15 +188,16 @@ impl Heir {
                 Ok(_) => {
                     self.pending.push_back(ours);
                     self.sent += 1;
+                    self.last_sent = Instant::now();
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}
                 // The heir's buffer is full, or too many fds are in flight
                 // (RLIMIT_NOFILE): wait for it to take some, within the bound.
                 Err(Errno::EAGAIN | Errno::ETOOMANYREFS) => {
-                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    let left = give_up.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        self.adopts = false;
+                        self.adopts = false; // and the next connections are closed at once
                         return Err(fail(
                             libc::ESRCH,
                             format!(
@@ -253,14 +255,15 @@ impl Heir {
     }
 
     /// Waits until the heir took every connection handed to it, or the bound
-    /// passed; then closes, in order, those it did not take.
+    /// passed since the last one; then closes, in order, those it did not take.
     pub(crate) fn finish(&mut self) {
+        let deadline = self.last_sent + BOUND;
         loop {
             self.read();
             if self.pending.is_empty() || self.gone {
                 return;
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 self.adopts = false;
                 let why = format!("successor {} did not take them within {BOUND:?}", self.pid);
