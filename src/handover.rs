@@ -480,7 +480,9 @@ fn check_peer(channel: BorrowedFd<'_>, predecessor: libc::pid_t) -> io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::SocketAddr;
+    use std::os::unix::net::UnixStream;
 
     fn addr(text: &str) -> SockaddrStorage {
         SockaddrStorage::from(text.parse::<SocketAddr>().unwrap())
@@ -494,5 +496,60 @@ mod tests {
         assert!(!accepts(&addr("127.0.0.1:80"), &addr("127.0.0.1:81")));
         assert!(!accepts(&addr("127.0.0.2:80"), &addr("127.0.0.1:80")));
         assert!(!accepts(&addr("[::1]:80"), &addr("127.0.0.1:80")));
+    }
+
+    /// A connection handed over long after the heir became ready (say, after
+    /// a slow request) still gets the whole bound to be taken: the old
+    /// generation must not shut it down under the heir that adopts it.
+    #[test]
+    fn a_late_hand_over_gets_the_whole_bound() {
+        let (old_end, heir_end) = UnixStream::pair().unwrap();
+        let mut heir = Heir::new(
+            OwnedFd::from(old_end),
+            std::process::id() as i32,
+            vec![("http".into(), None)],
+            true,
+        );
+        thread::sleep(BOUND + Duration::from_millis(100)); // the heir has been ready a while
+        let (connection, mut client) = UnixStream::pair().unwrap();
+        heir.hand_over(connection.as_fd(), Some("http")).unwrap();
+        drop(connection);
+        let adopter = thread::spawn(move || {
+            // The heir adopts it a moment later, and keeps it.
+            let mut message = [0u8; 64];
+            let mut space = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [IoSliceMut::new(&mut message)];
+            let received = recvmsg::<()>(
+                heir_end.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            let mut kept = Vec::new();
+            for cmsg in received.cmsgs().into_iter().flatten() {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    // SAFETY: installed for us by the kernel just now.
+                    kept.extend(
+                        fds.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+            send(heir_end.as_raw_fd(), &[ACK_BYTE], MsgFlags::empty()).unwrap();
+            (heir_end, kept)
+        });
+        heir.finish();
+        let _kept = adopter.join().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let read = client.read(&mut [0u8; 1]);
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
+            "the adopted connection stays open: {read:?}"
+        );
     }
 }
