@@ -120,6 +120,7 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
         }
         stop.store(true, Ordering::SeqCst);
         let connections: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        assert_sockets_close_on_exec(server.pid, name);
         // Every connection is still open, and its next request is the newest generation's.
         for (mut stream, mut reader) in connections {
             let answer = support::request(&mut stream, &mut reader, false)
@@ -146,6 +147,35 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
         );
         server.stop();
     }
+}
+
+/// Every socket `pid` holds, the adopted connections among them, is
+/// close-on-exec: none leaks into a program the server launches.
+fn assert_sockets_close_on_exec(pid: i32, name: &str) {
+    let mut sockets = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        let fd = entry.file_name().to_string_lossy().to_string();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap();
+        assert!(
+            flags & libc::O_CLOEXEC as u32 != 0,
+            "{name}: socket fd {fd} of pid {pid} is not close-on-exec"
+        );
+        sockets += 1;
+    }
+    assert!(
+        sockets > 12,
+        "{name}: the adopted connections are among them ({sockets} sockets)"
+    );
 }
 
 /// Clients that write their next request the moment they read an answer,
