@@ -1,11 +1,12 @@
-"""What the framework adapters share: the listener, and the wait for the
-connections to finish once the drain began.
+"""What the framework adapters share: the listener, stopping to accept, and
+the wait for the connections to finish once the drain began.
 
 A framework's own graceful shutdown closes idle and just-accepted connections
 at once, which is right for a process that stops for good and wrong for a
 hand-over: a client may be sending its next request on that connection at
-that very moment, and it is lost. The adapters instead stop accepting, answer
-the next request of each connection with ``Connection: close``, and only close
+that very moment, and it is lost. The adapters instead stop accepting, hand
+idle connections to the successor where they can (aiohttp), answer the next
+request of each other connection with ``Connection: close``, and only close
 what stays idle for ``idle_grace`` seconds.
 """
 
@@ -13,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import grestart
 
 Listener = Union[socket.socket, grestart.Address]
 
 # Poll period of the wait for the last connection: the frameworks have no
-# event for "connection closed", and it bounds how long an old generation
-# lingers after its last connection.
-_PERIOD = 0.01
+# event for "connection closed" or "connection idle", and it bounds how long
+# an old generation lingers after its last connection.
+_PERIOD = 0.005
 
 
 def listener(where: Listener) -> socket.socket:
@@ -55,10 +56,15 @@ async def stop_accepting(sock: socket.socket) -> None:
         await asyncio.sleep(0)
 
 
-async def connections_finished(open_connections: Callable[[], int], idle_grace: float) -> None:
-    """Returns once ``open_connections()`` is 0, or ``idle_grace`` seconds passed.
-    Call it once the server stopped accepting."""
+async def connections_finished(
+    open_connections: Callable[[], int], idle_grace: float, each_turn: Optional[Callable[[], None]] = None
+) -> None:
+    """Returns once ``open_connections()`` is 0, or ``idle_grace`` seconds passed,
+    calling ``each_turn()`` (hand idle connections over) meanwhile. Call it
+    once the server stopped accepting."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + idle_grace
     while open_connections() and loop.time() < deadline:
+        if each_turn is not None:
+            each_turn()
         await asyncio.sleep(_PERIOD)

@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable, Optional, Set
+from typing import Any, Optional, Set
 
 from aiohttp import web
 
 import grestart
 
-from ._handover import Listener, check_grace, listener, stop_accepting
+from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run_app"]
-
-_PERIOD = 0.005  # how often the drain looks for idle connections
 
 
 class _Tracked(asyncio.Protocol):
@@ -93,21 +91,6 @@ class _Tracked(asyncio.Protocol):
         return True
 
 
-async def _drain(tracked: Set[_Tracked], open_connections: Callable[[], int], idle_grace: float,
-                 handing_over: list) -> None:
-    """Hands idle connections over (while the successor takes them) until none
-    is left, or ``idle_grace`` seconds passed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + idle_grace
-    while open_connections() and loop.time() < deadline:
-        if handing_over[0]:
-            for connection in list(tracked):
-                if connection.hand_over() is False:
-                    handing_over[0] = False  # answer with "Connection: close" from now on
-                    break
-        await asyncio.sleep(_PERIOD)
-
-
 async def serve(app: web.Application, where: Listener, *, idle_grace: float = 2.0, **runner_options: Any) -> None:
     """Serves ``app`` on ``where`` (a socket from :func:`grestart.listen`, or an
     address for it), adopts the connections the previous generation hands
@@ -146,9 +129,16 @@ async def serve(app: web.Application, where: Listener, *, idle_grace: float = 2.
         loop.remove_reader(adopt)
         await stop_accepting(sock)
         server.close()  # our copy of the listener; the successor accepts the queue
+        def hand_over_idle() -> None:
+            for connection in list(tracked) if handing_over[0] else ():
+                if connection.hand_over() is False:
+                    handing_over[0] = False  # answer with "Connection: close" from now on
+                    return
+
         aiohttp_server = runner.server
-        await _drain(tracked, lambda: len(aiohttp_server.connections) if aiohttp_server else 0, idle_grace,
-                     handing_over)
+        await connections_finished(
+            lambda: len(aiohttp_server.connections) if aiohttp_server else 0, idle_grace, hand_over_idle
+        )
     finally:
         loop.remove_reader(adopt)
         await runner.cleanup()  # closes what stayed idle, waits for what is in flight
