@@ -479,32 +479,48 @@ fn benchmark() {
     ));
     line(String::new());
     line(format!(
-        "{:<44} {:>8} {:>8} {:>8}",
+        "{:<48} {:>8} {:>8} {:>8}",
         "slowest keep-alive request, 10 restarts (ms)", "0 MB", "4 GB", "4GB/0MB"
     ));
+    let mut paused = Vec::new();
     for (name, signal) in [("grestart", libc::SIGUSR2), ("shellflip", libc::SIGUSR1)] {
         let [small, large] =
             [0usize, 4096].map(|mb| slowest_during_restarts(&binary, name, signal, mb, 10, 4));
-        for (window, pick) in [
-            ("to the successor's first answer", 0),
-            ("to the old generation's exit", 1),
-        ] {
-            let value = |s: &Slowest| {
-                ms(if pick == 0 {
-                    s.to_first_answer
-                } else {
-                    s.to_old_exit
-                })
-            };
+        paused.push(format!(
+            "{name} {} and {} of 10",
+            small.paused, large.paused
+        ));
+        let windows = [
+            "to the successor's first answer",
+            "to the old generation's exit",
+            "to the old exit, host not pausing",
+        ];
+        let (small, large) = (small.figures(), large.figures());
+        for (i, window) in windows.into_iter().enumerate() {
+            let cell = |f: Option<Duration>| f.map_or("-".into(), |d| format!("{:.2}", ms(d)));
+            let ratio = (small[i].zip(large[i]))
+                .map_or("-".into(), |(s, l)| format!("{:.2}", ms(l) / ms(s)));
             line(format!(
-                "{:<44} {:>8.2} {:>8.2} {:>8.2}",
+                "{:<48} {:>8} {:>8} {:>8}",
                 format!("{name}, {window}"),
-                value(&small),
-                value(&large),
-                value(&large) / value(&small)
+                cell(small[i]),
+                cell(large[i]),
+                ratio
             ));
         }
     }
+    let exit = slowest_while_one_exits(&binary, 4096, 10, 4);
+    line(format!(
+        "{:<48} {:>8} {:>8.2}",
+        "no restart, another 4 GB process exits",
+        "-",
+        ms(exit)
+    ));
+    line(format!(
+        "restarts the host paused (>= {} ms of steal in /proc/stat), at 0 MB and 4 GB: {}",
+        HOST_PAUSE.as_millis(),
+        paused.join(", ")
+    ));
 
     // The pictures.
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -584,10 +600,46 @@ fn interleaved_restarts(
 
 /// What the keep-alive clients saw across some restarts: the slowest request
 /// that started between the signal and the successor's first answer, and
-/// between the signal and the old generation's exit.
+/// between the signal and the old generation's exit (over every restart, and
+/// over those the host did not pause).
 struct Slowest {
     to_first_answer: Duration,
     to_old_exit: Duration,
+    to_old_exit_unpaused: Option<Duration>,
+    /// Restarts during which the host took the CPUs for [`HOST_PAUSE`] or more.
+    paused: usize,
+}
+
+impl Slowest {
+    /// The table's three rows.
+    fn figures(&self) -> [Option<Duration>; 3] {
+        [
+            Some(self.to_first_answer),
+            Some(self.to_old_exit),
+            self.to_old_exit_unpaused,
+        ]
+    }
+}
+
+/// CPU time the hypervisor may take from this machine during one restart
+/// before the restart counts as paused by the host. On a virtual machine
+/// freeing or touching gigabytes makes the host work on guest memory (free
+/// page reporting, first-touch faults), and every virtual CPU stalls for tens
+/// of milliseconds at once: the guest sees it as steal time, whatever process
+/// freed the memory.
+const HOST_PAUSE: Duration = Duration::from_millis(20);
+
+/// CPU time stolen from this machine by the hypervisor so far, all CPUs
+/// together (`steal` in `/proc/stat`; zero on bare metal).
+fn stolen() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let steal: u64 = (stat.lines().next())
+        .and_then(|cpu| cpu.split_whitespace().nth(8))
+        .and_then(|ticks| ticks.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(steal * 1000 / per_second)
 }
 
 /// `count` restarts of a server whose every generation holds `mb` MB, each
@@ -607,24 +659,68 @@ fn slowest_during_restarts(
     let mut windows = Vec::new();
     for _ in 0..count {
         cool_caches(binary);
+        let stolen_before = stolen();
         let restart = server.restart(signal);
         let from = restart.signalled - load.started;
-        windows.push((from, from + restart.latency, load.started.elapsed()));
+        windows.push(Window {
+            from,
+            first_answer: from + restart.latency,
+            old_exit: load.started.elapsed(),
+            paused: stolen() - stolen_before >= HOST_PAUSE,
+        });
         grow(&server, mb);
     }
     let stats = load.finish();
     server.stop();
     assert_eq!(stats.failed, 0, "{mode} at {mb} MB: {:?}", stats.failures);
-    let worst = |to: fn(&(Duration, Duration, Duration)) -> Duration| {
+    let worst = |to: fn(&Window) -> Duration, paused_too: bool| {
         (windows.iter())
-            .map(|w| stats.slowest_keep_alive_between(w.0, to(w)))
+            .filter(|w| paused_too || !w.paused)
+            .map(|w| stats.slowest_keep_alive_between(w.from, to(w)))
             .max()
-            .unwrap_or_default()
     };
     Slowest {
-        to_first_answer: worst(|w| w.1),
-        to_old_exit: worst(|w| w.2),
+        to_first_answer: worst(|w| w.first_answer, true).unwrap_or_default(),
+        to_old_exit: worst(|w| w.old_exit, true).unwrap_or_default(),
+        to_old_exit_unpaused: worst(|w| w.old_exit, false),
+        paused: windows.iter().filter(|w| w.paused).count(),
     }
+}
+
+/// One restart, in offsets from the start of the load.
+struct Window {
+    from: Duration,
+    first_answer: Duration,
+    old_exit: Duration,
+    /// The host took [`HOST_PAUSE`] or more meanwhile.
+    paused: bool,
+}
+
+/// The baseline of the 4 GB row: no restart, a warm server at 0 MB under
+/// `keep_alive` clients while `count` times another process of `mb` MB is
+/// killed beside it. The slowest request from the kill to its exit (the
+/// kernel freeing its memory), over the exits the host did not pause.
+fn slowest_while_one_exits(binary: &Path, mb: usize, count: usize, keep_alive: usize) -> Duration {
+    let server = start(binary, "plain", 0);
+    let load = Load::start(server.addr, keep_alive, 0);
+    let mut windows = Vec::new();
+    for _ in 0..count {
+        let other = start(binary, "plain", 0);
+        grow(&other, mb);
+        let stolen_before = stolen();
+        let from = load.started.elapsed();
+        other.stop();
+        if stolen() - stolen_before < HOST_PAUSE {
+            windows.push((from, load.started.elapsed()));
+        }
+    }
+    let stats = load.finish();
+    server.stop();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    (windows.iter())
+        .map(|&(from, to)| stats.slowest_keep_alive_between(from, to))
+        .max()
+        .unwrap_or_default()
 }
 
 /// Medians of 30 idle restarts at 0 MB, from the signal to: the parent's log
