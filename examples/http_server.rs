@@ -73,6 +73,8 @@ fn run(address: &str) -> io::Result<()> {
         );
     })?;
     grestart::set_drain_deadline(Some(Duration::from_secs(30)))?;
+    // `docker stop`, `systemctl stop`, the launcher's SIGTERM: drain, run the hooks, exit 0.
+    grestart::set_stop_signal(Some(libc::SIGTERM))?;
     // Before ready: the previous generation then hands us its idle connections.
     let adopt = grestart::adopt_fd()?;
     println!(

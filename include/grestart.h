@@ -130,6 +130,20 @@ int gr_on_shutdown(gr_hook_fn hook, void *arg);
 int gr_set_signal(int signo);
 
 /**
+ * Makes `signo` the stop signal (0: none, the default): when it arrives this
+ * process drains as after a hand-over (the shutdown fd turns readable,
+ * `gr_wait_shutdown` returns) and the application finishes with
+ * `gr_shutdown`, as it does after a restart. Typically `SIGTERM`, so that
+ * `docker stop` and `systemctl stop` end the server gracefully. The previous
+ * stop signal gets back its old disposition. A child forked after this call
+ * (a prefork worker) still dies of the signal as it would without grestart.
+ *
+ * Returns 0, or -1 with errno `EINVAL` for the signals `gr_set_signal`
+ * refuses and for the restart signal.
+ */
+int gr_set_stop_signal(int signo);
+
+/**
  * Says this process is serving. In an heir the previous generation then
  * starts to drain; under systemd, `MAINPID=` and `READY=1` are sent; the PID
  * file is written; inherited sockets nobody claimed are closed.

@@ -36,6 +36,7 @@ use crate::protocol;
 use crate::registry::Registry;
 use crate::signal;
 use crate::spawn::{self, NotReady};
+use crate::stub::{self, Watch};
 use crate::sys;
 
 /// A shutdown hook, run once in reverse order of registration.
@@ -98,6 +99,9 @@ pub(crate) struct Engine {
     heir: Mutex<Option<Heir>>,
     /// Connections handed to us, once the application asked for them.
     adoption: OnceCell<&'static Adoption>,
+    /// When our exit would end the service (a container's PID 1): how we
+    /// stay as its stub after a hand-over.
+    watch: Option<Watch>,
 }
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
@@ -121,6 +125,11 @@ pub(crate) fn engine() -> io::Result<&'static Engine> {
         ));
     }
     Ok(engine)
+}
+
+/// The watched generation's stub-to-be, if this process is one (`stub.rs`).
+pub(crate) fn watch() -> Option<&'static Watch> {
+    ENGINE.get()?.watch.as_ref()
 }
 
 /// The engine for what a forked worker may use too: the shutdown fd (shared
@@ -165,6 +174,7 @@ struct Parts {
     inherited: Vec<(String, OwnedFd)>,
     predecessor: Option<Predecessor>,
     notify_socket: Option<OsString>,
+    watch: Option<Watch>,
 }
 
 impl Engine {
@@ -220,13 +230,22 @@ impl Engine {
             .collect();
         let parent_pid = nix::unistd::getppid().as_raw();
         let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
+        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+        let watch = stub::watched(notify_socket.as_ref())
+            .then(Watch::start)
+            .and_then(|started| {
+                started
+                    .inspect_err(|e| warning!("a restart will end the service: {e}"))
+                    .ok()
+            });
         let engine = Engine::new(
             Parts {
                 generation: heritage.generation,
                 origin: origin::get().map_err(|e| e.to_string()),
                 inherited,
                 predecessor,
-                notify_socket: std::env::var_os("NOTIFY_SOCKET"),
+                notify_socket,
+                watch,
             },
             shutdown_event,
         );
@@ -273,6 +292,7 @@ impl Engine {
             restarting: Mutex::new(()),
             heir: Mutex::new(None),
             adoption: OnceCell::new(),
+            watch: parts.watch,
         }
     }
 
@@ -420,18 +440,27 @@ impl Engine {
                 })
                 .collect::<Vec<_>>();
             let restart_signal = signal::current();
-            let env = protocol::successor_env(
+            let mut env = protocol::successor_env(
                 std::env::vars_os(),
                 &names,
                 self.generation,
                 restart_signal,
             );
+            env.extend(self.watch.as_ref().map(Watch::notify_entry));
             self.notify(&format!(
                 "RELOADING=1\nMONOTONIC_USEC={}",
                 notify::monotonic_usec()
             ));
-            let successor = spawn::spawn(&exe, &argv, cwd, &env, &fds, restart_signal)
-                .inspect_err(|_| self.notify_serving())?;
+            let successor = spawn::spawn(
+                &exe,
+                &argv,
+                cwd,
+                &env,
+                &fds,
+                restart_signal,
+                spawn::Channel::Readiness,
+            )
+            .inspect_err(|_| self.notify_serving())?;
             (successor, exe, state.settings.ready_timeout, listeners)
         };
         info!(
@@ -453,6 +482,9 @@ impl Engine {
                     listeners,
                     adopts,
                 ));
+                if let Some(watch) = &self.watch {
+                    watch.follow(successor.pid);
+                }
                 self.begin_drain();
                 Ok(())
             }
@@ -550,10 +582,12 @@ impl Engine {
                 self.run_hooks();
                 // SAFETY: flush C stdio, then leave without running atexit
                 // handlers under the feet of the threads still working.
-                unsafe {
-                    libc::fflush(std::ptr::null_mut());
-                    libc::_exit(0)
+                unsafe { libc::fflush(std::ptr::null_mut()) };
+                if let Some(watch) = &self.watch {
+                    watch.become_stub();
                 }
+                // SAFETY: see above.
+                unsafe { libc::_exit(0) }
             });
         if let Err(e) = spawned {
             error!("cannot arm the drain deadline: {e}");
@@ -751,12 +785,37 @@ impl Engine {
     }
 }
 
-/// Reads restart signals forever; a restart runs here, outside signal context.
+/// Reads restart and stop signals forever; a restart runs here, outside
+/// signal context. A stop signal wins over restarts that came with it.
 fn watch_signals(pipe: OwnedFd) {
     loop {
-        signal::wait(&pipe);
+        let arrived = signal::wait(&pipe);
         let Some(engine) = ENGINE.get() else { continue };
-        let _ = engine.restart_coalescing(|| signal::drain(&pipe));
+        if let Some(serving) = engine.watch.as_ref().and_then(Watch::serving) {
+            // Drained, not yet the stub: the operator's signals, sent to the
+            // process the init watches, are for the generation that serves.
+            let signo = if arrived.stop {
+                signal::stop_signal()
+            } else {
+                signal::current()
+            };
+            info!("forwarding signal {signo} to the serving generation, pid {serving}");
+            // SAFETY: kill has no memory-safety requirements.
+            unsafe { libc::kill(serving, signo) };
+            continue;
+        }
+        let mut stop = arrived.stop;
+        if arrived.restarts > 0 && !stop {
+            let _ = engine.restart_coalescing(|| {
+                let during = signal::drain(&pipe);
+                stop = during.stop;
+                during.restarts
+            });
+        }
+        if stop {
+            info!("stop signal: draining");
+            engine.begin_drain();
+        }
     }
 }
 
@@ -777,6 +836,7 @@ mod tests {
             inherited: Vec::new(),
             predecessor,
             notify_socket: None,
+            watch: None,
         };
         let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
         Box::leak(Box::new(Engine::new(parts, event)))

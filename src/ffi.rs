@@ -203,6 +203,21 @@ pub extern "C" fn gr_set_signal(signo: c_int) -> c_int {
     call(|| crate::set_signal(signo).map(ok))
 }
 
+/// Makes `signo` the stop signal (0: none, the default): when it arrives this
+/// process drains as after a hand-over (the shutdown fd turns readable,
+/// `gr_wait_shutdown` returns) and the application finishes with
+/// `gr_shutdown`, as it does after a restart. Typically `SIGTERM`, so that
+/// `docker stop` and `systemctl stop` end the server gracefully. The previous
+/// stop signal gets back its old disposition. A child forked after this call
+/// (a prefork worker) still dies of the signal as it would without grestart.
+///
+/// Returns 0, or -1 with errno `EINVAL` for the signals `gr_set_signal`
+/// refuses and for the restart signal.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_set_stop_signal(signo: c_int) -> c_int {
+    call(|| crate::set_stop_signal((signo != 0).then_some(signo)).map(ok))
+}
+
 /// Says this process is serving. In an heir the previous generation then
 /// starts to drain; under systemd, `MAINPID=` and `READY=1` are sent; the PID
 /// file is written; inherited sockets nobody claimed are closed.

@@ -40,6 +40,8 @@ mod error;
 #[doc(hidden)]
 pub mod ffi;
 mod handover;
+#[doc(hidden)]
+pub mod launcher;
 mod link;
 mod log;
 mod notify;
@@ -49,6 +51,8 @@ mod registry;
 mod serve;
 mod signal;
 mod spawn;
+mod stub;
+mod supervise;
 mod sys;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -150,6 +154,18 @@ pub fn set_signal(signo: i32) -> io::Result<()> {
     signal::check(signo)?;
     engine()?;
     signal::install(signo)
+}
+
+/// Makes `signo` the stop signal (`None`: none, the default): when it arrives
+/// this process drains as after a hand-over (the shutdown fd turns readable,
+/// [`wait_shutdown`] returns), and the application finishes with [`shutdown`].
+///
+/// Typically `SIGTERM`, so that `docker stop`, `systemctl stop` and the
+/// launcher's forwarding end the server gracefully, hooks and all. The same
+/// signals as for [`set_signal`] are refused, and the restart signal.
+pub fn set_stop_signal(signo: Option<i32>) -> io::Result<()> {
+    engine()?;
+    signal::install_stop(signo)
 }
 
 /// Says this process serves. In an heir, the previous generation then drains.

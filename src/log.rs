@@ -134,13 +134,17 @@ pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
         return;
     }
     let line = format!("{args}");
-    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(queue) => {
-            queue.push((level, line.clone()));
-            true
-        }
-        None => false,
-    });
+    // `try_with`: at exit (an `atexit` handler, a thread-local destructor)
+    // the queue may be gone; the line then goes out at once.
+    let deferred = DEFERRED
+        .try_with(|d| match d.borrow_mut().as_mut() {
+            Some(queue) => {
+                queue.push((level, line.clone()));
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
     if !deferred {
         deliver(level, &line);
     }

@@ -3,13 +3,17 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
 use nix::time::{ClockId, clock_gettime};
 
 /// Sends `message` to `NOTIFY_SOCKET`, if systemd gave us one.
@@ -32,8 +36,96 @@ pub(crate) fn sd_notify(socket: Option<&OsString>, message: &str) -> io::Result<
             ));
         }
     };
-    UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &address)?;
+    // Never block: a receiver that is slow or gone (a full queue holds only
+    // `net.unix.max_dgram_qlen` datagrams, 10 by default) must not stall a
+    // restart; the message is lost and the caller logs it.
+    let sender = UnixDatagram::unbound()?;
+    sender.set_nonblocking(true)?;
+    sender.send_to_addr(message.as_bytes(), &address)?;
     Ok(())
+}
+
+/// The receiving end of a notification socket, as systemd holds one: the
+/// programs we start send `READY=1`, `MAINPID=`... to it, and the kernel
+/// says which process sent each datagram (`SO_PASSCRED`).
+pub(crate) struct Listener {
+    socket: UnixDatagram,
+    /// The `NOTIFY_SOCKET` value that reaches it.
+    pub name: OsString,
+}
+
+/// One datagram: who sent it and its `KEY=VALUE` lines.
+pub(crate) struct Message {
+    pub pid: i32,
+    pub uid: u32,
+    pub text: String,
+}
+
+impl Message {
+    /// The value of `key` (`"MAINPID"`), if the message sets it.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+}
+
+impl Listener {
+    /// A new socket in the abstract namespace (nothing to clean up on disk,
+    /// private to this network namespace), with an unpredictable name.
+    pub(crate) fn bind() -> io::Result<Listener> {
+        let mut random = [0u8; 8];
+        File::open("/dev/urandom")?.read_exact(&mut random)?;
+        let name = format!(
+            "grestart-notify-{}-{:016x}",
+            std::process::id(),
+            u64::from_ne_bytes(random)
+        );
+        let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+        Listener::with_socket(socket, OsString::from(format!("@{name}")))
+    }
+
+    /// A socket bound earlier (and passed across an exec).
+    pub(crate) fn with_socket(socket: UnixDatagram, name: OsString) -> io::Result<Listener> {
+        setsockopt(&socket, sockopt::PassCred, &true)?;
+        socket.set_nonblocking(true)?;
+        Ok(Listener { socket, name })
+    }
+
+    pub(crate) fn socket(&self) -> &UnixDatagram {
+        &self.socket
+    }
+
+    /// The next datagram waiting, if any.
+    pub(crate) fn receive(&self) -> Option<Message> {
+        let mut buf = [0u8; 4096];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let (bytes, credentials) = {
+            let received = recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .ok()?;
+            let credentials = received.cmsgs().ok()?.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(c) => Some((c.pid(), c.uid())),
+                _ => None,
+            });
+            (received.bytes, credentials)
+        };
+        // Without credentials (SO_PASSCRED not yet set when it was queued)
+        // nobody can be believed: pid 0 matches no process.
+        let (pid, uid) = credentials.unwrap_or((0, u32::MAX));
+        Some(Message {
+            pid,
+            uid,
+            text: String::from_utf8_lossy(&buf[..bytes]).into_owned(),
+        })
+    }
 }
 
 /// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.

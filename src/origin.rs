@@ -77,6 +77,8 @@ extern "C" fn capture_at_start(
 ) {
     // A constructor must never unwind; a failure leaves `get` to try later.
     let _ = std::panic::catch_unwind(|| {
+        // A watched generation re-executed itself to supervise its successors.
+        crate::stub::run_if_asked();
         if argv.is_null() || argc < 1 {
             return;
         }

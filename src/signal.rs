@@ -7,6 +7,11 @@
 //! during a restart cannot kill a successor that is still starting. Its engine
 //! then installs the handler on that same signal; the ignore was ours, so the
 //! disposition to give back later is the default, not "ignored".
+//!
+//! An application may also name a *stop* signal (`gr_set_stop_signal`, e.g.
+//! `SIGTERM`): the same handler writes it to the same pipe, and the watcher
+//! begins the drain, as when a successor took over. The handler writes the
+//! signal's number, so the watcher tells the two apart.
 
 use std::ffi::c_int;
 use std::io;
@@ -29,20 +34,31 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// not a request to restart its master.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
-/// The signal we handle now and the disposition it had before us.
+/// The restart signal we handle now and the disposition it had before us.
 static INSTALLED: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
+/// The stop signal, if the application chose one, and its disposition before us.
+static STOP: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
+/// The stop signal's number for the handler (0: none).
+static STOP_SIGNO: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(_signo: c_int) {
-    // Async-signal-safe: one write to a non-blocking pipe. A full pipe already
-    // holds a pending request, so dropping the byte is the coalescing we want.
+extern "C" fn on_signal(signo: c_int) {
+    // Async-signal-safe: one write to a non-blocking pipe, or in a forked
+    // child sigaction and raise. A full pipe already holds a pending request,
+    // so dropping the byte is the coalescing we want.
     // SAFETY: errno is thread-local; we restore it so the interrupted code
     // does not see our write's errno.
     unsafe {
         if libc::getpid() != OWNER.load(Ordering::Relaxed) {
+            // A forked worker: a restart signal is not for it, but a stop
+            // signal (SIGTERM) must still end it as it would without us.
+            if signo == STOP_SIGNO.load(Ordering::Relaxed) {
+                libc::signal(signo, libc::SIG_DFL);
+                libc::raise(signo);
+            }
             return;
         }
         let errno = *libc::__errno_location();
-        let byte = 1u8;
+        let byte = signo as u8;
         libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
         *libc::__errno_location() = errno;
     }
@@ -103,13 +119,51 @@ pub(crate) fn current() -> c_int {
         .map_or(libc::SIGUSR2, |(signo, _)| *signo)
 }
 
+/// The stop signal, 0 when there is none.
+pub(crate) fn stop_signal() -> c_int {
+    STOP_SIGNO.load(Ordering::Relaxed)
+}
+
 /// Makes `signo` the restart signal, giving the previous one back its old disposition.
 pub(crate) fn install(signo: c_int) -> io::Result<()> {
     check(signo)?;
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if matches!(*installed, Some((current, _)) if current == signo) {
+    if signo == STOP_SIGNO.load(Ordering::Relaxed) {
+        return Err(fail(
+            libc::EINVAL,
+            format!("signal {signo} is the stop signal; it cannot restart too"),
+        ));
+    }
+    replace(&INSTALLED, Some(signo))
+}
+
+/// Makes `signo` the stop signal (`None`: no stop signal), giving the previous
+/// one back its old disposition.
+pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
+    if let Some(signo) = signo {
+        check(signo)?;
+        if signo == current() {
+            return Err(fail(
+                libc::EINVAL,
+                format!("signal {signo} is the restart signal; it cannot stop too"),
+            ));
+        }
+    }
+    replace(&STOP, signo)?;
+    STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Installs our handler on `signo` (none: just give back) in `slot`, giving
+/// the signal held there before back the disposition it had before us.
+fn replace(slot: &Mutex<Option<(c_int, libc::sigaction)>>, signo: Option<c_int>) -> io::Result<()> {
+    let mut installed = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.map(|(current, _)| current) == signo {
         return Ok(());
     }
+    let Some(signo) = signo else {
+        give_back(installed.take());
+        return Ok(());
+    };
     // libc's sigaction, not nix's: nix cannot name the real-time signals,
     // which an application may choose as its restart signal.
     // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).
@@ -128,17 +182,30 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
             "cannot install a handler for signal {signo}"
         )));
     }
-    if let Some((old, old_previous)) = installed.take() {
-        // SAFETY: restoring a disposition sigaction gave us earlier.
-        unsafe { libc::sigaction(old, &old_previous, ptr::null_mut()) };
-    }
+    give_back(installed.take());
     *installed = Some((signo, previous));
     Ok(())
 }
 
-/// Blocks until the restart signal arrived at least once, and swallows every
-/// arrival since (a storm of signals is one request).
-pub(crate) fn wait(pipe: &OwnedFd) {
+/// Restores the disposition a signal had before we installed our handler.
+fn give_back(held: Option<(c_int, libc::sigaction)>) {
+    if let Some((signo, previous)) = held {
+        // SAFETY: restoring a disposition sigaction gave us earlier.
+        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+    }
+}
+
+/// What arrived on the self-pipe since it was last read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Arrivals {
+    /// How many restart signals (a storm of them is one request).
+    pub restarts: usize,
+    /// Whether the stop signal came.
+    pub stop: bool,
+}
+
+/// Blocks until a signal arrived at least once, and swallows every arrival since.
+pub(crate) fn wait(pipe: &OwnedFd) -> Arrivals {
     // EINTR and spurious wake-ups only loop again.
     while !matches!(
         poll(
@@ -147,18 +214,25 @@ pub(crate) fn wait(pipe: &OwnedFd) {
         ),
         Ok(1..)
     ) {}
-    drain(pipe);
+    drain(pipe)
 }
 
-/// Reads away every pending byte of the pipe, returning how many there were.
-pub(crate) fn drain(pipe: &OwnedFd) -> usize {
+/// Reads away every pending byte of the pipe.
+pub(crate) fn drain(pipe: &OwnedFd) -> Arrivals {
     let mut buf = [0u8; 256];
-    let mut total = 0;
+    let mut arrivals = Arrivals::default();
+    let stop = STOP_SIGNO.load(Ordering::Relaxed);
     // The pipe is non-blocking: EAGAIN once it is empty.
     while let Ok(n @ 1..) = read(pipe.as_fd(), &mut buf) {
-        total += n;
+        for &byte in &buf[..n] {
+            if stop != 0 && c_int::from(byte) == stop {
+                arrivals.stop = true;
+            } else {
+                arrivals.restarts += 1;
+            }
+        }
     }
-    total
+    arrivals
 }
 
 #[cfg(test)]

@@ -82,6 +82,9 @@ struct Prepared<'a> {
     fd_limit: RawFd,
     /// Ignored across exec, until the successor's grestart installs its handler.
     restart_signal: c_int,
+    /// Whether the channel stays open across exec (a grestart successor says
+    /// "ready" on it) or closes there (it only reports a failed exec).
+    channel_survives_exec: bool,
 }
 
 /// A started successor that has not reported ready yet.
@@ -90,6 +93,16 @@ pub(crate) struct Successor {
     pidfd: OwnedFd,
     /// Our end of the readiness channel.
     pub channel: OwnedFd,
+}
+
+/// What the child's end of the channel is for once it runs the program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// A grestart successor: it says "ready" on it (fd `3 + listeners`).
+    Readiness,
+    /// Any other program: the channel closes at exec and only reports a
+    /// failed exec; nothing beyond the listeners is passed.
+    ExecReport,
 }
 
 /// Why a successor did not become ready.
@@ -105,7 +118,7 @@ pub(crate) enum NotReady {
 ///
 /// `env` is the successor's environment without `LISTEN_PID`, which the child
 /// fills in with its own pid after the fork. Every signal disposition is reset
-/// to the default but `restart_signal`'s, which is ignored.
+/// to the default but `restart_signal`'s, which is ignored (0: none).
 pub(crate) fn spawn(
     exe: &CStr,
     argv: &[CString],
@@ -113,6 +126,7 @@ pub(crate) fn spawn(
     env: &[CString],
     listeners: &[BorrowedFd<'_>],
     restart_signal: c_int,
+    purpose: Channel,
 ) -> io::Result<Successor> {
     let (ours, theirs) = channel()?;
     let mut listen_pid = [0u8; LISTEN_PID_ENTRY];
@@ -135,6 +149,7 @@ pub(crate) fn spawn(
         sources,
         fd_limit: fd_limit(),
         restart_signal,
+        channel_survives_exec: purpose == Channel::Readiness,
     };
     plan.envp.push(plan.listen_pid as *const c_char);
     plan.envp.push(ptr::null());
@@ -476,6 +491,9 @@ unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
             }
         }
         report_fd = above - 1;
+        if !plan.channel_survives_exec {
+            libc::fcntl(report_fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
         // Nothing else of the parent's leaks into the successor.
         if libc::syscall(libc::SYS_close_range, above as u32, u32::MAX, 0) < 0 {
             for fd in above..plan.fd_limit {
@@ -580,22 +598,7 @@ impl Successor {
                 .unwrap_or(0);
                 return match (got, message[0]) {
                     (1.., READY_BYTE) => Ok(message[1..got].contains(&ADOPT_BYTE)),
-                    (6, FAILED_BYTE) => {
-                        let errno =
-                            i32::from_ne_bytes([message[2], message[3], message[4], message[5]]);
-                        let what = match message[1] {
-                            STAGE_FDS => "could not place the listener fds".to_string(),
-                            STAGE_CWD => "could not enter the working directory".to_string(),
-                            _ => format!("could not execute {}", exe.to_string_lossy()),
-                        };
-                        let reason = io::Error::from_raw_os_error(errno);
-                        // It _exits right after reporting: never leave a zombie.
-                        let status = self.reap();
-                        Err(NotReady::Failed(fail(
-                            errno,
-                            format!("successor {}: {what}: {reason}; it {status}", self.pid),
-                        )))
-                    }
+                    (6, FAILED_BYTE) => Err(NotReady::Failed(self.exec_failed(exe, &message))),
                     // EOF or garbage: the channel can no longer say "ready" (the
                     // successor may have closed it on purpose, like a daemon closing
                     // every fd). Stop listening to it and wait for the successor's
@@ -609,6 +612,39 @@ impl Successor {
             if exited {
                 return Err(NotReady::Failed(self.died()));
             }
+        }
+    }
+
+    /// Decodes the child's report that it could not exec, and reaps it (it
+    /// `_exit`s right after reporting: never leave a zombie).
+    fn exec_failed(&self, exe: &CStr, message: &[u8; 6]) -> io::Error {
+        let errno = i32::from_ne_bytes([message[2], message[3], message[4], message[5]]);
+        let what = match message[1] {
+            STAGE_FDS => "could not place the listener fds".to_string(),
+            STAGE_CWD => "could not enter the working directory".to_string(),
+            _ => format!("could not execute {}", exe.to_string_lossy()),
+        };
+        let reason = io::Error::from_raw_os_error(errno);
+        let status = self.reap();
+        fail(
+            errno,
+            format!("successor {}: {what}: {reason}; it {status}", self.pid),
+        )
+    }
+
+    /// For a [`Channel::ExecReport`] spawn: the error when the program could
+    /// not be executed. The spawn returns once the child has exec'd or failed
+    /// (`CLONE_VFORK`), so the report, if any, is already there.
+    pub(crate) fn exec_error(&self, exe: &CStr) -> Option<io::Error> {
+        let mut message = [0u8; 6];
+        let got = recv(
+            self.channel.as_raw_fd(),
+            &mut message,
+            MsgFlags::MSG_DONTWAIT,
+        );
+        match got {
+            Ok(6) if message[0] == FAILED_BYTE => Some(self.exec_failed(exe, &message)),
+            _ => None,
         }
     }
 

@@ -48,6 +48,12 @@ pub(crate) fn set_cloexec(fd: &OwnedFd) {
     let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
+/// Blocks every signal in the calling thread: one of grestart's own threads
+/// must never take a signal meant for the application.
+pub(crate) fn block_all_signals_in_this_thread() {
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

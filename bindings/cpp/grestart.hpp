@@ -153,6 +153,10 @@ inline void on_shutdown(std::function<void()> hook) {
 /// Makes `signo` the restart signal (default SIGUSR2).
 inline void set_signal(int signo) { detail::check(gr_set_signal(signo)); }
 
+/// Makes `signo` the stop signal (0: none): it begins the drain, as a hand-over
+/// does (see gr_set_stop_signal).
+inline void set_stop_signal(int signo) { detail::check(gr_set_stop_signal(signo)); }
+
 /// This process serves; in an heir the previous generation then drains.
 inline void ready() { detail::check(gr_ready()); }
 

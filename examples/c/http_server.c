@@ -13,6 +13,8 @@
  * by a restart), then run the shutdown hooks and exit.
  */
 #define _GNU_SOURCE
+#include <signal.h>
+
 #include "http_loop.h"
 
 static void say_goodbye(void *arg) {
@@ -23,7 +25,9 @@ static void say_goodbye(void *arg) {
 
 int main(int argc, char **argv) {
     int listener = listen_from_args(argc, argv); /* inherited, or bound now */
-    if (gr_on_shutdown(say_goodbye, NULL) < 0 || gr_set_drain_deadline_ms(30000) < 0) {
+    /* SIGTERM (docker stop, systemctl stop, the launcher) drains like a hand-over: hooks run, exit 0. */
+    if (gr_on_shutdown(say_goodbye, NULL) < 0 || gr_set_drain_deadline_ms(30000) < 0 ||
+        gr_set_stop_signal(SIGTERM) < 0) {
         fprintf(stderr, "http_server: %s\n", gr_last_error());
         return 1;
     }

@@ -12,6 +12,7 @@ stay idle, runs its shutdown hooks and exits.
 
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -91,6 +92,8 @@ def main() -> int:
               file=sys.stderr)
 
     grestart.set_drain_deadline(30)
+    # `docker stop`, `systemctl stop`, the launcher's SIGTERM: drain, run the hooks, exit 0.
+    grestart.set_stop_signal(signal.SIGTERM)
     bound = listener.getsockname()
     print(f"http_server.py: pid {os.getpid()} generation {grestart.generation()} version {VERSION} "
           f"listening on {bound[0]}:{bound[1]}", flush=True)

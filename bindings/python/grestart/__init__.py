@@ -33,6 +33,7 @@ __all__ = [
     "listen",
     "on_shutdown",
     "set_signal",
+    "set_stop_signal",
     "ready",
     "restart",
     "shutdown_fd",
@@ -187,6 +188,15 @@ def set_signal(signo: int) -> None:
     if not isinstance(signo, int):
         raise TypeError("signo must be an int or a signal.Signals")
     check(lib.gr_set_signal(int(signo)))
+
+
+def set_stop_signal(signo: "int | None") -> None:
+    """Makes ``signo`` (e.g. ``signal.SIGTERM``) the stop signal (``None``: none,
+    the default): it begins the drain, as a hand-over does; see
+    ``gr_set_stop_signal`` in grestart.h."""
+    if signo is not None and not isinstance(signo, int):
+        raise TypeError("signo must be an int, a signal.Signals or None")
+    check(lib.gr_set_stop_signal(0 if signo is None else int(signo)))
 
 
 def ready() -> None:

@@ -25,6 +25,7 @@ SIGNATURES = {
     "gr_listen": (c_int, [c_char_p, c_char_p]),
     "gr_on_shutdown": (c_int, [HOOK, c_void_p]),
     "gr_set_signal": (c_int, [c_int]),
+    "gr_set_stop_signal": (c_int, [c_int]),
     "gr_ready": (c_int, []),
     "gr_restart": (c_int, []),
     "gr_shutdown_fd": (c_int, []),

@@ -1,0 +1,415 @@
+//! The stable process of a service: `grestart run` (`launcher.rs`) and the
+//! stub a container's first generation turns into (`stub.rs`).
+//!
+//! Whatever started the service (a container runtime, tini, systemd) watches
+//! one process and ends the service when it exits. Generations come and go, so
+//! that process must be one that stays: it reaps every orphan as an init does,
+//! follows which generation serves through the notification protocol the
+//! generations already speak (`MAINPID=`, `READY=1` on the `NOTIFY_SOCKET` it
+//! gives them), forwards the operator's signals to that generation, and exits
+//! with its status once no generation is left.
+//!
+//! For a program that does not link grestart ([`Restarter`]) it also does the
+//! restart: it holds the listening sockets, starts a new instance with them,
+//! waits for its `READY=1` and then asks the old one to stop.
+//!
+//! One thread, one `poll` over the notification socket and a `signalfd`: the
+//! signals it handles are blocked, so they queue even for a PID 1 (which the
+//! kernel spares every signal it has no handler for).
+
+use std::ffi::{CStr, CString, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, geteuid};
+
+use crate::error::with_context;
+use crate::log::{debug, error, info, warning};
+use crate::notify::{self, Message};
+use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, VARIABLES};
+use crate::spawn::{self, Channel};
+
+/// The signals an operator sends a service, forwarded to the serving generation.
+pub(crate) const FORWARDED: [Signal; 6] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The stable process's state.
+pub(crate) struct Supervisor {
+    notify: notify::Listener,
+    signals: SignalFd,
+    forwarded: Vec<Signal>,
+    /// Our own service manager's `NOTIFY_SOCKET`, when we run under systemd.
+    upstream: Option<OsString>,
+    /// The generation that serves now: the operator's signals go to it.
+    serving: Option<i32>,
+    /// How the last serving generation ended, as a shell reports it.
+    ended: i32,
+    /// For a program that does not link grestart: the restart is ours.
+    restarter: Option<Restarter>,
+}
+
+/// Restarts a program that takes its sockets the systemd way (`LISTEN_FDS`)
+/// but knows nothing of grestart.
+pub(crate) struct Restarter {
+    pub exe: CString,
+    pub argv: Vec<CString>,
+    pub listeners: Vec<(String, OwnedFd)>,
+    pub restart_signal: Signal,
+    /// Asks an instance to stop gracefully once its successor is ready.
+    pub stop_signal: Signal,
+    /// For programs that never send `READY=1`: ready once alive this long.
+    pub ready_delay: Option<Duration>,
+    pub ready_timeout: Duration,
+    pending: Option<Pending>,
+}
+
+/// A new instance that has not said it is ready yet.
+struct Pending {
+    pid: i32,
+    started: Instant,
+}
+
+impl Restarter {
+    pub(crate) fn new(
+        exe: CString,
+        argv: Vec<CString>,
+        listeners: Vec<(String, OwnedFd)>,
+        restart_signal: Signal,
+        stop_signal: Signal,
+        ready_delay: Option<Duration>,
+        ready_timeout: Duration,
+    ) -> Restarter {
+        Restarter {
+            exe,
+            argv,
+            listeners,
+            restart_signal,
+            stop_signal,
+            ready_delay,
+            ready_timeout,
+            pending: None,
+        }
+    }
+}
+
+impl Supervisor {
+    /// Takes over the signals it handles (blocked from now on in this thread,
+    /// which must be the process's only one) and becomes the reaper of every
+    /// orphan below it.
+    pub(crate) fn new(
+        notify: notify::Listener,
+        forwarded: Vec<Signal>,
+        restarter: Option<Restarter>,
+    ) -> io::Result<Supervisor> {
+        let mut handled: SigSet = forwarded.iter().copied().collect();
+        handled.add(Signal::SIGCHLD);
+        if let Some(restarter) = &restarter {
+            handled.add(restarter.restart_signal);
+        }
+        handled
+            .thread_block()
+            .map_err(|e| with_context(e.into(), "cannot block the supervised signals"))?;
+        let signals =
+            SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(|e| with_context(e.into(), "cannot create a signalfd"))?;
+        if std::process::id() != 1 {
+            // A generation's successor is its child; when the generation exits
+            // the successor must become ours, not the init's.
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(|e| with_context(e.into(), "cannot become a child subreaper"))?;
+        }
+        Ok(Supervisor {
+            notify,
+            signals,
+            forwarded,
+            upstream: std::env::var_os("NOTIFY_SOCKET"),
+            serving: None,
+            ended: 0,
+            restarter,
+        })
+    }
+
+    /// Follows `pid` as the serving generation.
+    pub(crate) fn serve(&mut self, pid: i32) {
+        self.serving = Some(pid);
+    }
+
+    /// Starts the program (the first instance, or a new one for a restart):
+    /// the listeners at fds 3.., our notification socket, an empty signal
+    /// mask and default dispositions but for `ignored` (0: none).
+    pub(crate) fn start(&self, exe: &CStr, argv: &[CString], ignored: i32) -> io::Result<i32> {
+        let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(key, _)| {
+                key != "NOTIFY_SOCKET" && !VARIABLES.iter().any(|v| key.as_os_str() == *v)
+            })
+            .filter_map(|(key, value)| {
+                let mut entry = key.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                CString::new(entry).ok()
+            })
+            .collect();
+        let mut socket = b"NOTIFY_SOCKET=".to_vec();
+        socket.extend(self.notify.name.clone().into_vec());
+        env.extend(CString::new(socket));
+        if !listeners.is_empty() {
+            let names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
+            env.extend(CString::new(format!("{LISTEN_FDS}={}", names.len())));
+            env.extend(CString::new(format!(
+                "{LISTEN_FDNAMES}={}",
+                names.join(":")
+            )));
+        }
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let instance = spawn::spawn(exe, argv, c".", &env, &fds, ignored, Channel::ExecReport)?;
+        match instance.exec_error(exe) {
+            Some(e) => Err(e),
+            None => Ok(instance.pid),
+        }
+    }
+
+    /// Runs until no generation is left; returns the exit status to leave with.
+    pub(crate) fn run(mut self) -> i32 {
+        loop {
+            // Notifications first: a generation that hands over names its
+            // successor (`MAINPID=`) before it exits, and its exit must not be
+            // taken for the end of the service.
+            while let Some(message) = self.notify.receive() {
+                self.on_message(message);
+            }
+            if self.reap() {
+                return self.ended;
+            }
+            self.check_pending();
+            let timeout = self.next_deadline().map_or(PollTimeout::NONE, |left| {
+                PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                    .unwrap_or(PollTimeout::MAX)
+            });
+            let mut fds = [
+                PollFd::new(self.notify.socket().as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, timeout) {
+                if e != Errno::EINTR {
+                    error!("supervisor: poll failed: {e}");
+                    return 1;
+                }
+            }
+            while let Ok(Some(info)) = self.signals.read_signal() {
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                    self.on_signal(signal);
+                }
+            }
+        }
+    }
+
+    /// Reaps every child that exited; `true` once no child is left.
+    fn reap(&mut self) -> bool {
+        loop {
+            let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid.as_raw(), 128 + signal as i32),
+                Ok(WaitStatus::StillAlive) => return false,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return true, // ECHILD: nothing left below us
+            };
+            self.on_exit(pid, status);
+        }
+    }
+
+    fn on_exit(&mut self, pid: i32, status: i32) {
+        let pending = self
+            .restarter
+            .as_mut()
+            .and_then(|r| r.pending.take_if(|p| p.pid == pid));
+        if pending.is_some() {
+            error!(
+                "restart failed: new instance {pid} exited with status {status} before it was \
+                 ready; {} serves on",
+                self.describe_serving()
+            );
+            self.relay(
+                "READY=1\nSTATUS=restart failed: the new instance exited before it was ready",
+            );
+        } else if self.serving == Some(pid) {
+            info!("serving generation {pid} exited with status {status}");
+            self.serving = None;
+            self.ended = status;
+        } else {
+            debug!("reaped {pid} (status {status})");
+        }
+    }
+
+    fn on_message(&mut self, message: Message) {
+        let uid = geteuid().as_raw();
+        if message.uid != uid && message.uid != 0 {
+            warning!(
+                "ignoring a notification from pid {} of another user (uid {})",
+                message.pid,
+                message.uid
+            );
+            return;
+        }
+        if let Some(main) = message.get("MAINPID") {
+            // A process may name only itself: nobody redirects our signals elsewhere.
+            match main.trim().parse::<i32>() {
+                Ok(pid) if pid == message.pid => {
+                    if self.serving != Some(pid) {
+                        info!("generation {pid} serves now");
+                    }
+                    self.serving = Some(pid);
+                }
+                _ => warning!("ignoring MAINPID={main} sent by pid {}", message.pid),
+            }
+        }
+        let ready = message.get("READY") == Some("1");
+        let pending = self.restarter.as_ref().and_then(|r| r.pending.as_ref());
+        if ready && pending.is_some_and(|p| p.pid == message.pid) {
+            self.promote();
+        }
+        // Our own manager follows us, not the generations: their pids stay ours.
+        let relayed: Vec<&str> = (message.text.lines())
+            .filter(|line| !line.starts_with("MAINPID="))
+            .collect();
+        if !relayed.is_empty() {
+            self.relay(&relayed.join("\n"));
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        if signal == Signal::SIGCHLD {
+            return; // reaped at the top of the loop
+        }
+        if let Some(restarter) = &self.restarter {
+            if signal == restarter.restart_signal {
+                self.restart();
+                return;
+            }
+        }
+        if !self.forwarded.contains(&signal) {
+            return;
+        }
+        let pending = self.restarter.as_ref().and_then(|r| r.pending.as_ref());
+        for pid in self.serving.iter().chain(pending.map(|p| &p.pid)) {
+            debug!("forwarding {signal} to {pid}");
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+    }
+
+    /// The restart of a program that does not link grestart.
+    fn restart(&mut self) {
+        let Some(restarter) = &self.restarter else {
+            return;
+        };
+        if let Some(pending) = &restarter.pending {
+            info!(
+                "restart requested during the restart to {}; coalesced into it",
+                pending.pid
+            );
+            return;
+        }
+        info!("restart requested");
+        self.relay(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
+        match self.start(&restarter.exe, &restarter.argv, 0) {
+            Ok(pid) => {
+                info!(
+                    "new instance {pid} started, waiting up to {:?} for it to be ready",
+                    restarter.ready_timeout
+                );
+                let restarter = self.restarter.as_mut().expect("checked above");
+                restarter.pending = Some(Pending {
+                    pid,
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => {
+                error!("restart failed, {} serves on: {e}", self.describe_serving());
+                self.relay(&format!("READY=1\nSTATUS=restart failed: {e}"));
+            }
+        }
+    }
+
+    /// The pending instance is ready: it serves, the old one stops.
+    fn promote(&mut self) {
+        let Some(restarter) = self.restarter.as_mut() else {
+            return;
+        };
+        let Some(pending) = restarter.pending.take() else {
+            return;
+        };
+        let stop = restarter.stop_signal;
+        let old = self.serving.replace(pending.pid);
+        info!(
+            "new instance {} ready after {} ms",
+            pending.pid,
+            pending.started.elapsed().as_millis()
+        );
+        if let Some(old) = old {
+            info!("asking {old} to stop with {stop}");
+            let _ = kill(Pid::from_raw(old), stop);
+        }
+        self.relay(&format!("READY=1\nSTATUS=serving: pid {}", pending.pid));
+    }
+
+    /// Applies the ready delay and the ready timeout to the pending instance.
+    fn check_pending(&mut self) {
+        let Some(restarter) = self.restarter.as_mut() else {
+            return;
+        };
+        let Some(pending) = &restarter.pending else {
+            return;
+        };
+        let elapsed = pending.started.elapsed();
+        if restarter.ready_delay.is_some_and(|delay| elapsed >= delay) {
+            self.promote();
+        } else if elapsed >= restarter.ready_timeout {
+            let pid = pending.pid;
+            let timeout = restarter.ready_timeout;
+            restarter.pending = None;
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            error!(
+                "restart failed: new instance {pid} was not ready within {timeout:?}; killed it, \
+                 {} serves on",
+                self.describe_serving()
+            );
+            self.relay("READY=1\nSTATUS=restart failed: the new instance was not ready in time");
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        let restarter = self.restarter.as_ref()?;
+        let pending = restarter.pending.as_ref()?;
+        let until = restarter
+            .ready_delay
+            .map_or(restarter.ready_timeout, |d| d.min(restarter.ready_timeout));
+        Some(until.saturating_sub(pending.started.elapsed()))
+    }
+
+    fn describe_serving(&self) -> String {
+        self.serving
+            .map_or_else(|| "nobody".to_string(), |pid| format!("pid {pid}"))
+    }
+
+    fn relay(&self, message: &str) {
+        if let Err(e) = notify::sd_notify(self.upstream.as_ref(), message) {
+            warning!("cannot notify our service manager ({message:?}): {e}");
+        }
+    }
+}
