@@ -142,6 +142,10 @@ impl Watch {
         envp.push(ptr::null());
         info!("exited after the hand-over to {serving}; staying as the stub that supervises it");
         keep_only_stdio_and(socket);
+        // The operator's signals must not find the default disposition between
+        // the exec and the stub's signalfd: blocked, they stay pending across
+        // the exec and the stub reads them.
+        let _ = Supervisor::handled(&FORWARDED).thread_block();
         // SAFETY: NUL-terminated argv and envp arrays of C strings that live
         // until the call; on success it does not return.
         unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
@@ -248,6 +252,8 @@ fn supervise(fd: RawFd, serving: i32) -> i32 {
     let socket = UnixDatagram::from(socket);
     let supervisor = notify::Listener::with_socket(socket, OsString::new())
         .and_then(|listener| Supervisor::new(listener, FORWARDED.to_vec(), None));
+    // What `ps` and `/proc/PID/comm` show, rather than the executable's name.
+    let _ = nix::sys::prctl::set_name(c"grestart-stub");
     match supervisor {
         Ok(mut supervisor) => {
             supervisor.serve(serving);

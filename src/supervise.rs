@@ -114,8 +114,7 @@ impl Supervisor {
         forwarded: Vec<Signal>,
         restarter: Option<Restarter>,
     ) -> io::Result<Supervisor> {
-        let mut handled: SigSet = forwarded.iter().copied().collect();
-        handled.add(Signal::SIGCHLD);
+        let mut handled = Supervisor::handled(&forwarded);
         if let Some(restarter) = &restarter {
             handled.add(restarter.restart_signal);
         }
@@ -140,6 +139,13 @@ impl Supervisor {
             ended: 0,
             restarter,
         })
+    }
+
+    /// The signals a supervisor forwarding `forwarded` takes over.
+    pub(crate) fn handled(forwarded: &[Signal]) -> SigSet {
+        let mut handled: SigSet = forwarded.iter().copied().collect();
+        handled.add(Signal::SIGCHLD);
+        handled
     }
 
     /// Follows `pid` as the serving generation.

@@ -1,10 +1,11 @@
 //! The test kit every process-level test, the demo and the benchmark share,
 //! one concern per module: building (`build`), following processes
-//! (`process`), a server under test (`server`), the HTTP client (`http`) and
+//! (`process`), a service in a PID namespace (`container`), a server under test (`server`), the HTTP client (`http`) and
 //! load (`load`).
 #![allow(dead_code)] // each test binary uses a different part
 
 mod build;
+mod container;
 mod http;
 mod load;
 mod process;
@@ -12,4 +13,4 @@ mod server;
 
 // Not every test binary uses every module.
 #[allow(unused_imports)]
-pub use {build::*, http::*, load::*, process::*, server::*};
+pub use {build::*, container::*, http::*, load::*, process::*, server::*};
