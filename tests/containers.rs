@@ -23,7 +23,8 @@ enum Init {
     /// The server is PID 1; after a restart PID 1 is its stub.
     None,
     Tini,
-    DumbInit,
+    /// dumb-init
+    Dumb,
     Launcher,
 }
 
@@ -32,7 +33,7 @@ impl Init {
         match self {
             Init::None => vec![],
             Init::Tini => vec!["tini".into(), "--".into()],
-            Init::DumbInit => vec!["dumb-init".into()],
+            Init::Dumb => vec!["dumb-init".into()],
             Init::Launcher => vec![launcher().into(), "run".into(), "--".into()],
         }
     }
@@ -45,7 +46,7 @@ impl Init {
     fn settled_processes(self) -> usize {
         match self {
             Init::None | Init::Launcher => 2,
-            Init::Tini | Init::DumbInit => 3,
+            Init::Tini | Init::Dumb => 3,
         }
     }
 }
@@ -147,7 +148,7 @@ fn c_example_under_tini() {
 
 #[test]
 fn c_example_under_dumb_init() {
-    restarts_in_a_container(Init::DumbInit, &c_example());
+    restarts_in_a_container(Init::Dumb, &c_example());
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn rust_example_under_tini() {
 
 #[test]
 fn rust_example_under_dumb_init() {
-    restarts_in_a_container(Init::DumbInit, &rust_example());
+    restarts_in_a_container(Init::Dumb, &rust_example());
 }
 
 #[test]
@@ -187,7 +188,7 @@ fn python_example_under_tini() {
 
 #[test]
 fn python_example_under_dumb_init() {
-    restarts_in_a_container(Init::DumbInit, &python_example());
+    restarts_in_a_container(Init::Dumb, &python_example());
 }
 
 #[test]
