@@ -92,7 +92,7 @@ fn restarts_in_a_container(init: Init, server: &[OsString]) {
     );
     let hooks = format!("generation {last} exiting after");
     assert!(
-        log.lock().unwrap().iter().any(|line| line.contains(&hooks)),
+        log.lines().iter().any(|line| line.contains(&hooks)),
         "the serving generation ran its hooks on SIGTERM"
     );
 }

@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,13 +28,49 @@ pub struct Container {
     /// Its `X-Generation`, 0 for a program that does not link grestart.
     pub generation: u64,
     /// Every line the service wrote to stderr.
-    pub log: Arc<Mutex<Vec<String>>>,
+    pub log: Arc<Log>,
+}
+
+/// The lines a service wrote to stderr, and a way to wait for one.
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<Vec<String>>,
+    added: Condvar,
+}
+
+impl Log {
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until `count` lines hold `needle` (at most `timeout`).
+    pub fn wait_for(&self, needle: &str, count: usize, timeout: Duration) {
+        let lines = self.lines.lock().unwrap();
+        let (lines, waited) = self
+            .added
+            .wait_timeout_while(lines, timeout, |lines| {
+                lines.iter().filter(|l| l.contains(needle)).count() < count
+            })
+            .unwrap();
+        assert!(
+            !waited.timed_out(),
+            "no {count} log lines with {needle:?} within {timeout:?}:\n{}",
+            lines.join("\n")
+        );
+    }
 }
 
 impl Container {
-    /// Starts `command` (the init and the server, the server's address last)
-    /// as PID 1 of a new PID namespace and waits for its first answer.
+    /// Starts `command` (an init, the server and its arguments) as PID 1 of a
+    /// new PID namespace, reads the address it listens on from the server's
+    /// first line ("... listening on HOST:PORT") and waits for its first answer.
     pub fn start(command: &[&OsStr]) -> Container {
+        Container::start_on(command, None)
+    }
+
+    /// [`Container::start`] for a server that listens on `addr` and prints no
+    /// such line.
+    pub fn start_on(command: &[&OsStr], addr: Option<SocketAddr>) -> Container {
         let mut unshare = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
             .args(command)
@@ -45,23 +81,31 @@ impl Container {
             .expect("unshare (util-linux) runs");
         let mut stdout = BufReader::new(unshare.stdout.take().expect("piped"));
         let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("the server's first line");
+        if addr.is_none() {
+            stdout
+                .read_line(&mut line)
+                .expect("the server's first line");
+        }
         // Every generation writes to this pipe: keep reading it.
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Log::default());
         let lines = Arc::clone(&log);
         let stderr = BufReader::new(unshare.stderr.take().expect("piped"));
         thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
                 eprintln!("{line}");
-                lines.lock().unwrap().push(line);
+                lines.lines.lock().unwrap().push(line);
+                lines.added.notify_all();
             }
         });
-        let addr: SocketAddr = (line.trim().rsplit(' ').next())
-            .and_then(|a| a.parse().ok())
+        let addr: SocketAddr = addr
+            .or_else(|| line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()))
             .unwrap_or_else(|| panic!("no address in the first line {line:?}"));
+        // Once it answers, unshare has forked the namespace's PID 1.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(addr, true).is_err() && Instant::now() < deadline {
+            thread::yield_now();
+        }
         let init = *children(unshare.id() as i32, false)
             .first()
             .expect("unshare forked the namespace's PID 1");
