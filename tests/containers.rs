@@ -195,3 +195,49 @@ fn python_example_under_dumb_init() {
 fn python_example_under_the_launcher() {
     restarts_in_a_container(Init::Launcher, &python_example());
 }
+
+/// The README's Dockerfile, run as docker would run it: its ENTRYPOINT as
+/// PID 1 of a PID namespace (the launcher and the C example built from the
+/// source the Dockerfile compiles, on a free port of 127.0.0.1), restarted
+/// by `docker kill -s USR2` (SIGUSR2 to PID 1) and stopped by `docker stop`
+/// (its STOPSIGNAL to PID 1).
+#[test]
+fn the_dockerfile_runs_as_printed() {
+    let dockerfile =
+        std::fs::read_to_string(support::repo().join("examples/container/Dockerfile")).unwrap();
+    let line = |instruction: &str| {
+        (dockerfile.lines())
+            .find_map(|l| l.strip_prefix(instruction))
+            .unwrap_or_else(|| panic!("the Dockerfile has a {instruction}"))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        dockerfile.contains("cc -O2 -Iinclude examples/c/http_server.c"),
+        "the image serves the C example"
+    );
+    assert_eq!(
+        line("STOPSIGNAL "),
+        "SIGTERM",
+        "docker stop sends what the launcher forwards"
+    );
+    let entrypoint = line("ENTRYPOINT ");
+    let words: Vec<String> = (entrypoint.trim_matches(['[', ']']).split(','))
+        .map(|w| w.trim().trim_matches('"').to_string())
+        .collect();
+    assert_eq!(words[..4], ["grestart", "run", "--", "/srv/server"]);
+    let mut command: Vec<OsString> = vec![launcher().into()];
+    command.extend(words[1..3].iter().map(OsString::from));
+    command.extend(c_example());
+    command.push("127.0.0.1:0".into()); // the image's 0.0.0.0:8080, on loopback only
+    let args: Vec<&OsStr> = command.iter().map(OsString::as_os_str).collect();
+    let mut container = Container::start(&args);
+    let load = Load::start(container.addr, 2, 2);
+    for _ in 0..5 {
+        container.restart();
+        container.settles_to(2, false);
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(container.stop().success());
+}

@@ -147,6 +147,12 @@ fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_remove
     );
     let server_c = dir.join("server_c");
     build_against(&prefix, &server_c);
+    let launcher = support::run(Command::new(prefix.join("bin/grestart")).arg("--version"));
+    assert_eq!(
+        launcher.trim(),
+        format!("grestart {}", env!("CARGO_PKG_VERSION")),
+        "the launcher is installed"
+    );
 
     support::become_subreaper();
     let mut server =

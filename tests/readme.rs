@@ -1,5 +1,5 @@
 //! Every code block of the READMEs is real code that the tests run: each C,
-//! C++, Rust and Python block must be preceded by `<!-- file: PATH -->` and
+//! C++, Rust, Python and Dockerfile block must be preceded by `<!-- file: PATH -->` and
 //! equal that file, or by `<!-- from: PATH -->` and be lines that follow one
 //! another in that file (an excerpt); the restart tests build and restart
 //! those files under load. (Shell commands, unit files and output samples are
@@ -8,7 +8,7 @@
 mod support;
 
 const READMES: [&str; 2] = ["README.md", "bindings/python/README.md"];
-const PROGRAMS: [&str; 4] = ["c", "cpp", "rust", "python"];
+const PROGRAMS: [&str; 5] = ["c", "cpp", "rust", "python", "dockerfile"];
 
 #[test]
 fn every_program_in_a_readme_is_a_tested_file() {

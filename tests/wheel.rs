@@ -94,6 +94,16 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
         "grestart and its library come from the wheel: {installed}"
     );
 
+    // The launcher is on the venv's PATH, as `pip install` users run it.
+    let launcher = support::run(as_a_user(
+        Command::new(venv.join("bin/grestart")).arg("--version"),
+    ));
+    assert_eq!(
+        launcher.trim(),
+        format!("grestart {}", env!("CARGO_PKG_VERSION")),
+        "the wheel ships the launcher"
+    );
+
     let tests = support::run(as_a_user(
         Command::new(&python)
             .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])

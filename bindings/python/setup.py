@@ -1,4 +1,5 @@
-"""Builds libgrestart.so with cargo and ships it inside the package.
+"""Builds libgrestart.so and the launcher with cargo and ships them inside the
+package (the launcher as `grestart/bin/grestart`, on PATH as `grestart`).
 
 The Rust crate is found beside this file in `rust/` (an sdist made by
 scripts/build-wheel carries it there) or two directories up (the repository,
@@ -26,12 +27,14 @@ class BuildWithLibrary(build_py):
         super().run()
         target = Path(os.environ.get("CARGO_TARGET_DIR", CRATE / "target"))
         subprocess.check_call(
-            ["cargo", "build", "--release", "--lib", "--manifest-path", str(CRATE / "Cargo.toml")],
+            ["cargo", "build", "--release", "--lib", "--bin", "grestart",
+             "--manifest-path", str(CRATE / "Cargo.toml")],
             env={**os.environ, "CARGO_TARGET_DIR": str(target)},
         )
-        destination = Path(self.build_lib) / "grestart" / "libgrestart.so"
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target / "release" / "libgrestart.so", destination)
+        package = Path(self.build_lib) / "grestart"
+        (package / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target / "release" / "libgrestart.so", package / "libgrestart.so")
+        shutil.copy(target / "release" / "grestart", package / "bin" / "grestart")  # keeps +x
 
 
 class NativeDistribution(Distribution):

@@ -94,7 +94,11 @@ impl Container {
         thread::spawn(move || {
             for line in stderr.lines().map_while(Result::ok) {
                 eprintln!("{line}");
-                lines.lines.lock().unwrap().push(line);
+                lines
+                    .lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line);
                 lines.added.notify_all();
             }
         });
@@ -204,6 +208,10 @@ impl Container {
             if processes.len() == count && zombies == 0 && stubs == usize::from(stub) {
                 return;
             }
+            assert!(
+                processes[0].1 != "gone",
+                "PID 1 exited: the container ended"
+            );
             assert!(
                 Instant::now() < deadline,
                 "the namespace should settle to {count} processes: {processes:?}"
