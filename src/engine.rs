@@ -557,11 +557,16 @@ impl Engine {
 
     /// Stops this generation: the shutdown fd turns readable and waiters wake.
     fn begin_drain(&'static self) {
+        // No successor: the service stops (systemd, or the launcher above us, hears it).
+        let stopping = self.heir_lock().is_none();
         let mut state = self.lock();
         if state.phase == Phase::Draining {
             return;
         }
         state.phase = Phase::Draining;
+        if stopping {
+            self.notify("STOPPING=1");
+        }
         state.registry.release();
         if let Err(e) = self.shutdown_event.write(1) {
             error!("cannot signal the drain on the shutdown fd: {e}");

@@ -208,3 +208,46 @@ fn a_storm_of_restart_signals_is_one_restart_at_a_time() {
     println!("{started} restarts for 51 signals; the last took {restarted:?}");
     assert!(container.stop().success());
 }
+
+/// Under systemd (a `NOTIFY_SOCKET` of its own) the launcher stays the main
+/// process: it relays the generations' `READY=1`, `RELOADING=1` and
+/// `STOPPING=1` upward, never their `MAINPID=`.
+#[test]
+fn under_a_service_manager_the_launcher_relays_readiness_not_pids() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("launcher-notify");
+    let path = dir.join("notify");
+    let manager = UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let receive = || {
+        let mut buf = [0u8; 4096];
+        let n = manager.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    let mut notify_socket = OsString::from("NOTIFY_SOCKET=");
+    notify_socket.push(&path);
+    let mut command = vec!["env".into(), notify_socket];
+    command.extend(run(&[], &[binary.into()]));
+    command.push("127.0.0.1:0".into());
+    let mut container = start(&command, None);
+    let mut seen = vec![receive()];
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    container.restart();
+    seen.push(receive());
+    seen.push(receive());
+    assert!(seen[1].contains("RELOADING=1"), "{seen:?}");
+    assert!(seen[2].contains("READY=1"), "{seen:?}");
+    container.settles_to(2, false);
+    support::kill(container.init, libc::SIGTERM);
+    seen.push(receive());
+    assert!(seen[3].contains("STOPPING=1"), "{seen:?}");
+    assert!(container.stop().success());
+    assert!(
+        seen.iter().all(|m| !m.contains("MAINPID")),
+        "the launcher stays the main pid: {seen:?}"
+    );
+}
