@@ -319,8 +319,8 @@ mod tests {
         for (args, why) in [
             (&["--"][..], "no PROGRAM"),
             (&["server"][..], "unknown option"),
-            (&["--signal", "KILL", "--", "s"][..], "cannot be handled"),
-            (&["--signal", "NOPE", "--", "s"][..], "cannot be handled"),
+            (&["--signal", "KILL", "--", "s"][..], "can be handled"),
+            (&["--signal", "NOPE", "--", "s"][..], "can be handled"),
             (&["--ready-timeout", "-1", "--", "s"][..], "positive number"),
             (&["--ready-delay", "1", "--", "s"][..], "need --listen"),
             (&["--listen"][..], "needs a value"),
