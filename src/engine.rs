@@ -183,10 +183,7 @@ impl Engine {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
         let (signal_pipe, wake) = signal::self_pipe()?;
-        thread::Builder::new()
-            .name("grestart-signal".into())
-            .spawn(move || watch_signals(signal_pipe))
-            .map_err(|e| with_context(e, "cannot start the signal watcher thread"))?;
+        signal::spawn_thread("grestart-signal", move || watch_signals(signal_pipe))?;
         let restart_signal = heritage
             .restart_signal
             .filter(|&signo| signal::check(signo).is_ok());
@@ -539,22 +536,18 @@ impl Engine {
             return;
         };
         info!("draining (deadline {deadline:?})");
-        let spawned = thread::Builder::new()
-            .name("grestart-drain".into())
-            .spawn(move || {
-                thread::sleep(deadline);
-                warning!(
-                    "drain deadline of {deadline:?} passed with work still in flight; exiting"
-                );
-                self.finish_hand_overs();
-                self.run_hooks();
-                // SAFETY: flush C stdio, then leave without running atexit
-                // handlers under the feet of the threads still working.
-                unsafe {
-                    libc::fflush(std::ptr::null_mut());
-                    libc::_exit(0)
-                }
-            });
+        let spawned = signal::spawn_thread("grestart-drain", move || {
+            thread::sleep(deadline);
+            warning!("drain deadline of {deadline:?} passed with work still in flight; exiting");
+            self.finish_hand_overs();
+            self.run_hooks();
+            // SAFETY: flush C stdio, then leave without running atexit
+            // handlers under the feet of the threads still working.
+            unsafe {
+                libc::fflush(std::ptr::null_mut());
+                libc::_exit(0)
+            }
+        });
         if let Err(e) = spawned {
             error!("cannot arm the drain deadline: {e}");
         }
@@ -753,9 +746,11 @@ impl Engine {
 
 /// Reads restart signals forever; a restart runs here, outside signal context.
 fn watch_signals(pipe: OwnedFd) {
+    signal::become_watcher();
     loop {
         signal::wait(&pipe);
         let Some(engine) = ENGINE.get() else { continue };
+        let _busy = signal::Busy::new();
         let _ = engine.restart_coalescing(|| signal::drain(&pipe));
     }
 }

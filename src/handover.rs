@@ -20,12 +20,12 @@
 //! Bytes a client sends meanwhile wait in the kernel's socket buffer.
 
 use std::collections::VecDeque;
+use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use std::{io, thread};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -37,6 +37,7 @@ use nix::sys::socket::{
 
 use crate::error::{fail, with_context};
 use crate::log::{debug, warning};
+use crate::signal;
 use crate::sys::socket_type;
 
 /// Sent with (or after) "ready": the heir adopts connections.
@@ -335,10 +336,7 @@ impl Adoption {
             channel: channel.as_ref().map(|(c, _)| Arc::clone(c)),
         }));
         if let Some((channel, _)) = channel {
-            thread::Builder::new()
-                .name("grestart-adopt".into())
-                .spawn(move || adoption.receive(&channel))
-                .map_err(|e| with_context(e, "cannot start the adoption thread"))?;
+            signal::spawn_thread("grestart-adopt", move || adoption.receive(&channel))?;
         }
         Ok(adoption)
     }
@@ -483,6 +481,7 @@ mod tests {
     use std::io::Read;
     use std::net::SocketAddr;
     use std::os::unix::net::UnixStream;
+    use std::thread;
 
     fn addr(text: &str) -> SockaddrStorage {
         SockaddrStorage::from(text.parse::<SocketAddr>().unwrap())

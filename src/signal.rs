@@ -7,20 +7,40 @@
 //! during a restart cannot kill a successor that is still starting. Its engine
 //! then installs the handler on that same signal; the ignore was ours, so the
 //! disposition to give back later is the default, not "ignored".
+//!
+//! grestart's threads never take the application's signals: each starts with
+//! every signal blocked ([`spawn_thread`]), so a process-directed `SIGINT` or
+//! `SIGTERM` goes to a thread of the application (CPython, say, only acts on a
+//! signal its main thread receives). The watcher alone then unblocks the
+//! restart signal, so that the restart works even in an application that blocks
+//! it in all its threads (the `sigwait`/`signalfd` design): the kernel delivers
+//! a process-directed signal to a thread that does not block it. A thread's mask
+//! can only be changed by the thread itself, so when the restart signal changes
+//! [`install`] asks the watcher, through the self-pipe, to change its own mask.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{pipe2, read};
 
 use crate::error::{fail, os_fail, with_context};
+use crate::log::{self, warning};
+
+/// What the self-pipe carries: a restart request, from the handler...
+const RESTART_BYTE: u8 = 1;
+/// ... or, from [`install`], a request to the watcher to unblock another signal.
+const RETUNE_BYTE: u8 = 2;
 
 /// The write end of the self-pipe; the handler's only state with [`OWNER`].
 static WAKE: AtomicI32 = AtomicI32::new(-1);
@@ -32,6 +52,31 @@ static OWNER: AtomicI32 = AtomicI32::new(0);
 /// The signal we handle now and the disposition it had before us.
 static INSTALLED: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
 
+/// The signal the watcher thread must leave unblocked (0: none yet).
+static WATCHED: AtomicI32 = AtomicI32::new(0);
+
+/// What the watcher's own mask is now, for [`install`] to wait on.
+struct Watcher {
+    /// The signal its mask leaves unblocked (0: none).
+    unblocked: c_int,
+    /// It runs a restart, and reads the pipe only when that is over.
+    busy: bool,
+}
+
+static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
+    unblocked: 0,
+    busy: false,
+});
+static WATCHER_CHANGED: Condvar = Condvar::new();
+
+thread_local! {
+    static IN_WATCHER: Cell<bool> = const { Cell::new(false) };
+}
+
+fn watcher() -> MutexGuard<'static, Watcher> {
+    WATCHER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 extern "C" fn on_signal(_signo: c_int) {
     // Async-signal-safe: one write to a non-blocking pipe. A full pipe already
     // holds a pending request, so dropping the byte is the coalescing we want.
@@ -42,7 +87,7 @@ extern "C" fn on_signal(_signo: c_int) {
             return;
         }
         let errno = *libc::__errno_location();
-        let byte = 1u8;
+        let byte = RESTART_BYTE;
         libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
         *libc::__errno_location() = errno;
     }
@@ -106,6 +151,8 @@ pub(crate) fn current() -> c_int {
 /// Makes `signo` the restart signal, giving the previous one back its old disposition.
 pub(crate) fn install(signo: c_int) -> io::Result<()> {
     check(signo)?;
+    // What this logs goes out once the lock is released: a logger may call in.
+    let _defer = log::Defer::new();
     let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
     if matches!(*installed, Some((current, _)) if current == signo) {
         return Ok(());
@@ -128,6 +175,11 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
             "cannot install a handler for signal {signo}"
         )));
     }
+    // The watcher unblocks the new signal and blocks the old one before the old
+    // one gets its disposition back: an application that blocks the old signal
+    // everywhere (to `sigwait` for it) must not see it handled on our thread.
+    WATCHED.store(signo, Ordering::Relaxed);
+    retune_watcher(signo);
     if let Some((old, old_previous)) = installed.take() {
         // SAFETY: restoring a disposition sigaction gave us earlier.
         unsafe { libc::sigaction(old, &old_previous, ptr::null_mut()) };
@@ -136,28 +188,133 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Blocks until the restart signal arrived at least once, and swallows every
-/// arrival since (a storm of signals is one request).
-pub(crate) fn wait(pipe: &OwnedFd) {
-    // EINTR and spurious wake-ups only loop again.
-    while !matches!(
-        poll(
-            &mut [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)],
-            PollTimeout::NONE
-        ),
-        Ok(1..)
-    ) {}
-    drain(pipe);
+/// Starts a grestart thread with every signal blocked: a new thread starts
+/// with its creator's mask, so the creator blocks them all for the moment of
+/// the spawn (an application thread's mask may let anything through).
+pub(crate) fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let previous = SigSet::all()
+        .thread_swap_mask(SigmaskHow::SIG_SETMASK)
+        .map_err(|e| with_context(e.into(), "cannot block signals to start a thread"))?;
+    let spawned = thread::Builder::new().name(name.into()).spawn(body);
+    if let Err(e) = previous.thread_set_mask() {
+        warning!("cannot restore the signal mask after starting a thread: {e}");
+    }
+    spawned
+        .map(drop)
+        .map_err(|e| with_context(e, format!("cannot start the {name} thread")))
 }
 
-/// Reads away every pending byte of the pipe, returning how many there were.
+/// Makes the calling thread (started by [`spawn_thread`]) the watcher: the
+/// one thread that leaves the restart signal unblocked.
+pub(crate) fn become_watcher() {
+    IN_WATCHER.with(|w| w.set(true));
+    retune_here();
+}
+
+/// Gives the watcher's mask the signal [`WATCHED`] names, unless it has it.
+/// Only the watcher calls it: a thread's mask is its own to change.
+fn retune_here() {
+    if !IN_WATCHER.with(Cell::get) {
+        return;
+    }
+    let signo = WATCHED.load(Ordering::Relaxed);
+    let mut watcher = watcher();
+    if watcher.unblocked == signo && signo != 0 {
+        return;
+    }
+    // libc's sigset, not nix's SigSet: nix cannot name real-time signals.
+    // SAFETY: all-zero is a valid sigset for sigfillset to fill.
+    let mut mask: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: a valid sigset; sigdelset ignores a number that is no signal (0).
+    unsafe {
+        libc::sigfillset(&mut mask);
+        libc::sigdelset(&mut mask, signo);
+    }
+    // SAFETY: a valid sigset; changes this thread's mask only.
+    let changed = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, ptr::null_mut()) };
+    if changed != 0 {
+        warning!(
+            "cannot unblock signal {signo} in the signal watcher: {}",
+            io::Error::from_raw_os_error(changed)
+        );
+        return;
+    }
+    watcher.unblocked = signo;
+    WATCHER_CHANGED.notify_all();
+}
+
+/// Asks the watcher to unblock `signo` (and block the others), and waits for
+/// it, unless it is busy with a restart: then it does so when that is over,
+/// and a `signo` sent meanwhile stays pending until then, never lost.
+fn retune_watcher(signo: c_int) {
+    if IN_WATCHER.with(Cell::get) {
+        return retune_here();
+    }
+    let wake = WAKE.load(Ordering::Relaxed);
+    if wake < 0 {
+        return; // no watcher yet: it reads WATCHED when it starts
+    }
+    let byte = RETUNE_BYTE;
+    // SAFETY: a write of one byte from a valid buffer to the self-pipe, which
+    // lives as long as the process. A full pipe wakes the watcher anyway.
+    unsafe { libc::write(wake, (&byte as *const u8).cast(), 1) };
+    let watcher = watcher();
+    let (watcher, waited) = WATCHER_CHANGED
+        .wait_timeout_while(watcher, Duration::from_secs(1), |w| {
+            w.unblocked != signo && !w.busy
+        })
+        .unwrap_or_else(|e| e.into_inner());
+    drop(watcher);
+    if waited.timed_out() {
+        warning!("the signal watcher did not take signal {signo} within 1 s; it will");
+    }
+}
+
+/// Held by the watcher while it runs a restart: [`install`] does not wait for
+/// it meanwhile.
+pub(crate) struct Busy;
+
+impl Busy {
+    pub(crate) fn new() -> Busy {
+        watcher().busy = true;
+        WATCHER_CHANGED.notify_all();
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        watcher().busy = false;
+        retune_here();
+    }
+}
+
+/// Blocks until the restart signal arrived at least once, and swallows every
+/// arrival since (a storm of signals is one request). Only the watcher calls it.
+pub(crate) fn wait(pipe: &OwnedFd) {
+    loop {
+        // EINTR and spurious wake-ups only loop again.
+        let _ = poll(
+            &mut [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)],
+            PollTimeout::NONE,
+        );
+        if drain(pipe) > 0 {
+            return;
+        }
+    }
+}
+
+/// Reads away every pending byte of the pipe, returning how many restart
+/// requests there were; a request to retune the watcher is carried out.
+/// Only the watcher calls it.
 pub(crate) fn drain(pipe: &OwnedFd) -> usize {
     let mut buf = [0u8; 256];
     let mut total = 0;
     // The pipe is non-blocking: EAGAIN once it is empty.
     while let Ok(n @ 1..) = read(pipe.as_fd(), &mut buf) {
-        total += n;
+        total += buf[..n].iter().filter(|&&b| b == RESTART_BYTE).count();
     }
+    retune_here();
     total
 }
 

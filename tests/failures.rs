@@ -424,3 +424,16 @@ fn an_application_that_reaps_its_children_itself_still_restarts() {
     ];
     failed_then_good_restart("reaper", &env);
 }
+
+/// A server that blocks every signal in all its threads (it waits for its
+/// own with sigwait or signalfd) still restarts on SIGUSR2: grestart's watcher
+/// thread unblocks the restart signal for itself.
+#[test]
+fn a_server_that_blocks_every_signal_restarts_on_the_signal() {
+    let flaky = Flaky::new("blocked");
+    let mut server = flaky.start(&[("GR_TEST_BLOCK_ALL_SIGNALS", "1")]);
+    for _ in 0..2 {
+        server.restart(libc::SIGUSR2);
+    }
+    server.stop();
+}

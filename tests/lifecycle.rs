@@ -1,8 +1,9 @@
 //! Lifecycle rules that need a fresh process each: the shutdown hooks run
-//! once and to completion whoever asks (a second thread, the drain deadline),
-//! a logger may call back into grestart, a failed start loses nothing it
-//! inherited, shutdown waits for the work in flight, and a drain deadline of
-//! zero means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
+//! once and to completion whoever asks (a second thread, the drain deadline,
+//! a hook itself), a logger may call back into grestart, a failed start loses
+//! nothing it inherited, shutdown waits for the work in flight, grestart's
+//! threads take no signal of the application's, and a drain deadline of zero
+//! means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
 //! through this very binary run again as a child for the Rust API.
 
 mod support;
@@ -75,6 +76,16 @@ fn a_forked_worker_cannot_act_for_its_master_and_drains_with_it() {
 #[test]
 fn shutdown_waits_for_the_work_in_flight() {
     assert_eq!(run_scenario("work-in-flight"), ["work done"]);
+}
+
+#[test]
+fn grestart_threads_block_every_signal_but_their_own() {
+    run_scenario("thread-masks");
+}
+
+#[test]
+fn a_hook_may_call_shutdown() {
+    assert_eq!(run_scenario("hook-calls-shutdown"), ["hook done"]);
 }
 
 /// The child half of [`a_zero_drain_deadline_is_none_in_rust`]: only does

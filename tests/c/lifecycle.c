@@ -13,8 +13,15 @@
  *   forked-worker        a child forked after grestart started (a prefork
  *                        worker) cannot act for the generation (EPERM), cannot
  *                        make it drain, and sees its drain on the shared fd
+ *   thread-masks         in an heir (a forked child posing as one), grestart's
+ *                        threads (signal watcher, hand-over, drain deadline)
+ *                        block every signal but the restart signal, which only
+ *                        the watcher leaves unblocked, also after gr_set_signal
+ *   hook-calls-shutdown  a hook that calls gr_shutdown gets 0 at once; another
+ *                        thread's gr_shutdown waits for the hook to finish
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -138,6 +145,68 @@ static void pose_as_heir(void) {
     setenv("LISTEN_FDNAMES", "http", 1);
 }
 
+/* Checks the signal masks of this process's threads other than the main one:
+ * the one named grestart-signal blocks every signal but `restart`, the others
+ * every signal. The kernel never blocks SIGKILL and SIGSTOP, glibc never its
+ * own 32 and 33. Returns how many such threads there are. */
+static int check_thread_masks(int restart) {
+    int threads = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    EXPECT(tasks != NULL);
+    struct dirent *task;
+    while (tasks && (task = readdir(tasks))) {
+        if (task->d_name[0] == '.' || atoi(task->d_name) == (int)getpid()) {
+            continue;
+        }
+        char path[300], name[64] = "", line[256];
+        unsigned long long blocked = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", task->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(name, sizeof name, f)) {
+            name[strcspn(name, "\n")] = '\0';
+        }
+        if (f) {
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", task->d_name);
+        f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f)) {
+            sscanf(line, "SigBlk: %llx", &blocked);
+        }
+        if (f) {
+            fclose(f);
+        }
+        int watcher = strcmp(name, "grestart-signal") == 0;
+        for (int signo = 1; signo <= 64; signo++) {
+            if (signo == SIGKILL || signo == SIGSTOP || signo == 32 || signo == 33) {
+                continue;
+            }
+            int is_blocked = (blocked >> (signo - 1)) & 1;
+            if (is_blocked != !(watcher && signo == restart)) {
+                fprintf(stderr, "thread %s (%s) %s signal %d (SigBlk %llx)\n", task->d_name, name,
+                        is_blocked ? "blocks" : "does not block", signo, blocked);
+                EXPECT(0);
+                break;
+            }
+        }
+        threads++;
+    }
+    if (tasks) {
+        closedir(tasks);
+    }
+    return threads;
+}
+
+static void shutdown_inside(void *arg) {
+    (void)arg;
+    /* Nested: returns at once instead of waiting for the hooks it is part of. */
+    EXPECT(gr_shutdown() == 0);
+    sleep_ms(200); /* the second caller must wait until this returns */
+    FILE *f = fopen(scratch, "a");
+    fputs("hook done\n", f);
+    fclose(f);
+}
+
 /* The address space in use now, from /proc/self/statm (pages). */
 static rlim_t address_space_now(void) {
     unsigned long pages = 0;
@@ -225,6 +294,34 @@ int main(int argc, char **argv) {
         }
         EXPECT(gr_shutdown() == 0);
         EXPECT(exit_code(worker) == 0);
+    } else if (strcmp(scenario, "thread-masks") == 0) {
+        int link[2];
+        EXPECT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, link) == 0);
+        pid_t heir = fork();
+        if (heir == 0) {
+            /* An heir of this process: a listener at fd 3, the link at fd 10. */
+            pose_as_heir();
+            EXPECT(dup2(link[1], 10) == 10);
+            setenv("GRESTART_READY_FD", "10", 1);
+            EXPECT(gr_adopt_fd() >= 0); /* starts the hand-over thread */
+            EXPECT(gr_set_drain_deadline_ms(20000) == 0);
+            EXPECT(gr_ready() == 0);
+            EXPECT(gr_shutdown() == 0); /* the deadline thread now waits */
+            EXPECT(check_thread_masks(SIGUSR2) == 3);
+            EXPECT(gr_set_signal(SIGHUP) == 0);
+            EXPECT(check_thread_masks(SIGHUP) == 3);
+            _exit(failures != 0);
+        }
+        close(link[1]);
+        EXPECT(exit_code(heir) == 0);
+        close(link[0]);
+    } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
+        EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
+        EXPECT(gr_ready() == 0);
+        pthread_create(&thread, NULL, second_caller, NULL);
+        EXPECT(gr_shutdown() == 0);
+        pthread_join(thread, NULL);
+        EXPECT(completed_hooks() == 1);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;
