@@ -178,9 +178,20 @@ def test_import_grestart_imports_neither_asyncio_nor_a_framework():
     print(f"import grestart, cumulative (-X importtime): {int(line.split('|')[1]) / 1000:.1f} ms")
 
 
+def blocked_signals(pid: int, tid: int) -> int:
+    """The SigBlk mask of thread ``tid`` of process ``pid``."""
+    with open(f"/proc/{pid}/task/{tid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+
+
 def test_wait_shutdown_lets_ctrl_c_through():
+    # SIGINT is set to Python's handler in the child: a test run started in the
+    # background of a shell (or by a CI runner) inherits SIGINT ignored, and
+    # then Python installs no handler and Ctrl-C never raises, grestart or not.
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
+            import signal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             import grestart
             try:
                 print("waiting", flush=True)
@@ -195,6 +206,14 @@ def test_wait_shutdown_lets_ctrl_c_through():
         while "poll" not in open(f"/proc/{child.pid}/wchan").read():  # blocked in the wait
             assert time.monotonic() < deadline, "the child never blocked"
             time.sleep(0.001)
+        # The kernel gives a process-directed signal to a thread that does not
+        # block it, and CPython acts on it only in its main thread: every other
+        # thread (grestart's) must block SIGINT, or Ctrl-C may be lost.
+        others = [int(tid) for tid in os.listdir(f"/proc/{child.pid}/task") if int(tid) != child.pid]
+        assert others, "grestart runs a thread of its own"
+        sigint = 1 << (signal.SIGINT - 1)
+        for tid in others:
+            assert blocked_signals(child.pid, tid) & sigint, f"thread {tid} takes SIGINT"
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         assert select.select([child.stdout], [], [], 10)[0], "no KeyboardInterrupt within 10 s"
