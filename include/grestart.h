@@ -243,7 +243,7 @@ int gr_work_end(void);
  * Starts draining if not already, waits until no work is in flight (see
  * `gr_work_begin`), then runs the shutdown hooks in reverse order of
  * registration, once. A second caller, on any thread, returns when the hooks
- * have finished.
+ * have finished; a hook that calls it (a cleanup helper) gets 0 at once.
  *
  * Returns 0, or -1 with errno when grestart could not start.
  */

@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
-use std::thread;
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -52,10 +52,13 @@ enum Phase {
 }
 
 /// The shutdown hooks: they run once, to completion, whoever asks first; a
-/// later caller (another thread, the drain deadline) waits for them.
+/// later caller (another thread, the drain deadline) waits for them, but a
+/// hook that calls `shutdown` (a cleanup helper does) returns at once: it
+/// would wait for itself.
 enum Hooks {
     Pending(Vec<Hook>),
-    Running,
+    /// On this thread.
+    Running(ThreadId),
     Done,
 }
 
@@ -602,6 +605,9 @@ impl Engine {
     /// Drains (if not already), waits for the work in flight, and runs the
     /// hooks, once; a second caller waits for them to finish.
     pub(crate) fn shutdown(&'static self) {
+        if self.running_hooks_here() {
+            return;
+        }
         self.begin_drain();
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
@@ -685,15 +691,24 @@ impl Engine {
         self.adoption()?.adopt(timeout, fits)
     }
 
+    /// Whether this thread is running the hooks: a hook calls back.
+    fn running_hooks_here(&self) -> bool {
+        matches!(self.lock().hooks, Hooks::Running(id) if id == thread::current().id())
+    }
+
     fn run_hooks(&self) {
         let hooks = {
             let mut state = self.lock();
-            match mem::replace(&mut state.hooks, Hooks::Running) {
+            let here = thread::current().id();
+            match mem::replace(&mut state.hooks, Hooks::Running(here)) {
                 Hooks::Pending(hooks) => hooks,
                 other => {
+                    let nested = matches!(other, Hooks::Running(id) if id == here);
                     state.hooks = other;
                     drop(state);
-                    self.wait_until(|s| matches!(s.hooks, Hooks::Done));
+                    if !nested {
+                        self.wait_until(|s| matches!(s.hooks, Hooks::Done));
+                    }
                     return;
                 }
             }

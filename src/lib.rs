@@ -183,7 +183,8 @@ pub fn wait_shutdown(timeout: Option<Duration>) -> io::Result<bool> {
 
 /// Starts draining if not already, waits until no [`Work`] is in flight (no
 /// [`Accepted`] connection is left), and runs the shutdown hooks, once. A
-/// second caller, on any thread, returns when the hooks have finished.
+/// second caller, on any thread, returns when the hooks have finished; a hook
+/// that calls it returns at once.
 pub fn shutdown() -> io::Result<()> {
     engine()?.shutdown();
     Ok(())

@@ -366,7 +366,8 @@ def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]
 def shutdown() -> None:
     """Drains if not already, waits until no work is in flight (every
     :class:`Connection` closed, every :class:`in_flight` block left), then runs
-    the shutdown hooks, once. A second caller returns when they have finished."""
+    the shutdown hooks, once. A second caller returns when they have finished;
+    a hook that calls it returns at once."""
     check(lib.gr_shutdown())
 
 

@@ -137,6 +137,39 @@ def test_hooks_run_once_in_reverse_and_exceptions_are_reported():
     assert "refused 108" in result.stdout  # ESHUTDOWN
 
 
+def test_a_hook_may_call_shutdown():
+    # A cleanup helper registered as a hook may end with grestart.shutdown():
+    # from the hook's own thread it returns at once; another thread's call
+    # returns once the hooks have finished.
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import threading, time, grestart
+        done = []
+        started = threading.Event()
+
+        @grestart.on_shutdown
+        def cleanup():
+            started.set()
+            grestart.shutdown()
+            time.sleep(0.2)  # the other caller must wait for this
+            done.append("hook")
+
+        def other():
+            started.wait(10)
+            grestart.shutdown()
+            print("other thread after", done, flush=True)
+
+        grestart.ready()
+        helper = threading.Thread(target=other)
+        helper.start()
+        grestart.shutdown()
+        helper.join()
+        print("main after", done, flush=True)
+    """)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "other thread after ['hook']" in result.stdout, result.stdout
+    assert "main after ['hook']" in result.stdout, result.stdout
+
+
 def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
     heir = textwrap.dedent("""
         import os, subprocess, sys
