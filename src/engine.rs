@@ -77,6 +77,9 @@ struct State {
     predecessor: Option<Predecessor>,
     hooks: Hooks,
     settings: Settings,
+    /// The thread running a restart, if one runs: `shutdown` waits for it,
+    /// so that no successor starts serving after we were told to stop.
+    restarting_on: Option<ThreadId>,
 }
 
 pub(crate) struct Engine {
@@ -260,6 +263,7 @@ impl Engine {
                 registry: Registry::new(parts.inherited),
                 predecessor: parts.predecessor,
                 hooks: Hooks::Pending(Vec::new()),
+                restarting_on: None,
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
                     drain_deadline: None,
@@ -389,7 +393,10 @@ impl Engine {
             }
         };
         info!("restart requested");
+        self.lock_quietly().restarting_on = Some(thread::current().id());
         let result = self.start_successor();
+        self.lock_quietly().restarting_on = None;
+        self.changed.notify_all();
         let coalesced = coalesce();
         if coalesced > 0 {
             info!("{coalesced} restart signals arrived during the restart; coalesced into it");
@@ -439,7 +446,7 @@ impl Engine {
             successor.pid,
             self.generation + 1
         );
-        match successor.wait_ready(&exe, timeout) {
+        match successor.wait_ready(&exe, timeout, self.shutdown_event.as_fd()) {
             Ok(adopts) => {
                 info!(
                     "successor {} ready after {} ms{}",
@@ -465,6 +472,17 @@ impl Engine {
                             libc::ETIMEDOUT,
                             format!(
                                 "successor {} was not ready within {timeout:?}; killed it, it {status}",
+                                successor.pid
+                            ),
+                        )
+                    }
+                    NotReady::Abandoned => {
+                        let status = successor.kill();
+                        fail(
+                            libc::ESHUTDOWN,
+                            format!(
+                                "this process was told to stop while successor {} was starting; \
+                                 killed it, it {status}",
                                 successor.pid
                             ),
                         )
@@ -609,6 +627,10 @@ impl Engine {
             return;
         }
         self.begin_drain();
+        // A successor still starting sees the drain and is stopped (see
+        // `start_successor`); wait for that, unless we are that restart.
+        let here = thread::current().id();
+        self.wait_until(|s| s.restarting_on.is_none_or(|t| t == here));
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
             info!("waiting for {in_flight} pieces of work in flight");

@@ -362,10 +362,12 @@ pub extern "C" fn gr_work_end() -> c_int {
     call(|| engine_in_any_process()?.end_work().map(ok))
 }
 
-/// Starts draining if not already, waits until no work is in flight (see
-/// `gr_work_begin`), then runs the shutdown hooks in reverse order of
-/// registration, once. A second caller, on any thread, returns when the hooks
-/// have finished; a hook that calls it (a cleanup helper) gets 0 at once.
+/// Starts draining if not already, stops a successor that is still starting
+/// (killed and reaped: it must not serve once we were told to stop), waits
+/// until no work is in flight (see `gr_work_begin`), then runs the shutdown
+/// hooks in reverse order of registration, once. A second caller, on any
+/// thread, returns when the hooks have finished; a hook that calls it (a
+/// cleanup helper) gets 0 at once.
 ///
 /// Returns 0, or -1 with errno when grestart could not start.
 #[unsafe(no_mangle)]

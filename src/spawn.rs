@@ -98,6 +98,8 @@ pub(crate) enum NotReady {
     Failed(io::Error),
     /// It is alive but did not report ready in time.
     TimedOut,
+    /// This process was told to stop first (`abandon` turned readable).
+    Abandoned,
 }
 
 /// Forks and execs `exe` with `argv` in `cwd`, passing `listeners` at fds 3..
@@ -540,9 +542,16 @@ unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
 }
 
 impl Successor {
-    /// Waits until the successor reports ready, exits, or `timeout` passes.
+    /// Waits until the successor reports ready, exits, or `timeout` passes,
+    /// or `abandon` turns readable (this process must stop: a successor that
+    /// becomes ready now would serve on after its parent was told to stop).
     /// Ready, it says whether it adopts handed-over connections.
-    pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<bool, NotReady> {
+    pub(crate) fn wait_ready(
+        &self,
+        exe: &CStr,
+        timeout: Duration,
+        abandon: BorrowedFd<'_>,
+    ) -> Result<bool, NotReady> {
         let deadline = Instant::now() + timeout;
         let mut listening = true;
         loop {
@@ -554,10 +563,11 @@ impl Successor {
                 .unwrap_or(PollTimeout::MAX);
             let mut fds = [
                 PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(abandon, PollFlags::POLLIN),
                 PollFd::new(self.channel.as_fd(), PollFlags::POLLIN),
             ];
             // Once the channel can no longer say "ready", only the exit counts.
-            let watched = if listening { 2 } else { 1 };
+            let watched = if listening { 3 } else { 2 };
             match poll(&mut fds[..watched], wait) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
@@ -568,7 +578,12 @@ impl Successor {
                 }
             }
             let exited = fds[0].any() == Some(true);
-            if listening && fds[1].any() == Some(true) {
+            if fds[1].any() == Some(true) {
+                // Before "ready": the stop wins even over a successor that
+                // says it at the same moment.
+                return Err(NotReady::Abandoned);
+            }
+            if listening && fds[2].any() == Some(true) {
                 // The channel speaks first: the child may report an exec error and
                 // exit at once, and its message is better than its exit status.
                 let mut message = [0u8; 6];

@@ -437,3 +437,50 @@ fn a_server_that_blocks_every_signal_restarts_on_the_signal() {
     }
     server.stop();
 }
+
+/// Asks the server for gr_shutdown() ("GET /shutdown"), as an operator's stop would.
+fn ask_shutdown(server: &Server) {
+    use std::io::{Read, Write};
+    let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
+    admin.write_all(b"GET /shutdown HTTP/1.1\r\n\r\n").unwrap();
+    admin.read_to_end(&mut Vec::new()).unwrap();
+}
+
+/// The pid in a log line "successor PID started ...".
+fn successor_pid(line: &str) -> i32 {
+    let after = line.split("successor ").nth(1).expect("a successor pid");
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// gr_shutdown() while a successor is still starting stops that successor
+/// before the old generation exits: no orphan serves after its parent was
+/// told to stop.
+#[test]
+fn a_shutdown_during_a_restart_stops_the_starting_successor() {
+    let flaky = Flaky::new("stop-during-restart");
+    let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
+    flaky.set_mode("hang");
+    support::kill(server.pid, libc::SIGUSR2);
+    let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(successor); // ended by stop() whatever happens
+    let successor_exit = support::pidfd(successor).unwrap();
+    let parent_exit = support::pidfd(server.pid).unwrap();
+    ask_shutdown(&server);
+    assert!(
+        support::wait_exit(&parent_exit, Duration::from_secs(10)),
+        "the old generation exits"
+    );
+    assert!(
+        support::wait_exit(&successor_exit, Duration::ZERO),
+        "the successor was stopped before its parent exited"
+    );
+    assert_eq!(
+        support::reap(successor),
+        None,
+        "and reaped by it, not left to us"
+    );
+    let line = server.wait_for_log("told to stop while successor", LOG_WAIT);
+    assert!(line.contains("killed it"), "{line}");
+    server.wait_for_log("shutdown returned 0", LOG_WAIT);
+    server.stop();
+}
