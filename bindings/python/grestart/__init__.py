@@ -246,17 +246,44 @@ async def shutdown_requested() -> None:
     await asyncio.shield(future)
 
 
+class _Work:
+    """One piece of work in flight, counted from its creation and ended once:
+    by :meth:`end`, or when it is garbage-collected unended (a connection
+    dropped without ``close()``), so that :func:`shutdown` never waits for
+    work nobody holds any more."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        check(lib.gr_work_begin())
+        self._open = True
+
+    def end(self) -> None:
+        if self._open:
+            self._open = False
+            check(lib.gr_work_end())
+
+    def __del__(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                lib.gr_work_end()  # a finalizer must not raise
+            except Exception:  # the interpreter is exiting: nobody waits
+                pass
+
+
 class Connection(socket.socket):
     """A connection from :func:`accept`: a ``socket.socket`` that counts as work
     in flight until it is closed (or detached); :func:`shutdown` waits for it.
-    Close it when done, e.g. with ``with conn:``."""
+    Close it when done, e.g. with ``with conn:``; one garbage-collected unclosed
+    ends its work too."""
 
-    _counted = False
+    _work: Optional[_Work] = None
 
     def _end_work(self) -> None:
-        if self._counted:
-            self._counted = False
-            check(lib.gr_work_end())
+        work, self._work = self._work, None
+        if work is not None:
+            work.end()
 
     def close(self) -> None:
         try:
@@ -292,9 +319,9 @@ def accept(listener: socket.socket) -> Optional[Connection]:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
         with accepted:
-            check(lib.gr_work_begin())
+            work = _Work()
             conn = Connection(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
-        conn._counted = True
+        conn._work = work
         conn.setblocking(True)
         return conn
 

@@ -353,6 +353,25 @@ def test_incoming_ends_on_drain_and_shutdown_waits_for_open_connections():
     assert "client got b'answer'" in result.stdout
 
 
+def test_a_connection_dropped_unclosed_ends_its_work():
+    # A Connection garbage-collected without close() (an exception in a
+    # handler, a forgotten close) must not leave shutdown() waiting forever.
+    result = subprocess.run([sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent("""
+        import gc, socket, grestart
+        listener = grestart.listen(("127.0.0.1", 0))
+        grestart.ready()
+        client = socket.create_connection(listener.getsockname())
+        conn = grestart.accept(listener)
+        assert isinstance(conn, grestart.Connection)
+        del conn
+        gc.collect()
+        grestart.shutdown()
+        print("shutdown returned", flush=True)
+    """)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "shutdown returned" in result.stdout
+
+
 def test_grestart_lines_go_to_the_logging_module():
     result = run_python("""
         import logging, grestart
