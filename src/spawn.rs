@@ -571,9 +571,15 @@ impl Successor {
             match poll(&mut fds[..watched], wait) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
+                    // We can no longer tell whether it becomes ready: it must
+                    // not serve behind our back, nor stay a zombie.
+                    let status = self.kill();
                     return Err(NotReady::Failed(with_context(
                         e.into(),
-                        "waiting for the successor",
+                        format!(
+                            "cannot wait for successor {}; killed it, it {status}",
+                            self.pid
+                        ),
                     )));
                 }
             }
@@ -594,6 +600,16 @@ impl Successor {
                 )
                 .unwrap_or(0);
                 return match (got, message[0]) {
+                    // A successor that said "ready" and died (a crash right
+                    // after gr_ready) serves nobody: we must not drain for it.
+                    (1.., READY_BYTE) if self.has_exited() => Err(NotReady::Failed(fail(
+                        libc::ECHILD,
+                        format!(
+                            "successor {} said it was ready, then {}",
+                            self.pid,
+                            self.reap()
+                        ),
+                    ))),
                     (1.., READY_BYTE) => Ok(message[1..got].contains(&ADOPT_BYTE)),
                     (6, FAILED_BYTE) => {
                         let errno =
@@ -625,6 +641,12 @@ impl Successor {
                 return Err(NotReady::Failed(self.died()));
             }
         }
+    }
+
+    /// Whether the successor has exited (its pidfd is readable), now.
+    fn has_exited(&self) -> bool {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1..))
     }
 
     /// Kills a successor that will never be ready, and reaps it.

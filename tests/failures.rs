@@ -484,3 +484,52 @@ fn a_shutdown_during_a_restart_stops_the_starting_successor() {
     server.wait_for_log("shutdown returned 0", LOG_WAIT);
     server.stop();
 }
+
+/// A successor that says "ready" and dies before the old generation reads it
+/// serves nobody: the old generation must not drain for it. The old generation
+/// is held stopped (SIGSTOP) while the successor says "ready" and exits, so
+/// that it finds both at once when it goes on.
+#[test]
+fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
+    let flaky = Flaky::new("ready-then-die");
+    let fifo = flaky.dir.join("go");
+    let fifo_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+    let mut server = flaky.start(&[("GR_TEST_FIFO", fifo.to_str().unwrap())]);
+    flaky.set_mode("readydie");
+    support::kill(server.pid, libc::SIGUSR2);
+    let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(successor);
+    let successor_exit = support::pidfd(successor).unwrap();
+    support::kill(server.pid, libc::SIGSTOP);
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, the first generation.
+    let stopped = unsafe { libc::waitpid(server.pid, &mut status, libc::WUNTRACED) };
+    assert!(
+        stopped == server.pid && libc::WIFSTOPPED(status),
+        "{status:#x}"
+    );
+    // The successor waits on the FIFO; this lets it say "ready" and exit.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut go| std::io::Write::write_all(&mut go, b"g"))
+        .unwrap();
+    assert!(
+        support::wait_exit(&successor_exit, Duration::from_secs(10)),
+        "the successor said ready and exited"
+    );
+    support::kill(server.pid, libc::SIGCONT);
+    let line = server.wait_for_log("restart failed", LOG_WAIT);
+    assert!(
+        line.contains("said it was ready, then exited with status 0"),
+        "{line}"
+    );
+    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.pid, server.pid, "the old generation serves on");
+    assert!(support::zombie_children(server.pid).is_empty());
+    flaky.set_mode("serve");
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
