@@ -221,7 +221,9 @@ int gr_wait_shutdown(int timeout_ms);
  * finished (after closing it), because `gr_shutdown` waits for that. The
  * listener is made non-blocking (a flag every generation shares). May be
  * called from several threads, and from a forked worker. Other errors (e.g.
- * `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+ * `EMFILE`, `EBADF`) concern this one accept: the loop may go on. Out of fds
+ * or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it fails only after a
+ * pause (5 ms, doubled while it lasts, up to 1 s), so that loop does not spin.
  */
 int gr_accept(int listener);
 

@@ -334,7 +334,9 @@ pub extern "C" fn gr_wait_shutdown(timeout_ms: c_int) -> c_int {
 /// finished (after closing it), because `gr_shutdown` waits for that. The
 /// listener is made non-blocking (a flag every generation shares). May be
 /// called from several threads, and from a forked worker. Other errors (e.g.
-/// `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+/// `EMFILE`, `EBADF`) concern this one accept: the loop may go on. Out of fds
+/// or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it fails only after a
+/// pause (5 ms, doubled while it lasts, up to 1 s), so that loop does not spin.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_accept(listener: c_int) -> c_int {
     call(|| {

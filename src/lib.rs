@@ -264,6 +264,9 @@ impl Listener for UnixListener {
 /// Each connection counts as work in flight until it is dropped, and
 /// [`shutdown`] waits for them. The streams are blocking; the listener is made
 /// non-blocking, a flag every generation shares. Works in a forked worker too.
+/// An error ends nothing: out of fds (`EMFILE`) the next item comes after a
+/// pause (5 ms, doubled while it lasts, up to 1 s), so a loop that goes on
+/// does not spin.
 ///
 /// ```no_run
 /// let listener = grestart::listen_tcp("127.0.0.1:8080")?;
