@@ -393,16 +393,35 @@ impl Engine {
             }
         };
         info!("restart requested");
-        self.lock_quietly().restarting_on = Some(thread::current().id());
-        let result = self.start_successor();
-        self.lock_quietly().restarting_on = None;
-        self.changed.notify_all();
+        // Refused by the rules (not ready, draining, the previous generation
+        // still draining) is not a failure: nothing was tried.
+        let checked = {
+            let mut state = self.lock();
+            let checked = self.check_may_restart(&mut state);
+            if checked.is_ok() {
+                // Under the same lock as the check: a shutdown either refuses
+                // this restart or waits for it.
+                state.restarting_on = Some(thread::current().id());
+            }
+            checked
+        };
+        let (result, refused) = match checked {
+            Err(e) => (Err(e), true),
+            Ok(()) => {
+                let started = self.start_successor();
+                self.lock_quietly().restarting_on = None;
+                self.changed.notify_all();
+                (started, false)
+            }
+        };
         let coalesced = coalesce();
         if coalesced > 0 {
             info!("{coalesced} restart signals arrived during the restart; coalesced into it");
         }
-        if let Err(e) = &result {
-            error!("restart failed, still serving: {e}");
+        match &result {
+            Err(e) if refused => warning!("restart refused: {e}"),
+            Err(e) => error!("restart failed, still serving: {e}"),
+            Ok(()) => {}
         }
         result
     }
@@ -410,8 +429,7 @@ impl Engine {
     fn start_successor(&'static self) -> io::Result<()> {
         let started = Instant::now();
         let (successor, exe, timeout, listeners) = {
-            let mut state = self.lock();
-            self.check_may_restart(&mut state)?;
+            let state = self.lock();
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
             access(exe.as_c_str(), AccessFlags::X_OK).map_err(|e| {
                 with_context(
