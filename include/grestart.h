@@ -275,8 +275,11 @@ int gr_set_drain_deadline_ms(uint64_t deadline_ms);
 
 /**
  * Sets the PID file each generation writes atomically when it becomes ready
- * (NULL: none, the default). `path` is copied. A generation that hands over
- * never removes it; one that shuts down without a successor does.
+ * (NULL: none, the default). `path` is copied. After a failed restart (whose
+ * successor may have written it) the serving process writes it again. A
+ * generation that hands over never removes it; one that shuts down without a
+ * successor removes it if it still names that process (a regular file, never
+ * read through a symlink).
  * Returns 0, or -1 with errno `EINVAL` for an empty path.
  */
 int gr_set_pid_file(const char *path);

@@ -507,6 +507,14 @@ impl Engine {
                     }
                 };
                 self.notify_serving();
+                // A successor that called gr_ready wrote its pid there, and is
+                // gone now: `kill -USR2 $(cat pidfile)` must reach us.
+                let pid_file = self.lock().settings.pid_file.clone();
+                if let Some(path) = pid_file {
+                    if let Err(e) = notify::write_pid_file(&path) {
+                        warning!("cannot write the PID file {} again: {e}", path.display());
+                    }
+                }
                 Err(err)
             }
         }
