@@ -221,7 +221,11 @@ impl Engine {
             .into_iter()
             .map(|(name, fd)| (name, adopt(fd)))
             .collect();
-        let parent_pid = nix::unistd::getppid().as_raw();
+        // An older grestart parent does not say its pid: then it is our
+        // parent, unless it has exited already.
+        let parent_pid = heritage
+            .predecessor
+            .unwrap_or_else(|| nix::unistd::getppid().as_raw());
         let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
         let engine = Engine::new(
             Parts {
@@ -240,6 +244,11 @@ impl Engine {
         let state = engine.lock();
         let names = state.registry.inherited_names();
         match (&state.predecessor, names.is_empty()) {
+            // Reparented: the predecessor is gone, and we are all that serves.
+            (Some(predecessor), _) if nix::unistd::getppid().as_raw() != predecessor.pid => info!(
+                "generation {} started by pid {}, which has exited already; serving on, inherited {names:?}",
+                engine.generation, predecessor.pid
+            ),
             (Some(predecessor), _) => info!(
                 "generation {} started by pid {}, inherited {names:?}",
                 engine.generation, predecessor.pid
@@ -450,6 +459,7 @@ impl Engine {
                 &names,
                 self.generation,
                 restart_signal,
+                std::process::id(),
             );
             self.notify(&format!(
                 "RELOADING=1\nMONOTONIC_USEC={}",

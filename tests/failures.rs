@@ -534,3 +534,34 @@ fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
     server.restart(libc::SIGUSR2);
     server.stop();
 }
+
+/// An heir whose predecessor died before the heir's first grestart call (the
+/// heir is reparented) is all that serves: it must serve on, adopting
+/// connections as the examples do, and say who started it.
+#[test]
+fn an_heir_whose_predecessor_died_early_serves_on() {
+    let flaky = Flaky::new("orphan");
+    let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
+    let first = server.pid;
+    flaky.set_mode("orphan");
+    support::kill(first, libc::SIGUSR2);
+    let heir = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(heir);
+    server.wait_for_log("orphan waiting", LOG_WAIT);
+    flaky.set_mode("serve");
+    support::kill(first, libc::SIGKILL);
+    support::reap(first);
+    let line = server.wait_for_log("generation 2 started by pid", LOG_WAIT);
+    assert!(
+        line.contains(&format!("started by pid {first}, which has exited already")),
+        "{line}"
+    );
+    let answer = server
+        .probe(Duration::from_secs(10))
+        .expect("the heir serves");
+    assert_eq!((answer.pid, answer.generation), (heir, 2));
+    server.pid = heir;
+    server.generation = 2;
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
