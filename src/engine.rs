@@ -475,19 +475,19 @@ impl Engine {
             self.generation + 1
         );
         match successor.wait_ready(&exe, timeout, self.shutdown_event.as_fd()) {
-            Ok(adopts) => {
+            Ok(said) => {
+                let heir = Heir::new(successor.channel, successor.pid, listeners, &said);
                 info!(
                     "successor {} ready after {} ms{}",
                     successor.pid,
                     started.elapsed().as_millis(),
-                    if adopts { ", adopts connections" } else { "" }
+                    if heir.adopts() {
+                        ", adopts connections"
+                    } else {
+                        ""
+                    }
                 );
-                *self.heir_lock() = Some(Heir::new(
-                    successor.channel,
-                    successor.pid,
-                    listeners,
-                    adopts,
-                ));
+                *self.heir_lock() = Some(heir);
                 self.begin_drain();
                 Ok(())
             }

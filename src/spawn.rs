@@ -51,7 +51,6 @@ use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::error::{fail, os_fail, with_context};
-use crate::handover::ADOPT_BYTE;
 use crate::log::{debug, error, warning};
 use crate::protocol::{FIRST_FD, LISTEN_PID};
 
@@ -545,13 +544,14 @@ impl Successor {
     /// Waits until the successor reports ready, exits, or `timeout` passes,
     /// or `abandon` turns readable (this process must stop: a successor that
     /// becomes ready now would serve on after its parent was told to stop).
-    /// Ready, it says whether it adopts handed-over connections.
+    /// Ready, what it said after "ready" (that it adopts handed-over
+    /// connections, `handover.rs`).
     pub(crate) fn wait_ready(
         &self,
         exe: &CStr,
         timeout: Duration,
         abandon: BorrowedFd<'_>,
-    ) -> Result<bool, NotReady> {
+    ) -> Result<Vec<u8>, NotReady> {
         let deadline = Instant::now() + timeout;
         let mut listening = true;
         loop {
@@ -610,7 +610,7 @@ impl Successor {
                             self.reap()
                         ),
                     ))),
-                    (1.., READY_BYTE) => Ok(message[1..got].contains(&ADOPT_BYTE)),
+                    (1.., READY_BYTE) => Ok(message[1..got].to_vec()),
                     (6, FAILED_BYTE) => {
                         let errno =
                             i32::from_ne_bytes([message[2], message[3], message[4], message[5]]);
