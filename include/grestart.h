@@ -308,7 +308,8 @@ int gr_set_log_callback(gr_log_fn callback, void *arg);
 /**
  * Returns a message describing the last failure of a `gr_` function on this
  * thread ("" if none). The string belongs to grestart and stays valid until
- * the next failing `gr_` call on this thread.
+ * the next failing `gr_` call on this thread. Called while the thread exits
+ * (from a thread-local destructor), it may return "".
  */
 const char *gr_last_error(void);
 

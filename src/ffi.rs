@@ -43,6 +43,9 @@ pub type gr_log_fn =
     Option<unsafe extern "C" fn(level: c_int, message: *const c_char, arg: *mut c_void)>;
 
 thread_local! {
+    // Gone once the thread's locals are destroyed (a `gr_` call from a
+    // pthread key destructor runs after them): then the message is lost,
+    // never a panic, which would abort at the C boundary.
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
@@ -70,7 +73,7 @@ fn call(f: impl FnOnce() -> io::Result<c_int>) -> c_int {
         Ok(value) => value,
         Err(err) => {
             let message = CString::new(err.to_string().replace('\0', " ")).unwrap_or_default();
-            LAST_ERROR.with(|last| *last.borrow_mut() = message);
+            let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = message);
             // SAFETY: errno is this thread's own.
             unsafe { *libc::__errno_location() = errno_of(&err) };
             -1
@@ -512,10 +515,13 @@ pub extern "C" fn gr_set_log_callback(callback: gr_log_fn, arg: *mut c_void) -> 
 
 /// Returns a message describing the last failure of a `gr_` function on this
 /// thread ("" if none). The string belongs to grestart and stays valid until
-/// the next failing `gr_` call on this thread.
+/// the next failing `gr_` call on this thread. Called while the thread exits
+/// (from a thread-local destructor), it may return "".
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|last| last.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// Returns this library's version, e.g. "0.1.0" (static storage; equal to

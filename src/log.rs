@@ -107,14 +107,18 @@ pub(crate) struct Defer {
 
 impl Defer {
     pub(crate) fn new() -> Defer {
-        let outermost = DEFERRED.with(|d| {
-            let mut queue = d.borrow_mut();
-            let outermost = queue.is_none();
-            if outermost {
-                *queue = Some(Vec::new());
-            }
-            outermost
-        });
+        // While the thread exits its locals may be gone: nothing is deferred
+        // then, the lines go out at once.
+        let outermost = DEFERRED
+            .try_with(|d| {
+                let mut queue = d.borrow_mut();
+                let outermost = queue.is_none();
+                if outermost {
+                    *queue = Some(Vec::new());
+                }
+                outermost
+            })
+            .unwrap_or(false);
         Defer { outermost }
     }
 }
@@ -122,7 +126,8 @@ impl Defer {
 impl Drop for Defer {
     fn drop(&mut self) {
         if self.outermost {
-            for (level, line) in DEFERRED.take().into_iter().flatten() {
+            let queued = DEFERRED.try_with(|d| d.take()).ok().flatten();
+            for (level, line) in queued.into_iter().flatten() {
                 deliver(level, &line);
             }
         }
@@ -134,13 +139,15 @@ pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
         return;
     }
     let line = format!("{args}");
-    let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
-        Some(queue) => {
-            queue.push((level, line.clone()));
-            true
-        }
-        None => false,
-    });
+    let deferred = DEFERRED
+        .try_with(|d| match d.borrow_mut().as_mut() {
+            Some(queue) => {
+                queue.push((level, line.clone()));
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
     if !deferred {
         deliver(level, &line);
     }

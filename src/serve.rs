@@ -61,7 +61,7 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
         }
         match accept4(listener, SockFlag::SOCK_CLOEXEC) {
             Ok(connection) => {
-                BACKOFF.with(|b| b.set(Duration::ZERO));
+                let _ = BACKOFF.try_with(|b| b.set(Duration::ZERO));
                 engine.begin_work();
                 return Ok(connection);
             }
@@ -91,11 +91,13 @@ thread_local! {
 
 /// Waits before the next accept, or until this process must drain.
 fn back_off(engine: &'static Engine) {
-    let wait = BACKOFF.with(|b| {
-        let wait = (b.get() * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-        b.set(wait);
-        wait
-    });
+    let wait = BACKOFF
+        .try_with(|b| {
+            let wait = (b.get() * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            b.set(wait);
+            wait
+        })
+        .unwrap_or(MAX_BACKOFF);
     let mut fds = [PollFd::new(engine.shutdown_fd(), PollFlags::POLLIN)];
     let _ = poll(
         &mut fds,

@@ -73,6 +73,11 @@ thread_local! {
     static IN_WATCHER: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether this thread is the watcher (never while its locals are destroyed).
+fn in_watcher() -> bool {
+    IN_WATCHER.try_with(Cell::get).unwrap_or(false)
+}
+
 fn watcher() -> MutexGuard<'static, Watcher> {
     WATCHER.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -207,14 +212,14 @@ pub(crate) fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> 
 /// Makes the calling thread (started by [`spawn_thread`]) the watcher: the
 /// one thread that leaves the restart signal unblocked.
 pub(crate) fn become_watcher() {
-    IN_WATCHER.with(|w| w.set(true));
+    let _ = IN_WATCHER.try_with(|w| w.set(true));
     retune_here();
 }
 
 /// Gives the watcher's mask the signal [`WATCHED`] names, unless it has it.
 /// Only the watcher calls it: a thread's mask is its own to change.
 fn retune_here() {
-    if !IN_WATCHER.with(Cell::get) {
+    if !in_watcher() {
         return;
     }
     let signo = WATCHED.load(Ordering::Relaxed);
@@ -247,7 +252,7 @@ fn retune_here() {
 /// it, unless it is busy with a restart: then it does so when that is over,
 /// and a `signo` sent meanwhile stays pending until then, never lost.
 fn retune_watcher(signo: c_int) {
-    if IN_WATCHER.with(Cell::get) {
+    if in_watcher() {
         return retune_here();
     }
     let wake = WAKE.load(Ordering::Relaxed);

@@ -84,6 +84,11 @@ fn grestart_threads_block_every_signal_but_their_own() {
 }
 
 #[test]
+fn grestart_may_be_called_from_a_thread_local_destructor() {
+    run_scenario("tls-destructor");
+}
+
+#[test]
 fn a_hook_may_call_shutdown() {
     assert_eq!(run_scenario("hook-calls-shutdown"), ["hook done"]);
 }

@@ -19,6 +19,9 @@
  *                        the watcher leaves unblocked, also after gr_set_signal
  *   hook-calls-shutdown  a hook that calls gr_shutdown gets 0 at once; another
  *                        thread's gr_shutdown waits for the hook to finish
+ *   tls-destructor       gr_ calls (failing ones too) from a pthread key
+ *                        destructor, which runs after the thread's locals are
+ *                        destroyed, neither abort nor crash
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -207,6 +210,30 @@ static void shutdown_inside(void *arg) {
     fclose(f);
 }
 
+static pthread_key_t exiting_key;
+static int destructor_ran;
+
+/* Runs as the thread exits, after its thread-locals were destroyed. */
+static void call_while_exiting(void *arg) {
+    (void)arg;
+    EXPECT(gr_listen("not an address", NULL) == -1 && errno == EINVAL);
+    EXPECT(gr_last_error() != NULL);
+    EXPECT(gr_generation() == 1);
+    EXPECT(gr_wait_shutdown(0) == 0);
+    EXPECT(gr_restart() == -1); /* not ready: refused, not a crash */
+    destructor_ran = 1;
+}
+
+static void *thread_with_destructor(void *arg) {
+    (void)arg;
+    /* Make grestart's thread-locals exist on this thread, so they are
+     * destroyed before the destructor runs. */
+    EXPECT(gr_listen("not an address", NULL) == -1);
+    EXPECT(gr_set_log_level(GR_LOG_DEBUG) == 0);
+    pthread_setspecific(exiting_key, (void *)1);
+    return NULL;
+}
+
 /* The address space in use now, from /proc/self/statm (pages). */
 static rlim_t address_space_now(void) {
     unsigned long pages = 0;
@@ -315,6 +342,11 @@ int main(int argc, char **argv) {
         close(link[1]);
         EXPECT(exit_code(heir) == 0);
         close(link[0]);
+    } else if (strcmp(scenario, "tls-destructor") == 0) {
+        EXPECT(pthread_key_create(&exiting_key, call_while_exiting) == 0);
+        pthread_create(&thread, NULL, thread_with_destructor, NULL);
+        pthread_join(thread, NULL);
+        EXPECT(destructor_ran);
     } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
         EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
         EXPECT(gr_ready() == 0);
