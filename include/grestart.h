@@ -301,7 +301,10 @@ int gr_set_log_level(int level);
 
 /**
  * Sends log lines to `callback(level, line, arg)` instead of stderr (NULL:
- * back to stderr). The callback may run on any thread. Returns 0.
+ * back to stderr). The callback may run on any thread. Returns 0 once no
+ * thread runs the previous callback any more, so its `arg` may be freed
+ * then; called from inside a callback, it returns at once (that callback is
+ * still running on this thread).
  */
 int gr_set_log_callback(gr_log_fn callback, void *arg);
 

@@ -495,7 +495,10 @@ pub extern "C" fn gr_set_log_level(level: c_int) -> c_int {
 }
 
 /// Sends log lines to `callback(level, line, arg)` instead of stderr (NULL:
-/// back to stderr). The callback may run on any thread. Returns 0.
+/// back to stderr). The callback may run on any thread. Returns 0 once no
+/// thread runs the previous callback any more, so its `arg` may be freed
+/// then; called from inside a callback, it returns at once (that callback is
+/// still running on this thread).
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_set_log_callback(callback: gr_log_fn, arg: *mut c_void) -> c_int {
     let arg = UserArg(arg);

@@ -394,6 +394,8 @@ pub fn set_log_level(level: Option<Level>) {
 
 /// Sends log lines to `logger` instead of stderr (`None`: back to stderr).
 /// It is called from whichever thread logs, so it must be thread-safe.
+/// Returns once no thread runs the previous logger any more (at once when
+/// called from inside a logger).
 pub fn set_logger(logger: Option<impl Fn(Level, &str) + Send + Sync + 'static>) {
     log::set_logger(logger.map(|l| Arc::new(l) as log::Logger));
 }

@@ -84,6 +84,11 @@ fn grestart_threads_block_every_signal_but_their_own() {
 }
 
 #[test]
+fn a_log_callback_replaced_is_no_longer_running() {
+    run_scenario("log-swap");
+}
+
+#[test]
 fn grestart_may_be_called_from_a_thread_local_destructor() {
     run_scenario("tls-destructor");
 }

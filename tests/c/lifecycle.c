@@ -19,6 +19,9 @@
  *                        the watcher leaves unblocked, also after gr_set_signal
  *   hook-calls-shutdown  a hook that calls gr_shutdown gets 0 at once; another
  *                        thread's gr_shutdown waits for the hook to finish
+ *   log-swap             gr_set_log_callback returns only once no thread runs
+ *                        the previous callback (its arg may then be freed);
+ *                        called from inside a callback it returns at once
  *   tls-destructor       gr_ calls (failing ones too) from a pthread key
  *                        destructor, which runs after the thread's locals are
  *                        destroyed, neither abort nor crash
@@ -210,6 +213,36 @@ static void shutdown_inside(void *arg) {
     fclose(f);
 }
 
+static int slow_logger_running, log_pipe[2];
+
+/* The first line it gets takes a while; it says when it has begun. */
+static void slow_logger(int level, const char *line, void *arg) {
+    (void)level;
+    (void)line;
+    (void)arg;
+    static int first = 1;
+    if (__atomic_exchange_n(&first, 0, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&slow_logger_running, 1, __ATOMIC_SEQ_CST);
+        EXPECT(write(log_pipe[1], "L", 1) == 1);
+        sleep_ms(300);
+        __atomic_store_n(&slow_logger_running, 0, __ATOMIC_SEQ_CST);
+    }
+}
+
+static void *ready_now(void *arg) {
+    (void)arg;
+    EXPECT(gr_ready() == 0); /* logs "ready" through slow_logger */
+    return NULL;
+}
+
+/* Replaces itself: must not wait for its own return. */
+static void self_replacing_logger(int level, const char *line, void *arg) {
+    (void)level;
+    (void)line;
+    (void)arg;
+    EXPECT(gr_set_log_callback(NULL, NULL) == 0);
+}
+
 static pthread_key_t exiting_key;
 static int destructor_ran;
 
@@ -342,6 +375,16 @@ int main(int argc, char **argv) {
         close(link[1]);
         EXPECT(exit_code(heir) == 0);
         close(link[0]);
+    } else if (strcmp(scenario, "log-swap") == 0) {
+        EXPECT(pipe(log_pipe) == 0);
+        EXPECT(gr_set_log_callback(slow_logger, NULL) == 0);
+        pthread_create(&thread, NULL, ready_now, NULL);
+        char begun;
+        EXPECT(read(log_pipe[0], &begun, 1) == 1);
+        EXPECT(gr_set_log_callback(self_replacing_logger, NULL) == 0);
+        EXPECT(__atomic_load_n(&slow_logger_running, __ATOMIC_SEQ_CST) == 0);
+        pthread_join(thread, NULL);
+        EXPECT(gr_shutdown() == 0); /* logs through self_replacing_logger */
     } else if (strcmp(scenario, "tls-destructor") == 0) {
         EXPECT(pthread_key_create(&exiting_key, call_while_exiting) == 0);
         pthread_create(&thread, NULL, thread_with_destructor, NULL);
