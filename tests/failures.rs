@@ -565,3 +565,18 @@ fn an_heir_whose_predecessor_died_early_serves_on() {
     server.restart(libc::SIGUSR2);
     server.stop();
 }
+
+/// A child the old generation forks without exec while it drains holds its
+/// end of the link to the heir after the old generation exited: the heir
+/// must still see that its predecessor is gone, and restart.
+#[test]
+fn a_child_forked_while_draining_does_not_hold_up_the_next_restart() {
+    let flaky = Flaky::new("drain-child");
+    let mut server = flaky.start(&[("GR_TEST_FORK_ON_DRAIN", "1")]);
+    server.restart(libc::SIGUSR2);
+    let line = server.wait_for_log("drain child", LOG_WAIT);
+    let child: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    server.pids.push(child); // ended by stop()
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}

@@ -28,7 +28,9 @@
  * back, "heap of N MB CHANGED" if not). Answers carry X-Version: APP_VERSION.
  * GR_TEST_BLOCK_ALL_SIGNALS (every generation: block every signal before any
  * grestart call, as a server that waits for its signals with sigwait or
- * signalfd does).
+ * signalfd does), GR_TEST_FORK_ON_DRAIN (first generation only: when it
+ * drains, fork a child that lives on without exec, holding every fd, and log
+ * "drain child PID").
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
  * "restart thread: RESULT ERRNO" (connections queue meanwhile).
  * "GET /shutdown" calls gr_shutdown() and logs "shutdown returned RESULT". */
@@ -162,6 +164,7 @@ int main(int argc, char **argv) {
         sigfillset(&all);
         sigprocmask(SIG_BLOCK, &all, NULL);
     }
+    int fork_on_drain = getenv("GR_TEST_FORK_ON_DRAIN") && !getenv("LISTEN_FDS");
     if (getenv("GR_TEST_IGNORE_SIGCHLD") && !getenv("LISTEN_FDS")) {
         signal(SIGCHLD, SIG_IGN);
     }
@@ -289,6 +292,15 @@ int main(int argc, char **argv) {
             int size = snprintf(datagram, sizeof datagram, "%d %lld", (int)getpid(), (long long)gr_generation());
             sendto(udp, datagram, (size_t)size, 0, (struct sockaddr *)&peer, peer_len);
         }
+    }
+    if (fork_on_drain) {
+        pid_t child = fork();
+        if (child == 0) {
+            for (;;) {
+                pause();
+            }
+        }
+        fprintf(stderr, "drain child %d\n", (int)child);
     }
     /* Closing our copies never unlinks the Unix path nor stops the successor. */
     if (unix_listener >= 0) {
