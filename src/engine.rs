@@ -595,15 +595,19 @@ impl Engine {
         info!("draining (deadline {deadline:?})");
         let spawned = signal::spawn_thread("grestart-drain", move || {
             thread::sleep(deadline);
-            warning!("drain deadline of {deadline:?} passed with work still in flight; exiting");
             self.finish_hand_overs();
-            self.run_hooks();
-            // SAFETY: flush C stdio, then leave without running atexit
-            // handlers under the feet of the threads still working.
-            unsafe {
-                libc::fflush(std::ptr::null_mut());
-                libc::_exit(0)
+            if !self.run_hooks() {
+                // An application thread ran them in its own shutdown: what it
+                // does after that (final output, its own cleanup) is its own,
+                // and it exits when it is done.
+                info!("drain deadline of {deadline:?} passed during the application's shutdown");
+                return;
             }
+            warning!("drain deadline of {deadline:?} passed with work still in flight; exiting");
+            flush_standard_output();
+            // SAFETY: leave without running atexit handlers (C++ static
+            // destructors) under the feet of the threads still working.
+            unsafe { libc::_exit(0) }
         });
         if let Err(e) = spawned {
             error!("cannot arm the drain deadline: {e}");
@@ -673,7 +677,7 @@ impl Engine {
             self.wait_until(|_| self.in_flight.load(Ordering::SeqCst) == 0);
         }
         self.finish_hand_overs();
-        self.run_hooks();
+        let _ = self.run_hooks();
         let succeeded = self.heir_lock().is_some();
         let state = self.lock();
         if !succeeded {
@@ -754,7 +758,9 @@ impl Engine {
         matches!(self.lock().hooks, Hooks::Running(id) if id == thread::current().id())
     }
 
-    fn run_hooks(&self) {
+    /// Runs the hooks, or waits for the thread that runs them (unless that
+    /// is this one: a hook called back). Whether this call ran them.
+    fn run_hooks(&self) -> bool {
         let hooks = {
             let mut state = self.lock();
             let here = thread::current().id();
@@ -767,7 +773,7 @@ impl Engine {
                     if !nested {
                         self.wait_until(|s| matches!(s.hooks, Hooks::Done));
                     }
-                    return;
+                    return false;
                 }
             }
         };
@@ -779,6 +785,7 @@ impl Engine {
         }
         self.lock_quietly().hooks = Hooks::Done;
         self.changed.notify_all();
+        true
     }
 
     pub(crate) fn set_ready_timeout(&self, timeout: Duration) -> io::Result<()> {
@@ -815,6 +822,22 @@ impl Engine {
             warning!("cannot notify systemd ({message:?}): {e}");
         }
     }
+}
+
+/// Writes out what Rust's and C's standard output buffer, before `_exit`
+/// (which does not). Another thread may hold Rust's stdout lock, stuck
+/// writing to a full pipe: wait for it only a moment.
+fn flush_standard_output() {
+    let (flushed, done) = std::sync::mpsc::channel();
+    let flushing = signal::spawn_thread("grestart-flush", move || {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = flushed.send(());
+    });
+    if flushing.is_ok() {
+        let _ = done.recv_timeout(Duration::from_millis(200));
+    }
+    // SAFETY: fflush(NULL) flushes every C stdio stream.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
 }
 
 /// Reads restart signals forever; a restart runs here, outside signal context.

@@ -408,7 +408,9 @@ pub extern "C" fn gr_set_ready_timeout_ms(timeout_ms: u64) -> c_int {
 
 /// Sets how long a draining process may take: when `deadline_ms` milliseconds
 /// after the drain began it has not exited, grestart runs the hooks that have
-/// not run and exits the process with status 0. 0 (the default) means no
+/// not run, flushes the standard output, and exits the process with status 0.
+/// When the application's own `gr_shutdown` ran (or runs) the hooks, the
+/// deadline leaves the exit to the application. 0 (the default) means no
 /// deadline. Applies to drains that begin after the call. Returns 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_set_drain_deadline_ms(deadline_ms: u64) -> c_int {

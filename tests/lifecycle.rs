@@ -188,3 +188,35 @@ fn the_accept_loop_backs_off_out_of_fds() {
     let stdout = run_child("emfile_child");
     assert!(stdout.contains("failed accepts"), "the child ran: {stdout}");
 }
+
+/// The child half of [`the_drain_deadline_keeps_buffered_output`]: work that
+/// never ends, so the drain deadline ends the process, and a line in Rust's
+/// stdout buffer (no newline yet) that `_exit` alone would lose.
+#[test]
+fn deadline_output_child() {
+    if std::env::var_os("GR_LIFECYCLE_CHILD").is_none() {
+        return;
+    }
+    grestart::set_drain_deadline(Some(Duration::from_millis(200))).unwrap();
+    grestart::ready().unwrap();
+    let _work = grestart::work().unwrap();
+    print!("buffered without a newline");
+    std::thread::spawn(|| grestart::shutdown());
+    std::thread::sleep(Duration::from_secs(20)); // the deadline exits first
+    println!("not reached");
+}
+
+#[test]
+fn the_drain_deadline_keeps_buffered_output() {
+    let stdout = run_child("deadline_output_child");
+    assert!(stdout.contains("buffered without a newline"), "{stdout}");
+    assert!(!stdout.contains("not reached"), "{stdout}");
+}
+
+#[test]
+fn the_drain_deadline_leaves_work_after_shutdown_alone() {
+    assert_eq!(
+        run_scenario("after-shutdown"),
+        ["hook done", "after shutdown"]
+    );
+}

@@ -19,6 +19,9 @@
  *                        the watcher leaves unblocked, also after gr_set_signal
  *   hook-calls-shutdown  a hook that calls gr_shutdown gets 0 at once; another
  *                        thread's gr_shutdown waits for the hook to finish
+ *   after-shutdown       the drain deadline (200 ms) fires while gr_shutdown runs
+ *                        a hook (400 ms): what the program does after
+ *                        gr_shutdown returned still runs (it exits itself)
  *   log-swap             gr_set_log_callback returns only once no thread runs
  *                        the previous callback (its arg may then be freed);
  *                        called from inside a callback it returns at once
@@ -375,6 +378,15 @@ int main(int argc, char **argv) {
         close(link[1]);
         EXPECT(exit_code(heir) == 0);
         close(link[0]);
+    } else if (strcmp(scenario, "after-shutdown") == 0) {
+        EXPECT(gr_set_drain_deadline_ms(200) == 0);
+        EXPECT(gr_on_shutdown(slow_hook, (void *)(intptr_t)400) == 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(gr_shutdown() == 0);
+        sleep_ms(300); /* the program's own last work, past the deadline */
+        FILE *f = fopen(scratch, "a");
+        fputs("after shutdown\n", f);
+        fclose(f);
     } else if (strcmp(scenario, "log-swap") == 0) {
         EXPECT(pipe(log_pipe) == 0);
         EXPECT(gr_set_log_callback(slow_logger, NULL) == 0);

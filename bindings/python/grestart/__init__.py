@@ -95,6 +95,22 @@ def _forget_what_the_library_consumed() -> None:
 
 _forget_what_the_library_consumed()
 
+
+def _flush_standard_streams(_arg: Optional[int]) -> None:
+    """The last shutdown hook (the first registered): when the drain deadline
+    ends the process with ``_exit``, what Python still buffers in
+    sys.stdout and sys.stderr would be lost."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed stream: nothing to save
+            pass
+
+
+_FLUSH_HOOK = HOOK(_flush_standard_streams)
+lib.gr_on_shutdown(_FLUSH_HOOK, None)  # refused in a forked worker: its master's deadline
+
 # ctypes callbacks must stay alive as long as C may call them.
 _keep_alive: list = []
 
@@ -410,8 +426,8 @@ def set_ready_timeout(seconds: float) -> None:
 
 def set_drain_deadline(seconds: Optional[float]) -> None:
     """After this long draining, run the hooks and exit anyway (None or 0: no
-    deadline, as in every language). A positive value is rounded up to whole
-    milliseconds."""
+    deadline, as in every language), sys.stdout and sys.stderr flushed first.
+    A positive value is rounded up to whole milliseconds."""
     if seconds is not None and seconds < 0:
         raise ValueError("the drain deadline cannot be negative")
     milliseconds = 0 if not seconds else max(1, math.ceil(seconds * 1000))

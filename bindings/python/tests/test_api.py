@@ -295,6 +295,24 @@ def test_a_zero_drain_deadline_is_none_as_in_every_language():
     assert "draining (no deadline)" in result.stderr, result.stderr
 
 
+def test_the_drain_deadline_keeps_buffered_output():
+    # Work that never ends: the drain deadline ends the process with _exit,
+    # which alone would lose what Python buffers in sys.stdout (a pipe here).
+    result = run_python("""
+        import sys, threading, grestart
+        grestart.set_drain_deadline(0.2)
+        grestart.ready()
+        grestart.in_flight().__enter__()
+        sys.stdout.write("buffered line\\n")
+        threading.Thread(target=grestart.shutdown, daemon=True).start()
+        threading.Event().wait(20)  # the deadline exits first
+        print("not reached")
+    """, env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+    assert result.returncode == 0, result.stderr
+    assert "buffered line" in result.stdout, result.stdout
+    assert "not reached" not in result.stdout
+
+
 def test_an_heir_takes_over_the_ignored_restart_signal():
     # A grestart parent starts its successor with the restart signal ignored
     # (GRESTART_SIGNAL names it); the heir's grestart then handles it, and gives
