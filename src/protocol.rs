@@ -240,6 +240,42 @@ pub fn successor_env(
     env
 }
 
+/// Runs before `main` in a program linked with grestart (and when Python
+/// loads it): marks the fds handed to this process close-on-exec at once.
+/// The engine does so too, but only at the first grestart call; a C heir that
+/// starts a helper program before that would hand it the listeners. Only
+/// what [`parse`] accepts is touched (open sockets named by `LISTEN_FDS` for
+/// this very pid); the environment is left for the engine to read.
+#[cfg(target_env = "gnu")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CLOSE_ON_EXEC_AT_START: extern "C" fn() = close_inherited_on_exec;
+
+#[cfg(target_env = "gnu")]
+extern "C" fn close_inherited_on_exec() {
+    // A constructor must never unwind.
+    let _ = std::panic::catch_unwind(|| {
+        let heritage = parse(
+            |k| std::env::var(k).ok(),
+            std::process::id(),
+            crate::sys::fd_is_socket,
+        );
+        for fd in heritage
+            .fds
+            .iter()
+            .map(|(_, fd)| *fd)
+            .chain(heritage.ready_fd)
+        {
+            // SAFETY: `parse` found it an open socket; borrowed for one fcntl.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

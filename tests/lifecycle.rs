@@ -220,3 +220,8 @@ fn the_drain_deadline_leaves_work_after_shutdown_alone() {
         ["hook done", "after shutdown"]
     );
 }
+
+#[test]
+fn an_heir_finds_its_fds_close_on_exec_before_its_first_call() {
+    run_scenario("cloexec-at-start");
+}

@@ -22,6 +22,9 @@
  *   after-shutdown       the drain deadline (200 ms) fires while gr_shutdown runs
  *                        a hook (400 ms): what the program does after
  *                        gr_shutdown returned still runs (it exits itself)
+ *   cloexec-at-start     an heir (this program exec'd again as one) finds the
+ *                        fds handed to it close-on-exec before its first gr_
+ *                        call, so a helper it starts first gets none of them
  *   log-swap             gr_set_log_callback returns only once no thread runs
  *                        the previous callback (its arg may then be freed);
  *                        called from inside a callback it returns at once
@@ -32,6 +35,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -387,6 +391,21 @@ int main(int argc, char **argv) {
         FILE *f = fopen(scratch, "a");
         fputs("after shutdown\n", f);
         fclose(f);
+    } else if (strcmp(scenario, "cloexec-at-start") == 0) {
+        /* Exec'd as an heir: a listener at fd 3, the link at fd 10, both
+         * inheritable (as a grestart parent's spawn leaves them). */
+        int link[2];
+        EXPECT(socketpair(AF_UNIX, SOCK_STREAM, 0, link) == 0);
+        pose_as_heir();
+        EXPECT(dup2(link[1], 10) == 10);
+        setenv("GRESTART_READY_FD", "10", 1);
+        execl("/proc/self/exe", argv[0], "cloexec-as-heir", scratch, (char *)NULL);
+        EXPECT(0); /* exec failed */
+    } else if (strcmp(scenario, "cloexec-as-heir") == 0) {
+        /* Before any gr_ call. */
+        EXPECT(fcntl(3, F_GETFD) & FD_CLOEXEC);
+        EXPECT(fcntl(10, F_GETFD) & FD_CLOEXEC);
+        EXPECT(gr_inherit_listener("http") == 3); /* and it is still handed over */
     } else if (strcmp(scenario, "log-swap") == 0) {
         EXPECT(pipe(log_pipe) == 0);
         EXPECT(gr_set_log_callback(slow_logger, NULL) == 0);
