@@ -201,6 +201,9 @@ int gr_adopt_fd(void);
  * NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
  * time, `ERANGE` when the name does not fit (the connection stays queued).
  * The first call says this process adopts connections, as gr_adopt_fd does.
+ * Unlike `gr_accept`'s, the connection does not count as work in flight (an
+ * event loop keeps its own count): a server that counts its connections for
+ * `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
  */
 int gr_adopt(char *listener, size_t size, int timeout_ms);
 

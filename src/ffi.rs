@@ -292,6 +292,9 @@ pub extern "C" fn gr_adopt_fd() -> c_int {
 /// NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
 /// time, `ERANGE` when the name does not fit (the connection stays queued).
 /// The first call says this process adopts connections, as gr_adopt_fd does.
+/// Unlike `gr_accept`'s, the connection does not count as work in flight (an
+/// event loop keeps its own count): a server that counts its connections for
+/// `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_adopt(listener: *mut c_char, size: usize, timeout_ms: c_int) -> c_int {
     call(|| {

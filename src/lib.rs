@@ -229,6 +229,8 @@ pub struct Adopted {
 /// `timeout` (`None`: as long as it takes) for one; `Ok(None)` when none came
 /// in time. Serve it exactly as a connection just accepted on its listener.
 /// The first call says this process adopts connections, as [`adopt_fd`] does.
+/// Unlike an [`Accepted`] connection it is no [`Work`] in flight: a server
+/// that counts its connections for [`shutdown`] holds a [`work`] for it.
 pub fn adopt(timeout: Option<Duration>) -> io::Result<Option<Adopted>> {
     let handed = engine()?.adopt(timeout, |_| true)?;
     Ok(handed.map(|h| Adopted {

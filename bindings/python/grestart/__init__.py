@@ -397,7 +397,9 @@ def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]
     """The next connection handed over by the previous generation and the name
     of the listener it was accepted on, waiting up to ``timeout`` seconds
     (None: as long as it takes) for one; None when none came in time. Serve
-    it as a connection just accepted on that listener."""
+    it as a connection just accepted on that listener. Unlike a
+    :class:`Connection` it is not counted as work in flight: a server that
+    counts its connections for :func:`shutdown` wraps it in :class:`in_flight`."""
     name = ctypes.create_string_buffer(256)
     milliseconds = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
     fd = lib.gr_adopt(name, len(name), milliseconds)
