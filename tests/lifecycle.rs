@@ -201,7 +201,7 @@ fn deadline_output_child() {
     grestart::ready().unwrap();
     let _work = grestart::work().unwrap();
     print!("buffered without a newline");
-    std::thread::spawn(|| grestart::shutdown());
+    std::thread::spawn(grestart::shutdown);
     std::thread::sleep(Duration::from_secs(20)); // the deadline exits first
     println!("not reached");
 }
