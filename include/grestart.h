@@ -215,6 +215,9 @@ int gr_adopt_fd(void);
  * NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
  * time, `ERANGE` when the name does not fit (the connection stays queued).
  * The first call says this process adopts connections, as gr_adopt_fd does.
+ * Unlike `gr_accept`'s, the connection does not count as work in flight (an
+ * event loop keeps its own count): a server that counts its connections for
+ * `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
  */
 int gr_adopt(char *listener, size_t size, int timeout_ms);
 
@@ -235,7 +238,9 @@ int gr_wait_shutdown(int timeout_ms);
  * finished (after closing it), because `gr_shutdown` waits for that. The
  * listener is made non-blocking (a flag every generation shares). May be
  * called from several threads, and from a forked worker. Other errors (e.g.
- * `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+ * `EMFILE`, `EBADF`) concern this one accept: the loop may go on. Out of fds
+ * or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it fails only after a
+ * pause (5 ms, doubled while it lasts, up to 1 s), so that loop does not spin.
  */
 int gr_accept(int listener);
 
@@ -254,10 +259,12 @@ int gr_work_begin(void);
 int gr_work_end(void);
 
 /**
- * Starts draining if not already, waits until no work is in flight (see
- * `gr_work_begin`), then runs the shutdown hooks in reverse order of
- * registration, once. A second caller, on any thread, returns when the hooks
- * have finished.
+ * Starts draining if not already, stops a successor that is still starting
+ * (killed and reaped: it must not serve once we were told to stop), waits
+ * until no work is in flight (see `gr_work_begin`), then runs the shutdown
+ * hooks in reverse order of registration, once. A second caller, on any
+ * thread, returns when the hooks have finished; a hook that calls it (a
+ * cleanup helper) gets 0 at once.
  *
  * Returns 0, or -1 with errno when grestart could not start.
  */
@@ -278,15 +285,20 @@ int gr_set_ready_timeout_ms(uint64_t timeout_ms);
 /**
  * Sets how long a draining process may take: when `deadline_ms` milliseconds
  * after the drain began it has not exited, grestart runs the hooks that have
- * not run and exits the process with status 0. 0 (the default) means no
+ * not run, flushes the standard output, and exits the process with status 0.
+ * When the application's own `gr_shutdown` ran (or runs) the hooks, the
+ * deadline leaves the exit to the application. 0 (the default) means no
  * deadline. Applies to drains that begin after the call. Returns 0.
  */
 int gr_set_drain_deadline_ms(uint64_t deadline_ms);
 
 /**
  * Sets the PID file each generation writes atomically when it becomes ready
- * (NULL: none, the default). `path` is copied. A generation that hands over
- * never removes it; one that shuts down without a successor does.
+ * (NULL: none, the default). `path` is copied. After a failed restart (whose
+ * successor may have written it) the serving process writes it again. A
+ * generation that hands over never removes it; one that shuts down without a
+ * successor removes it if it still names that process (a regular file, never
+ * read through a symlink).
  * Returns 0, or -1 with errno `EINVAL` for an empty path.
  */
 int gr_set_pid_file(const char *path);
@@ -308,14 +320,18 @@ int gr_set_log_level(int level);
 
 /**
  * Sends log lines to `callback(level, line, arg)` instead of stderr (NULL:
- * back to stderr). The callback may run on any thread. Returns 0.
+ * back to stderr). The callback may run on any thread. Returns 0 once no
+ * thread runs the previous callback any more, so its `arg` may be freed
+ * then; called from inside a callback, it returns at once (that callback is
+ * still running on this thread).
  */
 int gr_set_log_callback(gr_log_fn callback, void *arg);
 
 /**
  * Returns a message describing the last failure of a `gr_` function on this
  * thread ("" if none). The string belongs to grestart and stays valid until
- * the next failing `gr_` call on this thread.
+ * the next failing `gr_` call on this thread. Called while the thread exits
+ * (from a thread-local destructor), it may return "".
  */
 const char *gr_last_error(void);
 

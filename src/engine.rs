@@ -18,7 +18,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
-use std::thread;
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -53,10 +53,13 @@ enum Phase {
 }
 
 /// The shutdown hooks: they run once, to completion, whoever asks first; a
-/// later caller (another thread, the drain deadline) waits for them.
+/// later caller (another thread, the drain deadline) waits for them, but a
+/// hook that calls `shutdown` (a cleanup helper does) returns at once: it
+/// would wait for itself.
 enum Hooks {
     Pending(Vec<Hook>),
-    Running,
+    /// On this thread.
+    Running(ThreadId),
     Done,
 }
 
@@ -75,6 +78,9 @@ struct State {
     predecessor: Option<Predecessor>,
     hooks: Hooks,
     settings: Settings,
+    /// The thread running a restart, if one runs: `shutdown` waits for it,
+    /// so that no successor starts serving after we were told to stop.
+    restarting_on: Option<ThreadId>,
 }
 
 pub(crate) struct Engine {
@@ -193,10 +199,7 @@ impl Engine {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
         let (signal_pipe, wake) = signal::self_pipe()?;
-        thread::Builder::new()
-            .name("grestart-signal".into())
-            .spawn(move || watch_signals(signal_pipe))
-            .map_err(|e| with_context(e, "cannot start the signal watcher thread"))?;
+        signal::spawn_thread("grestart-signal", move || watch_signals(signal_pipe))?;
         let restart_signal = heritage
             .restart_signal
             .filter(|&signo| signal::check(signo).is_ok());
@@ -228,7 +231,11 @@ impl Engine {
             .into_iter()
             .map(|(name, fd)| (name, adopt(fd)))
             .collect();
-        let parent_pid = nix::unistd::getppid().as_raw();
+        // An older grestart parent does not say its pid: then it is our
+        // parent, unless it has exited already.
+        let parent_pid = heritage
+            .predecessor
+            .unwrap_or_else(|| nix::unistd::getppid().as_raw());
         let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
         let notify_socket = std::env::var_os("NOTIFY_SOCKET");
         let watch = stub::watched(notify_socket.as_ref())
@@ -256,6 +263,11 @@ impl Engine {
         let state = engine.lock();
         let names = state.registry.inherited_names();
         match (&state.predecessor, names.is_empty()) {
+            // Reparented: the predecessor is gone, and we are all that serves.
+            (Some(predecessor), _) if nix::unistd::getppid().as_raw() != predecessor.pid => info!(
+                "generation {} started by pid {}, which has exited already; serving on, inherited {names:?}",
+                engine.generation, predecessor.pid
+            ),
             (Some(predecessor), _) => info!(
                 "generation {} started by pid {}, inherited {names:?}",
                 engine.generation, predecessor.pid
@@ -279,6 +291,7 @@ impl Engine {
                 registry: Registry::new(parts.inherited),
                 predecessor: parts.predecessor,
                 hooks: Hooks::Pending(Vec::new()),
+                restarting_on: None,
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
                     drain_deadline: None,
@@ -409,13 +422,35 @@ impl Engine {
             }
         };
         info!("restart requested");
-        let result = self.start_successor();
+        // Refused by the rules (not ready, draining, the previous generation
+        // still draining) is not a failure: nothing was tried.
+        let checked = {
+            let mut state = self.lock();
+            let checked = self.check_may_restart(&mut state);
+            if checked.is_ok() {
+                // Under the same lock as the check: a shutdown either refuses
+                // this restart or waits for it.
+                state.restarting_on = Some(thread::current().id());
+            }
+            checked
+        };
+        let (result, refused) = match checked {
+            Err(e) => (Err(e), true),
+            Ok(()) => {
+                let started = self.start_successor();
+                self.lock_quietly().restarting_on = None;
+                self.changed.notify_all();
+                (started, false)
+            }
+        };
         let coalesced = coalesce();
         if coalesced > 0 {
             info!("{coalesced} restart signals arrived during the restart; coalesced into it");
         }
-        if let Err(e) = &result {
-            error!("restart failed, still serving: {e}");
+        match &result {
+            Err(e) if refused => warning!("restart refused: {e}"),
+            Err(e) => error!("restart failed, still serving: {e}"),
+            Ok(()) => {}
         }
         result
     }
@@ -423,8 +458,7 @@ impl Engine {
     fn start_successor(&'static self) -> io::Result<()> {
         let started = Instant::now();
         let (successor, exe, timeout, listeners) = {
-            let mut state = self.lock();
-            self.check_may_restart(&mut state)?;
+            let state = self.lock();
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
             access(exe.as_c_str(), AccessFlags::X_OK).map_err(|e| {
                 with_context(
@@ -445,6 +479,7 @@ impl Engine {
                 &names,
                 self.generation,
                 restart_signal,
+                std::process::id(),
             );
             env.extend(self.watch.as_ref().map(Watch::notify_entry));
             self.notify(&format!(
@@ -468,20 +503,20 @@ impl Engine {
             successor.pid,
             self.generation + 1
         );
-        match successor.wait_ready(&exe, timeout) {
-            Ok(adopts) => {
+        match successor.wait_ready(&exe, timeout, self.shutdown_event.as_fd()) {
+            Ok(said) => {
+                let heir = Heir::new(successor.channel, successor.pid, listeners, &said);
                 info!(
                     "successor {} ready after {} ms{}",
                     successor.pid,
                     started.elapsed().as_millis(),
-                    if adopts { ", adopts connections" } else { "" }
+                    if heir.adopts() {
+                        ", adopts connections"
+                    } else {
+                        ""
+                    }
                 );
-                *self.heir_lock() = Some(Heir::new(
-                    successor.channel,
-                    successor.pid,
-                    listeners,
-                    adopts,
-                ));
+                *self.heir_lock() = Some(heir);
                 if let Some(watch) = &self.watch {
                     watch.follow(successor.pid);
                 }
@@ -501,8 +536,27 @@ impl Engine {
                             ),
                         )
                     }
+                    NotReady::Abandoned => {
+                        let status = successor.kill();
+                        fail(
+                            libc::ESHUTDOWN,
+                            format!(
+                                "this process was told to stop while successor {} was starting; \
+                                 killed it, it {status}",
+                                successor.pid
+                            ),
+                        )
+                    }
                 };
                 self.notify_serving();
+                // A successor that called gr_ready wrote its pid there, and is
+                // gone now: `kill -USR2 $(cat pidfile)` must reach us.
+                let pid_file = self.lock().settings.pid_file.clone();
+                if let Some(path) = pid_file {
+                    if let Err(e) = notify::write_pid_file(&path) {
+                        warning!("cannot write the PID file {} again: {e}", path.display());
+                    }
+                }
                 Err(err)
             }
         }
@@ -576,24 +630,25 @@ impl Engine {
             return;
         };
         info!("draining (deadline {deadline:?})");
-        let spawned = thread::Builder::new()
-            .name("grestart-drain".into())
-            .spawn(move || {
-                thread::sleep(deadline);
-                warning!(
-                    "drain deadline of {deadline:?} passed with work still in flight; exiting"
-                );
-                self.finish_hand_overs();
-                self.run_hooks();
-                // SAFETY: flush C stdio, then leave without running atexit
-                // handlers under the feet of the threads still working.
-                unsafe { libc::fflush(std::ptr::null_mut()) };
-                if let Some(watch) = &self.watch {
-                    watch.become_stub();
-                }
-                // SAFETY: see above.
-                unsafe { libc::_exit(0) }
-            });
+        let spawned = signal::spawn_thread("grestart-drain", move || {
+            thread::sleep(deadline);
+            self.finish_hand_overs();
+            if !self.run_hooks() {
+                // An application thread ran them in its own shutdown: what it
+                // does after that (final output, its own cleanup) is its own,
+                // and it exits when it is done.
+                info!("drain deadline of {deadline:?} passed during the application's shutdown");
+                return;
+            }
+            warning!("drain deadline of {deadline:?} passed with work still in flight; exiting");
+            flush_standard_output();
+            if let Some(watch) = &self.watch {
+                watch.become_stub();
+            }
+            // SAFETY: leave without running atexit handlers (C++ static
+            // destructors) under the feet of the threads still working.
+            unsafe { libc::_exit(0) }
+        });
         if let Err(e) = spawned {
             error!("cannot arm the drain deadline: {e}");
         }
@@ -648,14 +703,21 @@ impl Engine {
     /// Drains (if not already), waits for the work in flight, and runs the
     /// hooks, once; a second caller waits for them to finish.
     pub(crate) fn shutdown(&'static self) {
+        if self.running_hooks_here() {
+            return;
+        }
         self.begin_drain();
+        // A successor still starting sees the drain and is stopped (see
+        // `start_successor`); wait for that, unless we are that restart.
+        let here = thread::current().id();
+        self.wait_until(|s| s.restarting_on.is_none_or(|t| t == here));
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
             info!("waiting for {in_flight} pieces of work in flight");
             self.wait_until(|_| self.in_flight.load(Ordering::SeqCst) == 0);
         }
         self.finish_hand_overs();
-        self.run_hooks();
+        let _ = self.run_hooks();
         let succeeded = self.heir_lock().is_some();
         let state = self.lock();
         if !succeeded {
@@ -731,16 +793,27 @@ impl Engine {
         self.adoption()?.adopt(timeout, fits)
     }
 
-    fn run_hooks(&self) {
+    /// Whether this thread is running the hooks: a hook calls back.
+    fn running_hooks_here(&self) -> bool {
+        matches!(self.lock().hooks, Hooks::Running(id) if id == thread::current().id())
+    }
+
+    /// Runs the hooks, or waits for the thread that runs them (unless that
+    /// is this one: a hook called back). Whether this call ran them.
+    fn run_hooks(&self) -> bool {
         let hooks = {
             let mut state = self.lock();
-            match mem::replace(&mut state.hooks, Hooks::Running) {
+            let here = thread::current().id();
+            match mem::replace(&mut state.hooks, Hooks::Running(here)) {
                 Hooks::Pending(hooks) => hooks,
                 other => {
+                    let nested = matches!(other, Hooks::Running(id) if id == here);
                     state.hooks = other;
                     drop(state);
-                    self.wait_until(|s| matches!(s.hooks, Hooks::Done));
-                    return;
+                    if !nested {
+                        self.wait_until(|s| matches!(s.hooks, Hooks::Done));
+                    }
+                    return false;
                 }
             }
         };
@@ -752,6 +825,7 @@ impl Engine {
         }
         self.lock_quietly().hooks = Hooks::Done;
         self.changed.notify_all();
+        true
     }
 
     pub(crate) fn set_ready_timeout(&self, timeout: Duration) -> io::Result<()> {
@@ -790,9 +864,26 @@ impl Engine {
     }
 }
 
+/// Writes out what Rust's and C's standard output buffer, before `_exit`
+/// (which does not). Another thread may hold Rust's stdout lock, stuck
+/// writing to a full pipe: wait for it only a moment.
+fn flush_standard_output() {
+    let (flushed, done) = std::sync::mpsc::channel();
+    let flushing = signal::spawn_thread("grestart-flush", move || {
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = flushed.send(());
+    });
+    if flushing.is_ok() {
+        let _ = done.recv_timeout(Duration::from_millis(200));
+    }
+    // SAFETY: fflush(NULL) flushes every C stdio stream.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
 /// Reads restart and stop signals forever; a restart runs here, outside
 /// signal context. A stop signal wins over restarts that came with it.
 fn watch_signals(pipe: OwnedFd) {
+    signal::become_watcher();
     loop {
         let arrived = signal::wait(&pipe);
         let Some(engine) = ENGINE.get() else { continue };
@@ -811,6 +902,7 @@ fn watch_signals(pipe: OwnedFd) {
         }
         let mut stop = arrived.stop;
         if arrived.restarts > 0 && !stop {
+            let _busy = signal::Busy::new();
             let _ = engine.restart_coalescing(|| {
                 let during = signal::drain(&pipe);
                 stop = during.stop;

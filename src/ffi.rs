@@ -43,6 +43,9 @@ pub type gr_log_fn =
     Option<unsafe extern "C" fn(level: c_int, message: *const c_char, arg: *mut c_void)>;
 
 thread_local! {
+    // Gone once the thread's locals are destroyed (a `gr_` call from a
+    // pthread key destructor runs after them): then the message is lost,
+    // never a panic, which would abort at the C boundary.
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
@@ -70,7 +73,7 @@ fn call(f: impl FnOnce() -> io::Result<c_int>) -> c_int {
         Ok(value) => value,
         Err(err) => {
             let message = CString::new(err.to_string().replace('\0', " ")).unwrap_or_default();
-            LAST_ERROR.with(|last| *last.borrow_mut() = message);
+            let _ = LAST_ERROR.try_with(|last| *last.borrow_mut() = message);
             // SAFETY: errno is this thread's own.
             unsafe { *libc::__errno_location() = errno_of(&err) };
             -1
@@ -304,6 +307,9 @@ pub extern "C" fn gr_adopt_fd() -> c_int {
 /// NULL when `size` is 0). Returns -1 with errno `EAGAIN` when none came in
 /// time, `ERANGE` when the name does not fit (the connection stays queued).
 /// The first call says this process adopts connections, as gr_adopt_fd does.
+/// Unlike `gr_accept`'s, the connection does not count as work in flight (an
+/// event loop keeps its own count): a server that counts its connections for
+/// `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_adopt(listener: *mut c_char, size: usize, timeout_ms: c_int) -> c_int {
     call(|| {
@@ -349,7 +355,9 @@ pub extern "C" fn gr_wait_shutdown(timeout_ms: c_int) -> c_int {
 /// finished (after closing it), because `gr_shutdown` waits for that. The
 /// listener is made non-blocking (a flag every generation shares). May be
 /// called from several threads, and from a forked worker. Other errors (e.g.
-/// `EMFILE`, `EBADF`) concern this one accept: the loop may go on.
+/// `EMFILE`, `EBADF`) concern this one accept: the loop may go on. Out of fds
+/// or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it fails only after a
+/// pause (5 ms, doubled while it lasts, up to 1 s), so that loop does not spin.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_accept(listener: c_int) -> c_int {
     call(|| {
@@ -377,10 +385,12 @@ pub extern "C" fn gr_work_end() -> c_int {
     call(|| engine_in_any_process()?.end_work().map(ok))
 }
 
-/// Starts draining if not already, waits until no work is in flight (see
-/// `gr_work_begin`), then runs the shutdown hooks in reverse order of
-/// registration, once. A second caller, on any thread, returns when the hooks
-/// have finished.
+/// Starts draining if not already, stops a successor that is still starting
+/// (killed and reaped: it must not serve once we were told to stop), waits
+/// until no work is in flight (see `gr_work_begin`), then runs the shutdown
+/// hooks in reverse order of registration, once. A second caller, on any
+/// thread, returns when the hooks have finished; a hook that calls it (a
+/// cleanup helper) gets 0 at once.
 ///
 /// Returns 0, or -1 with errno when grestart could not start.
 #[unsafe(no_mangle)]
@@ -416,7 +426,9 @@ pub extern "C" fn gr_set_ready_timeout_ms(timeout_ms: u64) -> c_int {
 
 /// Sets how long a draining process may take: when `deadline_ms` milliseconds
 /// after the drain began it has not exited, grestart runs the hooks that have
-/// not run and exits the process with status 0. 0 (the default) means no
+/// not run, flushes the standard output, and exits the process with status 0.
+/// When the application's own `gr_shutdown` ran (or runs) the hooks, the
+/// deadline leaves the exit to the application. 0 (the default) means no
 /// deadline. Applies to drains that begin after the call. Returns 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_set_drain_deadline_ms(deadline_ms: u64) -> c_int {
@@ -428,8 +440,11 @@ pub extern "C" fn gr_set_drain_deadline_ms(deadline_ms: u64) -> c_int {
 }
 
 /// Sets the PID file each generation writes atomically when it becomes ready
-/// (NULL: none, the default). `path` is copied. A generation that hands over
-/// never removes it; one that shuts down without a successor does.
+/// (NULL: none, the default). `path` is copied. After a failed restart (whose
+/// successor may have written it) the serving process writes it again. A
+/// generation that hands over never removes it; one that shuts down without a
+/// successor removes it if it still names that process (a regular file, never
+/// read through a symlink).
 /// Returns 0, or -1 with errno `EINVAL` for an empty path.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_set_pid_file(path: *const c_char) -> c_int {
@@ -500,7 +515,10 @@ pub extern "C" fn gr_set_log_level(level: c_int) -> c_int {
 }
 
 /// Sends log lines to `callback(level, line, arg)` instead of stderr (NULL:
-/// back to stderr). The callback may run on any thread. Returns 0.
+/// back to stderr). The callback may run on any thread. Returns 0 once no
+/// thread runs the previous callback any more, so its `arg` may be freed
+/// then; called from inside a callback, it returns at once (that callback is
+/// still running on this thread).
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_set_log_callback(callback: gr_log_fn, arg: *mut c_void) -> c_int {
     let arg = UserArg(arg);
@@ -520,10 +538,13 @@ pub extern "C" fn gr_set_log_callback(callback: gr_log_fn, arg: *mut c_void) -> 
 
 /// Returns a message describing the last failure of a `gr_` function on this
 /// thread ("" if none). The string belongs to grestart and stays valid until
-/// the next failing `gr_` call on this thread.
+/// the next failing `gr_` call on this thread. Called while the thread exits
+/// (from a thread-local destructor), it may return "".
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_last_error() -> *const c_char {
-    LAST_ERROR.with(|last| last.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|last| last.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// Returns this library's version, e.g. "0.1.0" (static storage; equal to

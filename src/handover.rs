@@ -5,14 +5,24 @@
 //! `spawn.rs`, the heir's end known to `link.rs`). What travels on it:
 //!
 //! * heir to old: `R` ready (the first byte, as every grestart has said it),
-//!   `A` "I adopt connections" (with `R`, or later), `K` "I adopted one";
+//!   `A` "I adopt connections" (with `R`, or later) followed by `I` "my
+//!   receipts name the connection", then per connection adopted `T` and its
+//!   id (8 bytes, little-endian), or `K` from an heir that never said `I`;
 //! * old to heir: one message per connection: the length of the listener's
-//!   name in a byte, the name, and the socket as `SCM_RIGHTS`. The kernel
-//!   never merges data across a message that carries fds, so each `recvmsg`
-//!   returns one whole message.
+//!   name in a byte, the name, the connection's id when the heir said `I`,
+//!   and the socket as `SCM_RIGHTS`. The kernel never merges data across a
+//!   message that carries fds, so each `recvmsg` returns one whole message.
+//!
+//! Receipts name the connection, not its place in the order: an heir that
+//! loses one (out of fds, `MSG_CTRUNC`) sends no receipt for it, and receipts
+//! counted in order would then make the old generation shut down another one,
+//! which the heir serves. The heir never waits to send a receipt: each is a
+//! small message that takes a whole buffer's worth of the socket's send budget,
+//! so a few hundred fill it while a busy old generation reads none; they wait
+//! in the heir's memory and its receiving thread sends them when there is room.
 //!
 //! The old generation keeps its own duplicate of each connection until the
-//! heir says `K`. An heir that asked for connections but never takes them
+//! heir's receipt for it. An heir that asked for connections but never takes them
 //! cannot strand a client: after [`BOUND`] the old generation shuts those
 //! connections down (an orderly close) and stops handing over. An heir that
 //! never said `A` (an older grestart, or one that does not poll) gets none:
@@ -20,12 +30,12 @@
 //! Bytes a client sends meanwhile wait in the kernel's socket buffer.
 
 use std::collections::VecDeque;
+use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use std::{io, thread};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -37,12 +47,20 @@ use nix::sys::socket::{
 
 use crate::error::{fail, with_context};
 use crate::log::{debug, warning};
+use crate::signal;
 use crate::sys::socket_type;
 
 /// Sent with (or after) "ready": the heir adopts connections.
 pub(crate) const ADOPT_BYTE: u8 = b'A';
-/// One connection adopted.
+/// Sent right after `ADOPT_BYTE`: the heir's receipts name the connection.
+pub(crate) const IDS_BYTE: u8 = b'I';
+/// One connection adopted, from an heir that never said `IDS_BYTE`: the
+/// oldest one not yet taken.
 const ACK_BYTE: u8 = b'K';
+/// One connection adopted: followed by its id.
+const TAKEN_BYTE: u8 = b'T';
+/// The length of a connection's id, a `u64` little-endian.
+const ID_LEN: usize = 8;
 /// How long the old generation waits for its heir to take a connection it
 /// handed over (or to make room for one).
 pub(crate) const BOUND: Duration = Duration::from_secs(2);
@@ -64,10 +82,17 @@ pub(crate) struct Heir {
     /// and the addresses they are bound to.
     listeners: Vec<(String, Option<SockaddrStorage>)>,
     adopts: bool,
+    /// Its receipts name the connection (it said `IDS_BYTE`).
+    ids: bool,
     /// The heir closed the channel: it exited.
     gone: bool,
-    /// Our duplicates of the connections sent and not yet taken, oldest first.
-    pending: VecDeque<OwnedFd>,
+    /// Our duplicates of the connections sent and not yet taken, oldest
+    /// first, with their ids.
+    pending: VecDeque<(u64, OwnedFd)>,
+    /// The id of the next connection sent.
+    next_id: u64,
+    /// What the heir said that is not complete yet (a receipt cut in two).
+    unread: Vec<u8>,
     /// Connections sent, to read the receipts every so often.
     sent: u64,
     /// When the last one was sent: the heir has until then + BOUND to take it.
@@ -75,45 +100,77 @@ pub(crate) struct Heir {
 }
 
 impl Heir {
+    /// The heir `pid` on `channel`, which said `said` with "ready".
     pub(crate) fn new(
         channel: OwnedFd,
         pid: libc::pid_t,
         listeners: Vec<(String, Option<SockaddrStorage>)>,
-        adopts: bool,
+        said: &[u8],
     ) -> Heir {
-        Heir {
+        let mut heir = Heir {
             channel,
             pid,
             listeners,
-            adopts,
+            adopts: false,
+            ids: false,
             gone: false,
             pending: VecDeque::new(),
+            next_id: 0,
+            unread: said.to_vec(),
             sent: 0,
             last_sent: Instant::now(),
-        }
+        };
+        heir.take_what_was_said();
+        heir
+    }
+
+    /// Whether the heir adopts connections, as far as it has said.
+    pub(crate) fn adopts(&self) -> bool {
+        self.adopts
     }
 
     /// Reads what the heir said since we last looked: adoption, receipts, its end.
     fn read(&mut self) {
-        let mut said = [0u8; 64];
+        let mut said = [0u8; 4096];
         while !self.gone {
             match recv(self.channel.as_raw_fd(), &mut said, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => self.heir_gone(),
                 Ok(n) => {
-                    for &byte in &said[..n] {
-                        match byte {
-                            ADOPT_BYTE => self.adopts = true,
-                            // The heir holds it now: closing ours closes nothing.
-                            ACK_BYTE => drop(self.pending.pop_front()),
-                            _ => {}
-                        }
-                    }
+                    self.unread.extend_from_slice(&said[..n]);
+                    self.take_what_was_said();
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return,
                 Err(_) => self.heir_gone(),
             }
         }
+    }
+
+    /// Acts on the complete part of what the heir said; a receipt cut in two
+    /// by the stream waits for its end.
+    fn take_what_was_said(&mut self) {
+        let mut at = 0;
+        while let Some(&byte) = self.unread.get(at) {
+            match byte {
+                ADOPT_BYTE => self.adopts = true,
+                IDS_BYTE => self.ids = true,
+                // The heir holds it now: closing ours closes nothing.
+                ACK_BYTE => drop(self.pending.pop_front()),
+                TAKEN_BYTE => {
+                    let Some(id) = self.unread.get(at + 1..at + 1 + ID_LEN) else {
+                        break;
+                    };
+                    let id = u64::from_le_bytes(id.try_into().expect("ID_LEN bytes"));
+                    if let Some(i) = self.pending.iter().position(|(sent, _)| *sent == id) {
+                        drop(self.pending.remove(i));
+                    }
+                    at += ID_LEN;
+                }
+                _ => {}
+            }
+            at += 1;
+        }
+        self.unread.drain(..at);
     }
 
     fn heir_gone(&mut self) {
@@ -131,7 +188,7 @@ impl Heir {
             "closing {} handed-over connections: {why}",
             self.pending.len()
         );
-        for connection in self.pending.drain(..) {
+        for (_, connection) in self.pending.drain(..) {
             let _ = shutdown(connection.as_raw_fd(), Shutdown::Both);
         }
     }
@@ -171,22 +228,15 @@ impl Heir {
         let ours = connection
             .try_clone_to_owned()
             .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
-        let fds = [connection.as_raw_fd()];
-        let length = [name.len() as u8]; // at most 255, as every listener name
-        let message = [IoSlice::new(&length), IoSlice::new(name.as_bytes())];
-        let rights = [ControlMessage::ScmRights(&fds)];
+        let id = self.next_id;
+        // An heir that never said IDS_BYTE reads a name and nothing after it.
+        let sent_id = self.ids.then_some(id);
         let give_up = Instant::now() + BOUND;
         loop {
-            let sent = sendmsg::<()>(
-                self.channel.as_raw_fd(),
-                &message,
-                &rights,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-            match sent {
+            match send_connection(self.channel.as_fd(), &name, sent_id, connection) {
                 Ok(_) => {
-                    self.pending.push_back(ours);
+                    self.pending.push_back((id, ours));
+                    self.next_id += 1;
                     self.sent += 1;
                     self.last_sent = Instant::now();
                     return Ok(());
@@ -276,6 +326,33 @@ impl Heir {
     }
 }
 
+/// Sends one connection message, without waiting: the length of the
+/// listener's `name`, the name, the connection's `id` if any, and the
+/// `connection` itself.
+fn send_connection(
+    channel: BorrowedFd<'_>,
+    name: &str,
+    id: Option<u64>,
+    connection: BorrowedFd<'_>,
+) -> nix::Result<usize> {
+    let fds = [connection.as_raw_fd()];
+    let length = [name.len() as u8]; // at most 255, as every listener name
+    let id = id.map(u64::to_le_bytes);
+    let message = [
+        IoSlice::new(&length),
+        IoSlice::new(name.as_bytes()),
+        IoSlice::new(id.as_ref().map_or(&[], |id| &id[..])),
+    ];
+    let rights = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &message,
+        &rights,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+}
+
 /// Whether a listener bound to `bound` accepts connections whose local
 /// address is `local`: the same port, and the same address unless the
 /// listener's is the wildcard (a dual-stack `[::]` takes IPv4 too); for Unix
@@ -304,6 +381,8 @@ fn accepts(bound: &SockaddrStorage, local: &SockaddrStorage) -> bool {
 pub(crate) struct Handed {
     pub(crate) connection: OwnedFd,
     pub(crate) listener: String,
+    /// Its id, for the receipt; `None` from a predecessor that sends none.
+    id: Option<u64>,
 }
 
 /// The heir's side: the connections received and not yet adopted by the
@@ -315,6 +394,11 @@ pub(crate) struct Adoption {
     queue: Mutex<VecDeque<Handed>>,
     /// The link to the predecessor, for the receipts; `None` on a fresh start.
     channel: Option<Arc<OwnedFd>>,
+    /// Receipts not sent yet: the predecessor's buffer was full.
+    receipts: Mutex<Vec<u8>>,
+    /// Written when receipts are left unsent: the receiving thread then
+    /// waits for room to send them too.
+    unsent: EventFd,
 }
 
 impl Adoption {
@@ -323,9 +407,11 @@ impl Adoption {
     pub(crate) fn start(
         channel: Option<(Arc<OwnedFd>, libc::pid_t)>,
     ) -> io::Result<&'static Adoption> {
-        let waiting =
+        let eventfd = || {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-                .map_err(|e| with_context(e.into(), "cannot create the adoption eventfd"))?;
+                .map_err(|e| with_context(e.into(), "cannot create the adoption eventfds"))
+        };
+        let (waiting, unsent) = (eventfd()?, eventfd()?);
         if let Some((channel, predecessor)) = &channel {
             check_peer(channel.as_fd(), *predecessor)?;
         }
@@ -333,12 +419,11 @@ impl Adoption {
             waiting,
             queue: Mutex::new(VecDeque::new()),
             channel: channel.as_ref().map(|(c, _)| Arc::clone(c)),
+            receipts: Mutex::new(Vec::new()),
+            unsent,
         }));
         if let Some((channel, _)) = channel {
-            thread::Builder::new()
-                .name("grestart-adopt".into())
-                .spawn(move || adoption.receive(&channel))
-                .map_err(|e| with_context(e, "cannot start the adoption thread"))?;
+            signal::spawn_thread("grestart-adopt", move || adoption.receive(&channel))?;
         }
         Ok(adoption)
     }
@@ -347,10 +432,36 @@ impl Adoption {
         self.waiting.as_fd()
     }
 
-    /// Receives connections until the predecessor closes the channel.
+    /// Receives connections until the predecessor closes the channel, and
+    /// sends the receipts left unsent when there is room.
     fn receive(&self, channel: &OwnedFd) {
-        let mut message = [0u8; 1 + NAME_MAX];
+        let mut message = [0u8; 1 + NAME_MAX + ID_LEN];
         loop {
+            let mut events = PollFlags::POLLIN;
+            if !self.receipts().is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            let mut fds = [
+                PollFd::new(channel.as_fd(), events),
+                PollFd::new(self.unsent.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+                if e != Errno::EINTR {
+                    warning!("cannot wait for handed-over connections: {e}");
+                    return;
+                }
+                continue;
+            }
+            if fds[1].any() == Some(true) {
+                let _ = self.unsent.read(); // looked at now
+            }
+            let link = fds[0].revents().unwrap_or(PollFlags::empty());
+            if link.contains(PollFlags::POLLOUT) {
+                send_receipts(channel, &mut self.receipts());
+            }
+            if !link.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                continue;
+            }
             let mut space = nix::cmsg_space!([RawFd; 1]);
             let mut iov = [IoSliceMut::new(&mut message)];
             let received = recvmsg::<()>(
@@ -387,13 +498,20 @@ impl Adoption {
             if truncated {
                 warning!("a handed-over connection was lost: out of file descriptors");
             }
-            let name = (bytes > 0)
-                .then(|| &message[1..bytes])
-                .filter(|name| name.len() == usize::from(message[0]));
-            let Some(listener) = name.map(|n| String::from_utf8_lossy(n).into_owned()) else {
-                warning!("ignoring a malformed message from the previous generation");
-                continue;
+            // The name, then the id (from a predecessor that sends ids).
+            let length = usize::from(message[0]);
+            let id = match bytes.checked_sub(1 + length) {
+                Some(0) => None,
+                Some(ID_LEN) => {
+                    let id = &message[1 + length..bytes];
+                    Some(u64::from_le_bytes(id.try_into().expect("ID_LEN bytes")))
+                }
+                _ => {
+                    warning!("ignoring a malformed message from the previous generation");
+                    continue;
+                }
             };
+            let listener = String::from_utf8_lossy(&message[1..1 + length]).into_owned();
             for connection in fds {
                 if socket_type(connection.as_fd()) != Some(SockType::Stream) {
                     warning!("ignoring a handed-over fd that is not a stream socket");
@@ -403,6 +521,7 @@ impl Adoption {
                 queue.push_back(Handed {
                     connection,
                     listener: listener.clone(),
+                    id,
                 });
                 if queue.len() == 1 {
                     if let Err(e) = self.waiting.write(1) {
@@ -451,10 +570,40 @@ impl Adoption {
             let _ = poll(&mut fds, left.map_or(PollTimeout::NONE, poll_timeout));
         };
         if let Some(channel) = &self.channel {
-            // A predecessor already gone has nothing left to drop.
-            let _ = send(channel.as_raw_fd(), &[ACK_BYTE], MsgFlags::MSG_NOSIGNAL);
+            let mut receipts = self.receipts();
+            match handed.id {
+                Some(id) => {
+                    receipts.push(TAKEN_BYTE);
+                    receipts.extend_from_slice(&id.to_le_bytes());
+                }
+                None => receipts.push(ACK_BYTE),
+            }
+            send_receipts(channel, &mut receipts);
+            if !receipts.is_empty() {
+                // Never wait here: the application's event loop runs on this thread.
+                let _ = self.unsent.write(1);
+            }
         }
         Ok(Some(handed))
+    }
+
+    fn receipts(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.receipts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Sends as much of `receipts` as the predecessor has room for, without
+/// waiting, and keeps the rest. A predecessor already gone has nothing left
+/// to drop: then they are forgotten.
+fn send_receipts(channel: &OwnedFd, receipts: &mut Vec<u8>) {
+    while !receipts.is_empty() {
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match send(channel.as_raw_fd(), receipts, flags) {
+            Ok(n) => drop(receipts.drain(..n)),
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => return,
+            Err(_) => receipts.clear(),
+        }
     }
 }
 
@@ -483,6 +632,7 @@ mod tests {
     use std::io::Read;
     use std::net::SocketAddr;
     use std::os::unix::net::UnixStream;
+    use std::thread;
 
     fn addr(text: &str) -> SockaddrStorage {
         SockaddrStorage::from(text.parse::<SocketAddr>().unwrap())
@@ -498,6 +648,115 @@ mod tests {
         assert!(!accepts(&addr("[::1]:80"), &addr("127.0.0.1:80")));
     }
 
+    /// Receives one connection message on `heir_end`: its id and the fd.
+    fn receive_one(heir_end: &UnixStream) -> (u64, OwnedFd) {
+        let mut message = [0u8; 64];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut message)];
+        let received = recvmsg::<()>(
+            heir_end.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let bytes = received.bytes;
+        let fd = received.cmsgs().unwrap().find_map(|cmsg| match cmsg {
+            // SAFETY: installed for us by the kernel just now.
+            ControlMessageOwned::ScmRights(fds) => Some(unsafe { OwnedFd::from_raw_fd(fds[0]) }),
+            _ => None,
+        });
+        let id = u64::from_le_bytes(message[bytes - ID_LEN..bytes].try_into().unwrap());
+        (id, fd.unwrap())
+    }
+
+    /// The heir loses a connection (out of fds: no receipt for it) and takes
+    /// the next: only the lost one is shut down, never one the heir serves.
+    #[test]
+    fn a_receipt_names_its_connection_so_a_lost_one_closes_only_itself() {
+        let (old_end, heir_end) = UnixStream::pair().unwrap();
+        let pid = std::process::id() as i32;
+        let said = [ADOPT_BYTE, IDS_BYTE];
+        let mut heir = Heir::new(
+            OwnedFd::from(old_end),
+            pid,
+            vec![("http".into(), None)],
+            &said,
+        );
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let (connection, client) = UnixStream::pair().unwrap();
+            heir.hand_over(connection.as_fd(), Some("http")).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            clients.push(client);
+        }
+        let (first, kept_first) = receive_one(&heir_end);
+        let (_, lost) = receive_one(&heir_end);
+        drop(lost);
+        let (third, kept_third) = receive_one(&heir_end);
+        let mut receipts = vec![TAKEN_BYTE];
+        receipts.extend_from_slice(&first.to_le_bytes());
+        receipts.push(TAKEN_BYTE);
+        receipts.extend_from_slice(&third.to_le_bytes());
+        // Cut in two, as a stream may deliver it.
+        send(heir_end.as_raw_fd(), &receipts[..5], MsgFlags::empty()).unwrap();
+        send(heir_end.as_raw_fd(), &receipts[5..], MsgFlags::empty()).unwrap();
+        heir.finish(); // waits the bound for the lost one, then shuts it down
+        let mut byte = [0u8; 1];
+        for (i, client) in clients.iter_mut().enumerate() {
+            let read = client.read(&mut byte);
+            if i == 1 {
+                assert!(matches!(read, Ok(0)), "the lost one is closed: {read:?}");
+            } else {
+                let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+                assert!(open, "connection {i}, adopted, stays open");
+            }
+        }
+        drop((kept_first, kept_third));
+    }
+
+    /// The heir never waits to send a receipt, though the old generation
+    /// reads none for a while (it is busy): each receipt takes a whole
+    /// buffer's worth of the socket's send budget, and a few hundred would
+    /// fill it. They all arrive, naming their connections, once it reads.
+    #[test]
+    fn receipts_never_make_the_heir_wait() {
+        const CONNECTIONS: u64 = 1000;
+        let (old_end, heir_end) = UnixStream::pair().unwrap();
+        let link = Arc::new(OwnedFd::from(heir_end));
+        let adoption = Adoption::start(Some((link, std::process::id() as i32))).unwrap();
+        let sender = old_end.try_clone().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let heir = thread::spawn(move || {
+            for id in 0..CONNECTIONS {
+                let (connection, _client) = UnixStream::pair().unwrap();
+                send_connection(sender.as_fd(), "http", Some(id), connection.as_fd()).unwrap();
+                let handed = adoption.adopt(Some(Duration::from_secs(10)), |_| true);
+                assert_eq!(handed.unwrap().unwrap().id, Some(id));
+            }
+            let _ = done.send(());
+            sender
+        });
+        let finished = finished.recv_timeout(Duration::from_secs(10));
+        // Now the old generation reads: every receipt comes, in order.
+        old_end
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut receipts = vec![0u8; CONNECTIONS as usize * (1 + ID_LEN)];
+        (&old_end).read_exact(&mut receipts).unwrap();
+        let _sender = heir.join().unwrap();
+        assert!(finished.is_ok(), "the heir waited to send a receipt");
+        for (id, receipt) in receipts.chunks(1 + ID_LEN).enumerate() {
+            assert_eq!(receipt[0], TAKEN_BYTE);
+            assert_eq!(
+                u64::from_le_bytes(receipt[1..].try_into().unwrap()),
+                id as u64
+            );
+        }
+    }
+
     /// A connection handed over long after the heir became ready (say, after
     /// a slow request) still gets the whole bound to be taken: the old
     /// generation must not shut it down under the heir that adopts it.
@@ -508,7 +767,7 @@ mod tests {
             OwnedFd::from(old_end),
             std::process::id() as i32,
             vec![("http".into(), None)],
-            true,
+            &[ADOPT_BYTE],
         );
         thread::sleep(BOUND + Duration::from_millis(100)); // the heir has been ready a while
         let (connection, mut client) = UnixStream::pair().unwrap();

@@ -199,7 +199,8 @@ pub fn wait_shutdown(timeout: Option<Duration>) -> io::Result<bool> {
 
 /// Starts draining if not already, waits until no [`Work`] is in flight (no
 /// [`Accepted`] connection is left), and runs the shutdown hooks, once. A
-/// second caller, on any thread, returns when the hooks have finished.
+/// second caller, on any thread, returns when the hooks have finished; a hook
+/// that calls it returns at once.
 pub fn shutdown() -> io::Result<()> {
     engine()?.shutdown();
     Ok(())
@@ -244,6 +245,8 @@ pub struct Adopted {
 /// `timeout` (`None`: as long as it takes) for one; `Ok(None)` when none came
 /// in time. Serve it exactly as a connection just accepted on its listener.
 /// The first call says this process adopts connections, as [`adopt_fd`] does.
+/// Unlike an [`Accepted`] connection it is no [`Work`] in flight: a server
+/// that counts its connections for [`shutdown`] holds a [`work`] for it.
 pub fn adopt(timeout: Option<Duration>) -> io::Result<Option<Adopted>> {
     let handed = engine()?.adopt(timeout, |_| true)?;
     Ok(handed.map(|h| Adopted {
@@ -279,6 +282,9 @@ impl Listener for UnixListener {
 /// Each connection counts as work in flight until it is dropped, and
 /// [`shutdown`] waits for them. The streams are blocking; the listener is made
 /// non-blocking, a flag every generation shares. Works in a forked worker too.
+/// An error ends nothing: out of fds (`EMFILE`) the next item comes after a
+/// pause (5 ms, doubled while it lasts, up to 1 s), so a loop that goes on
+/// does not spin.
 ///
 /// ```no_run
 /// let listener = grestart::listen_tcp("127.0.0.1:8080")?;
@@ -406,6 +412,8 @@ pub fn set_log_level(level: Option<Level>) {
 
 /// Sends log lines to `logger` instead of stderr (`None`: back to stderr).
 /// It is called from whichever thread logs, so it must be thread-safe.
+/// Returns once no thread runs the previous logger any more (at once when
+/// called from inside a logger).
 pub fn set_logger(logger: Option<impl Fn(Level, &str) + Send + Sync + 'static>) {
     log::set_logger(logger.map(|l| Arc::new(l) as log::Logger));
 }

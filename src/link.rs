@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::with_context;
-use crate::handover::ADOPT_BYTE;
+use crate::handover::{ADOPT_BYTE, IDS_BYTE};
 use crate::spawn::READY_BYTE;
 use crate::sys::peer_closed;
 
@@ -20,13 +20,25 @@ pub(crate) struct Predecessor {
     /// Shared with the thread that receives handed-over connections.
     channel: Arc<OwnedFd>,
     pub pid: libc::pid_t,
+    /// Its pidfd, while it is our parent. A child it forks without exec (to
+    /// finish a job while it drains) keeps its end of the channel open after
+    /// it exited, so the channel alone would say "still draining" for as long
+    /// as that child lives.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Predecessor {
     pub(crate) fn new(channel: OwnedFd, pid: libc::pid_t) -> Predecessor {
+        // Only while it is our parent can its pid not name another process
+        // (a parent's pid is not reused before it is reaped); reparented, we
+        // have only the channel to go by.
+        let pidfd = (nix::unistd::getppid().as_raw() == pid)
+            .then(|| crate::sys::pidfd_open(pid).ok())
+            .flatten();
         Predecessor {
             channel: Arc::new(channel),
             pid,
+            pidfd,
         }
     }
 
@@ -35,10 +47,11 @@ impl Predecessor {
     }
 
     /// Says "ready" (the predecessor begins to drain), and whether we adopt
-    /// its idle connections. "Ready" comes first: it is all an older grestart reads.
+    /// its idle connections (and name each in our receipts). "Ready" comes
+    /// first: it is all an older grestart reads.
     pub(crate) fn tell_ready(&self, adopting: bool) -> io::Result<()> {
         let message: &[u8] = if adopting {
-            &[READY_BYTE, ADOPT_BYTE]
+            &[READY_BYTE, ADOPT_BYTE, IDS_BYTE]
         } else {
             &[READY_BYTE]
         };
@@ -47,7 +60,7 @@ impl Predecessor {
 
     /// Says we adopt connections, once already ready.
     pub(crate) fn tell_adopting(&self) -> io::Result<()> {
-        self.tell(&[ADOPT_BYTE])
+        self.tell(&[ADOPT_BYTE, IDS_BYTE])
     }
 
     fn tell(&self, message: &[u8]) -> io::Result<()> {
@@ -65,5 +78,6 @@ impl Predecessor {
     /// Whether the predecessor has exited (it has finished draining).
     pub(crate) fn has_exited(&self) -> bool {
         peer_closed(self.channel.as_fd())
+            || (self.pidfd.as_ref()).is_some_and(|pidfd| crate::sys::has_exited(pidfd.as_fd()))
     }
 }

@@ -4,11 +4,11 @@
 //! at start-up and can be changed from code; the default is `info`, because a
 //! restart is rare and an operator wants to see each one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 /// How important a log line is; a lower number is more important.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,9 +83,57 @@ pub fn set_level(level: Option<Level>) {
     THRESHOLD.store(level.map_or(0, |l| l as u8) + 1, Ordering::Relaxed);
 }
 
+/// Taken when a delivery ends, so that [`set_logger`] can wait for them.
+static DELIVERIES: Mutex<()> = Mutex::new(());
+static DELIVERY_ENDED: Condvar = Condvar::new();
+
+thread_local! {
+    /// This thread is inside the application's logger.
+    static IN_LOGGER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One delivery to the application's logger, until dropped (also when the
+/// logger panics).
+struct Delivering {
+    outer: bool,
+}
+
+impl Delivering {
+    fn start() -> Delivering {
+        let outer = IN_LOGGER.try_with(|l| l.replace(true)).unwrap_or(false);
+        Delivering { outer }
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        let _ = IN_LOGGER.try_with(|l| l.set(self.outer));
+        let _ended = DELIVERIES.lock().unwrap_or_else(|e| e.into_inner());
+        DELIVERY_ENDED.notify_all();
+    }
+}
+
 /// Send lines to `logger` instead of stderr (`None`: back to stderr).
+///
+/// Returns once no thread runs the previous logger any more, so that the
+/// application may free what it used (its C `arg`). Called from inside a
+/// logger it returns at once: that logger is running on this very thread.
 pub fn set_logger(logger: Option<Logger>) {
-    *LOGGER.write().unwrap_or_else(|e| e.into_inner()) = logger;
+    let previous = std::mem::replace(
+        &mut *LOGGER.write().unwrap_or_else(|e| e.into_inner()),
+        logger,
+    );
+    let Some(previous) = previous else { return };
+    if IN_LOGGER.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    // Every delivery under way holds a clone of it until it ends.
+    let mut ended = DELIVERIES.lock().unwrap_or_else(|e| e.into_inner());
+    while Arc::strong_count(&previous) > 1 {
+        ended = DELIVERY_ENDED
+            .wait(ended)
+            .unwrap_or_else(|e| e.into_inner());
+    }
 }
 
 pub(crate) fn enabled(level: Level) -> bool {
@@ -107,14 +155,18 @@ pub(crate) struct Defer {
 
 impl Defer {
     pub(crate) fn new() -> Defer {
-        let outermost = DEFERRED.with(|d| {
-            let mut queue = d.borrow_mut();
-            let outermost = queue.is_none();
-            if outermost {
-                *queue = Some(Vec::new());
-            }
-            outermost
-        });
+        // While the thread exits its locals may be gone: nothing is deferred
+        // then, the lines go out at once.
+        let outermost = DEFERRED
+            .try_with(|d| {
+                let mut queue = d.borrow_mut();
+                let outermost = queue.is_none();
+                if outermost {
+                    *queue = Some(Vec::new());
+                }
+                outermost
+            })
+            .unwrap_or(false);
         Defer { outermost }
     }
 }
@@ -122,7 +174,8 @@ impl Defer {
 impl Drop for Defer {
     fn drop(&mut self) {
         if self.outermost {
-            for (level, line) in DEFERRED.take().into_iter().flatten() {
+            let queued = DEFERRED.try_with(|d| d.take()).ok().flatten();
+            for (level, line) in queued.into_iter().flatten() {
                 deliver(level, &line);
             }
         }
@@ -153,7 +206,13 @@ pub(crate) fn emit(level: Level, args: fmt::Arguments<'_>) {
 fn deliver(level: Level, line: &str) {
     let logger = LOGGER.read().unwrap_or_else(|e| e.into_inner()).clone();
     match logger {
-        Some(logger) => logger(level, line),
+        Some(logger) => {
+            let _delivering = Delivering::start();
+            // Declared after the guard, so dropped before it tells a waiting
+            // set_logger, which then counts the clones left.
+            let logger = logger;
+            logger(level, line);
+        }
         None => {
             // One write, so lines of several generations sharing stderr never interleave.
             let line = format!(

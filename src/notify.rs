@@ -7,7 +7,7 @@ use std::io::{self, IoSliceMut, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 
@@ -165,8 +165,29 @@ pub(crate) fn write_pid_file(path: &Path) -> io::Result<()> {
 }
 
 /// Removes the PID file if it still names us (a successor may have replaced it).
+///
+/// Only a regular file is read, and never through a symlink (`O_NOFOLLOW`):
+/// [`write_pid_file`] never leaves one, so anything else at the path was put
+/// there by someone else. `O_NONBLOCK`, because opening a FIFO planted there
+/// would otherwise wait for a writer, and the shutdown with it.
 pub(crate) fn remove_pid_file(path: &Path) {
-    if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    let Ok(opened) = file.metadata() else { return };
+    let mut text = String::new();
+    // A pid and a newline; anything longer is not ours.
+    if !opened.is_file() || file.take(32).read_to_string(&mut text).is_err() {
+        return;
+    }
+    // Still the file we read: a successor's rename may have replaced it since.
+    let same = std::fs::symlink_metadata(path)
+        .is_ok_and(|now| (now.dev(), now.ino()) == (opened.dev(), opened.ino()));
+    if text.trim() == std::process::id().to_string() && same {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -204,6 +225,43 @@ mod tests {
         );
         remove_pid_file(&pid_file);
         assert!(!pid_file.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removal_never_follows_a_symlink_nor_blocks_on_a_fifo() {
+        let dir = std::env::temp_dir().join(format!("gr-pidremove-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A symlink to a file that names us: not a file we wrote, left alone.
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, format!("{}\n", std::process::id())).unwrap();
+        let link = dir.join("link.pid");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        remove_pid_file(&link);
+        assert!(
+            std::fs::symlink_metadata(&link).is_ok(),
+            "the symlink stays"
+        );
+        assert!(target.exists(), "its target stays");
+        // A FIFO nobody writes to: removal returns at once, the FIFO stays.
+        let fifo = dir.join("fifo.pid");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let (done, finished) = std::sync::mpsc::channel();
+        let removing = fifo.clone();
+        let remover = std::thread::spawn(move || {
+            remove_pid_file(&removing);
+            let _ = done.send(());
+        });
+        let returned = finished.recv_timeout(std::time::Duration::from_secs(5));
+        if returned.is_err() {
+            // Let the blocked open go, so that the thread ends.
+            let _ = OpenOptions::new().write(true).open(&fifo);
+        }
+        remover.join().unwrap();
+        assert!(returned.is_ok(), "removal blocked on a FIFO");
+        assert!(fifo.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -22,15 +22,20 @@ pub(crate) const READY_FD: &str = "GRESTART_READY_FD";
 pub(crate) const GENERATION: &str = "GRESTART_GENERATION";
 /// The restart signal, which the successor starts with ignored.
 pub(crate) const RESTART_SIGNAL: &str = "GRESTART_SIGNAL";
+/// The pid of the process that started the successor. Not `getppid()`: by the
+/// heir's first grestart call its predecessor may have exited, and the heir
+/// been reparented.
+pub(crate) const PREDECESSOR: &str = "GRESTART_PREDECESSOR_PID";
 
 /// Every variable this protocol owns; an heir removes them all once read.
-pub(crate) const VARIABLES: [&str; 6] = [
+pub(crate) const VARIABLES: [&str; 7] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
     READY_FD,
     GENERATION,
     RESTART_SIGNAL,
+    PREDECESSOR,
 ];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
@@ -73,6 +78,8 @@ pub struct Heritage {
     pub generation: u64,
     /// The parent's restart signal, which this process was started with ignored.
     pub restart_signal: Option<i32>,
+    /// The process that started this one (a grestart parent says it).
+    pub predecessor: Option<i32>,
     /// Why some variables were ignored, for the log.
     pub problems: Vec<String>,
 }
@@ -143,6 +150,12 @@ pub fn parse(
             _ => problems.push(format!("{RESTART_SIGNAL}={v:.20} is not a signal number")),
         }
     }
+    if let Some(v) = var(PREDECESSOR) {
+        match parse_number(&v) {
+            Some(pid @ 1..) if pid <= i32::MAX as u64 => heritage.predecessor = Some(pid as i32),
+            _ => problems.push(format!("{PREDECESSOR}={v:.20} is not a process id")),
+        }
+    }
     if let Some(v) = var(GENERATION) {
         match parse_number(&v) {
             Some(g) if g >= 1 => heritage.generation = g,
@@ -194,12 +207,14 @@ fn parse_number(s: &str) -> Option<u64> {
 ///
 /// Starts from `current`, drops every protocol variable in it, and describes
 /// `names.len()` listeners at fds 3.., the readiness channel right after them,
-/// the next generation and the restart signal `signo`.
+/// the next generation, the restart signal `signo` and the `predecessor`'s pid
+/// (ours).
 pub fn successor_env(
     current: impl IntoIterator<Item = (OsString, OsString)>,
     names: &[&str],
     generation: u64,
     signo: i32,
+    predecessor: u32,
 ) -> Vec<CString> {
     let mut env: Vec<CString> = current
         .into_iter()
@@ -218,10 +233,47 @@ pub fn successor_env(
         format!("{READY_FD}={ready_fd}"),
         format!("{GENERATION}={}", generation.saturating_add(1)),
         format!("{RESTART_SIGNAL}={signo}"),
+        format!("{PREDECESSOR}={predecessor}"),
     ] {
         env.push(CString::new(entry).expect("protocol entries hold no NUL"));
     }
     env
+}
+
+/// Runs before `main` in a program linked with grestart (and when Python
+/// loads it): marks the fds handed to this process close-on-exec at once.
+/// The engine does so too, but only at the first grestart call; a C heir that
+/// starts a helper program before that would hand it the listeners. Only
+/// what [`parse`] accepts is touched (open sockets named by `LISTEN_FDS` for
+/// this very pid); the environment is left for the engine to read.
+#[cfg(target_env = "gnu")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CLOSE_ON_EXEC_AT_START: extern "C" fn() = close_inherited_on_exec;
+
+#[cfg(target_env = "gnu")]
+extern "C" fn close_inherited_on_exec() {
+    // A constructor must never unwind.
+    let _ = std::panic::catch_unwind(|| {
+        let heritage = parse(
+            |k| std::env::var(k).ok(),
+            std::process::id(),
+            crate::sys::fd_is_socket,
+        );
+        for fd in heritage
+            .fds
+            .iter()
+            .map(|(_, fd)| *fd)
+            .chain(heritage.ready_fd)
+        {
+            // SAFETY: `parse` found it an open socket; borrowed for one fcntl.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
+    });
 }
 
 #[cfg(test)]
@@ -274,10 +326,12 @@ mod tests {
                 ("LISTEN_FDNAMES", "http:admin"),
                 ("GRESTART_READY_FD", "5"),
                 ("GRESTART_GENERATION", "7"),
+                ("GRESTART_PREDECESSOR_PID", "41"),
             ],
             42,
             5,
         );
+        assert_eq!(h.predecessor, Some(41));
         assert_eq!(
             h.fds,
             vec![("http".to_string(), 3), ("admin".to_string(), 4)]
@@ -407,7 +461,7 @@ mod tests {
             ("LISTEN_PID", "1"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = successor_env(current, &["http", "admin"], 3, 12);
+        let env = successor_env(current, &["http", "admin"], 3, 12, 40);
         let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
         assert_eq!(
             env,
@@ -417,7 +471,8 @@ mod tests {
                 "LISTEN_FDNAMES=http:admin",
                 "GRESTART_READY_FD=5",
                 "GRESTART_GENERATION=4",
-                "GRESTART_SIGNAL=12"
+                "GRESTART_SIGNAL=12",
+                "GRESTART_PREDECESSOR_PID=40"
             ]
         );
     }
@@ -453,7 +508,14 @@ mod tests {
             "é",
             "4294967338",
         ];
-        let keys = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD, GENERATION];
+        let keys = [
+            LISTEN_PID,
+            LISTEN_FDS,
+            LISTEN_FDNAMES,
+            READY_FD,
+            GENERATION,
+            PREDECESSOR,
+        ];
         for _ in 0..20_000 {
             let mut vars: Vec<(&str, String)> = Vec::new();
             for key in keys {
@@ -485,6 +547,7 @@ mod tests {
                 assert!(fd <= sockets_up_to && fd >= after, "{vars:?}");
             }
             assert!(h.generation >= 1);
+            assert!(h.predecessor.is_none_or(|pid| pid > 0), "{vars:?}");
         }
     }
 }

@@ -10,8 +10,10 @@
 //! the application ends it, and `shutdown` waits for that count to reach zero
 //! (bounded by the drain deadline) before it runs the hooks.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -59,14 +61,48 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
         }
         match accept4(listener, SockFlag::SOCK_CLOEXEC) {
             Ok(connection) => {
+                let _ = BACKOFF.try_with(|b| b.set(Duration::ZERO));
                 engine.begin_work();
                 return Ok(connection);
             }
             // Taken by the successor or another worker, or given up by the client.
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => continue,
+            // Out of fds or memory: the connection stays queued and the
+            // listener readable, so a loop that goes on (as documented) would
+            // spin at full speed. Wait first, as Go's and axum's servers do.
+            Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM)) => {
+                back_off(engine);
+                return Err(with_context(e.into(), "accept"));
+            }
             Err(e) => return Err(with_context(e.into(), "accept")),
         }
     }
+}
+
+/// The first wait after an accept ran out of resources, doubled at each
+/// failure in a row up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This thread's last wait; zero after an accept that worked.
+    static BACKOFF: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Waits before the next accept, or until this process must drain.
+fn back_off(engine: &'static Engine) {
+    let wait = BACKOFF
+        .try_with(|b| {
+            let wait = (b.get() * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            b.set(wait);
+            wait
+        })
+        .unwrap_or(MAX_BACKOFF);
+    let mut fds = [PollFd::new(engine.shutdown_fd(), PollFlags::POLLIN)];
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
+    );
 }
 
 /// Whether `errno` says the accept loop is over (rather than one accept failed).

@@ -8,24 +8,46 @@
 //! then installs the handler on that same signal; the ignore was ours, so the
 //! disposition to give back later is the default, not "ignored".
 //!
+//! grestart's threads never take the application's signals: each starts with
+//! every signal blocked ([`spawn_thread`]), so a process-directed `SIGINT` or
+//! `SIGTERM` goes to a thread of the application (CPython, say, only acts on a
+//! signal its main thread receives). The watcher alone then unblocks the
+//! restart signal, so that the restart works even in an application that blocks
+//! it in all its threads (the `sigwait`/`signalfd` design): the kernel delivers
+//! a process-directed signal to a thread that does not block it. A thread's mask
+//! can only be changed by the thread itself, so when the restart signal changes
+//! [`install`] asks the watcher, through the self-pipe, to change its own mask.
+//!
 //! An application may also name a *stop* signal (`gr_set_stop_signal`, e.g.
-//! `SIGTERM`): the same handler writes it to the same pipe, and the watcher
-//! begins the drain, as when a successor took over. The handler writes the
-//! signal's number, so the watcher tells the two apart.
+//! `SIGTERM`): the same handler writes another byte to the same pipe, the
+//! watcher leaves that signal unblocked too, and begins the drain, as when a
+//! successor took over.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{pipe2, read};
 
 use crate::error::{fail, os_fail, with_context};
+use crate::log::{self, warning};
+
+/// What the self-pipe carries: a restart request, from the handler...
+const RESTART_BYTE: u8 = 1;
+/// ... or, from [`install`], a request to the watcher to unblock another signal...
+const RETUNE_BYTE: u8 = 2;
+/// ... or the stop signal, from the handler.
+const STOP_BYTE: u8 = 3;
 
 /// The write end of the self-pipe; the handler's only state with [`OWNER`].
 static WAKE: AtomicI32 = AtomicI32::new(-1);
@@ -41,6 +63,37 @@ static STOP: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
 /// The stop signal's number for the handler (0: none).
 static STOP_SIGNO: AtomicI32 = AtomicI32::new(0);
 
+/// The signal the watcher thread must leave unblocked (0: none yet), besides
+/// the stop signal.
+static WATCHED: AtomicI32 = AtomicI32::new(0);
+
+/// What the watcher's own mask is now, for [`install`] to wait on.
+struct Watcher {
+    /// The restart and stop signals its mask leaves unblocked (0: none).
+    unblocked: (c_int, c_int),
+    /// It runs a restart, and reads the pipe only when that is over.
+    busy: bool,
+}
+
+static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
+    unblocked: (0, 0),
+    busy: false,
+});
+static WATCHER_CHANGED: Condvar = Condvar::new();
+
+thread_local! {
+    static IN_WATCHER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread is the watcher (never while its locals are destroyed).
+fn in_watcher() -> bool {
+    IN_WATCHER.try_with(Cell::get).unwrap_or(false)
+}
+
+fn watcher() -> MutexGuard<'static, Watcher> {
+    WATCHER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 extern "C" fn on_signal(signo: c_int) {
     // Async-signal-safe: one write to a non-blocking pipe, or in a forked
     // child sigaction and raise. A full pipe already holds a pending request,
@@ -48,17 +101,18 @@ extern "C" fn on_signal(signo: c_int) {
     // SAFETY: errno is thread-local; we restore it so the interrupted code
     // does not see our write's errno.
     unsafe {
+        let stop = signo == STOP_SIGNO.load(Ordering::Relaxed);
         if libc::getpid() != OWNER.load(Ordering::Relaxed) {
             // A forked worker: a restart signal is not for it, but a stop
             // signal (SIGTERM) must still end it as it would without us.
-            if signo == STOP_SIGNO.load(Ordering::Relaxed) {
+            if stop {
                 libc::signal(signo, libc::SIG_DFL);
                 libc::raise(signo);
             }
             return;
         }
         let errno = *libc::__errno_location();
-        let byte = signo as u8;
+        let byte = if stop { STOP_BYTE } else { RESTART_BYTE };
         libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
         *libc::__errno_location() = errno;
     }
@@ -127,13 +181,27 @@ pub(crate) fn stop_signal() -> c_int {
 /// Makes `signo` the restart signal, giving the previous one back its old disposition.
 pub(crate) fn install(signo: c_int) -> io::Result<()> {
     check(signo)?;
-    if signo == STOP_SIGNO.load(Ordering::Relaxed) {
+    if signo == stop_signal() {
         return Err(fail(
             libc::EINVAL,
             format!("signal {signo} is the stop signal; it cannot restart too"),
         ));
     }
-    replace(&INSTALLED, Some(signo))
+    // What this logs goes out once the lock is released: a logger may call in.
+    let _defer = log::Defer::new();
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if matches!(*installed, Some((current, _)) if current == signo) {
+        return Ok(());
+    }
+    let previous = handle(signo)?;
+    // The watcher unblocks the new signal and blocks the old one before the old
+    // one gets its disposition back: an application that blocks the old signal
+    // everywhere (to `sigwait` for it) must not see it handled on our thread.
+    WATCHED.store(signo, Ordering::Relaxed);
+    retune_watcher();
+    give_back(installed.take());
+    *installed = Some((signo, previous));
+    Ok(())
 }
 
 /// Makes `signo` the stop signal (`None`: no stop signal), giving the previous
@@ -148,22 +216,29 @@ pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
             ));
         }
     }
-    replace(&STOP, signo)?;
-    STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
-    Ok(())
-}
-
-/// Installs our handler on `signo` (none: just give back) in `slot`, giving
-/// the signal held there before back the disposition it had before us.
-fn replace(slot: &Mutex<Option<(c_int, libc::sigaction)>>, signo: Option<c_int>) -> io::Result<()> {
-    let mut installed = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let _defer = log::Defer::new();
+    let mut installed = STOP.lock().unwrap_or_else(|e| e.into_inner());
     if installed.map(|(current, _)| current) == signo {
         return Ok(());
     }
-    let Some(signo) = signo else {
-        give_back(installed.take());
-        return Ok(());
-    };
+    let previous = signo.map(handle).transpose()?;
+    STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
+    retune_watcher();
+    give_back(installed.take());
+    *installed = signo.zip(previous);
+    Ok(())
+}
+
+/// Restores the disposition a signal had before we installed our handler.
+fn give_back(held: Option<(c_int, libc::sigaction)>) {
+    if let Some((signo, previous)) = held {
+        // SAFETY: restoring a disposition sigaction gave us earlier.
+        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+    }
+}
+
+/// Installs our handler on `signo`; returns the disposition it had.
+fn handle(signo: c_int) -> io::Result<libc::sigaction> {
     // libc's sigaction, not nix's: nix cannot name the real-time signals,
     // which an application may choose as its restart signal.
     // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).
@@ -182,16 +257,115 @@ fn replace(slot: &Mutex<Option<(c_int, libc::sigaction)>>, signo: Option<c_int>)
             "cannot install a handler for signal {signo}"
         )));
     }
-    give_back(installed.take());
-    *installed = Some((signo, previous));
-    Ok(())
+    Ok(previous)
 }
 
-/// Restores the disposition a signal had before we installed our handler.
-fn give_back(held: Option<(c_int, libc::sigaction)>) {
-    if let Some((signo, previous)) = held {
-        // SAFETY: restoring a disposition sigaction gave us earlier.
-        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+/// Starts a grestart thread with every signal blocked: a new thread starts
+/// with its creator's mask, so the creator blocks them all for the moment of
+/// the spawn (an application thread's mask may let anything through).
+pub(crate) fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    let previous = SigSet::all()
+        .thread_swap_mask(SigmaskHow::SIG_SETMASK)
+        .map_err(|e| with_context(e.into(), "cannot block signals to start a thread"))?;
+    let spawned = thread::Builder::new().name(name.into()).spawn(body);
+    if let Err(e) = previous.thread_set_mask() {
+        warning!("cannot restore the signal mask after starting a thread: {e}");
+    }
+    spawned
+        .map(drop)
+        .map_err(|e| with_context(e, format!("cannot start the {name} thread")))
+}
+
+/// Makes the calling thread (started by [`spawn_thread`]) the watcher: the
+/// one thread that leaves the restart and stop signals unblocked.
+pub(crate) fn become_watcher() {
+    let _ = IN_WATCHER.try_with(|w| w.set(true));
+    retune_here();
+}
+
+/// The restart and stop signals the watcher's mask must leave unblocked.
+fn wanted() -> (c_int, c_int) {
+    (WATCHED.load(Ordering::Relaxed), stop_signal())
+}
+
+/// Gives the watcher's mask the signals [`wanted`] names, unless it has them.
+/// Only the watcher calls it: a thread's mask is its own to change.
+fn retune_here() {
+    if !in_watcher() {
+        return;
+    }
+    let (signo, stop) = wanted();
+    let mut watcher = watcher();
+    if watcher.unblocked == (signo, stop) && signo != 0 {
+        return;
+    }
+    // libc's sigset, not nix's SigSet: nix cannot name real-time signals.
+    // SAFETY: all-zero is a valid sigset for sigfillset to fill.
+    let mut mask: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: a valid sigset; sigdelset ignores a number that is no signal (0).
+    unsafe {
+        libc::sigfillset(&mut mask);
+        libc::sigdelset(&mut mask, signo);
+        libc::sigdelset(&mut mask, stop);
+    }
+    // SAFETY: a valid sigset; changes this thread's mask only.
+    let changed = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, ptr::null_mut()) };
+    if changed != 0 {
+        warning!(
+            "cannot unblock signal {signo} in the signal watcher: {}",
+            io::Error::from_raw_os_error(changed)
+        );
+        return;
+    }
+    watcher.unblocked = (signo, stop);
+    WATCHER_CHANGED.notify_all();
+}
+
+/// Asks the watcher to unblock the signals [`wanted`] names (and block the
+/// others), and waits for it, unless it is busy with a restart: then it does
+/// so when that is over, and a signal sent meanwhile stays pending until then,
+/// never lost.
+fn retune_watcher() {
+    let target = wanted();
+    if in_watcher() {
+        return retune_here();
+    }
+    let wake = WAKE.load(Ordering::Relaxed);
+    if wake < 0 {
+        return; // no watcher yet: it reads WATCHED when it starts
+    }
+    let byte = RETUNE_BYTE;
+    // SAFETY: a write of one byte from a valid buffer to the self-pipe, which
+    // lives as long as the process. A full pipe wakes the watcher anyway.
+    unsafe { libc::write(wake, (&byte as *const u8).cast(), 1) };
+    let watcher = watcher();
+    let (watcher, waited) = WATCHER_CHANGED
+        .wait_timeout_while(watcher, Duration::from_secs(1), |w| {
+            w.unblocked != target && !w.busy
+        })
+        .unwrap_or_else(|e| e.into_inner());
+    drop(watcher);
+    if waited.timed_out() {
+        warning!("the signal watcher did not take signals {target:?} within 1 s; it will");
+    }
+}
+
+/// Held by the watcher while it runs a restart: [`install`] does not wait for
+/// it meanwhile.
+pub(crate) struct Busy;
+
+impl Busy {
+    pub(crate) fn new() -> Busy {
+        watcher().busy = true;
+        WATCHER_CHANGED.notify_all();
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        watcher().busy = false;
+        retune_here();
     }
 }
 
@@ -204,34 +378,38 @@ pub(crate) struct Arrivals {
     pub stop: bool,
 }
 
-/// Blocks until a signal arrived at least once, and swallows every arrival since.
+/// Blocks until a restart or stop signal arrived at least once, and swallows
+/// every arrival since. Only the watcher calls it.
 pub(crate) fn wait(pipe: &OwnedFd) -> Arrivals {
-    // EINTR and spurious wake-ups only loop again.
-    while !matches!(
-        poll(
+    loop {
+        // EINTR and spurious wake-ups only loop again.
+        let _ = poll(
             &mut [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)],
-            PollTimeout::NONE
-        ),
-        Ok(1..)
-    ) {}
-    drain(pipe)
+            PollTimeout::NONE,
+        );
+        let arrived = drain(pipe);
+        if arrived.restarts > 0 || arrived.stop {
+            return arrived;
+        }
+    }
 }
 
-/// Reads away every pending byte of the pipe.
+/// Reads away every pending byte of the pipe; a request to retune the
+/// watcher is carried out. Only the watcher calls it.
 pub(crate) fn drain(pipe: &OwnedFd) -> Arrivals {
     let mut buf = [0u8; 256];
     let mut arrivals = Arrivals::default();
-    let stop = STOP_SIGNO.load(Ordering::Relaxed);
     // The pipe is non-blocking: EAGAIN once it is empty.
     while let Ok(n @ 1..) = read(pipe.as_fd(), &mut buf) {
         for &byte in &buf[..n] {
-            if stop != 0 && c_int::from(byte) == stop {
-                arrivals.stop = true;
-            } else {
-                arrivals.restarts += 1;
+            match byte {
+                RESTART_BYTE => arrivals.restarts += 1,
+                STOP_BYTE => arrivals.stop = true,
+                _ => {}
             }
         }
     }
+    retune_here();
     arrivals
 }
 

@@ -51,7 +51,6 @@ use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::error::{fail, os_fail, with_context};
-use crate::handover::ADOPT_BYTE;
 use crate::log::{debug, error, warning};
 use crate::protocol::{FIRST_FD, LISTEN_PID};
 
@@ -111,6 +110,8 @@ pub(crate) enum NotReady {
     Failed(io::Error),
     /// It is alive but did not report ready in time.
     TimedOut,
+    /// This process was told to stop first (`abandon` turned readable).
+    Abandoned,
 }
 
 /// Forks and execs `exe` with `argv` in `cwd`, passing `listeners` at fds 3..
@@ -558,9 +559,17 @@ unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
 }
 
 impl Successor {
-    /// Waits until the successor reports ready, exits, or `timeout` passes.
-    /// Ready, it says whether it adopts handed-over connections.
-    pub(crate) fn wait_ready(&self, exe: &CStr, timeout: Duration) -> Result<bool, NotReady> {
+    /// Waits until the successor reports ready, exits, or `timeout` passes,
+    /// or `abandon` turns readable (this process must stop: a successor that
+    /// becomes ready now would serve on after its parent was told to stop).
+    /// Ready, what it said after "ready" (that it adopts handed-over
+    /// connections, `handover.rs`).
+    pub(crate) fn wait_ready(
+        &self,
+        exe: &CStr,
+        timeout: Duration,
+        abandon: BorrowedFd<'_>,
+    ) -> Result<Vec<u8>, NotReady> {
         let deadline = Instant::now() + timeout;
         let mut listening = true;
         loop {
@@ -572,21 +581,33 @@ impl Successor {
                 .unwrap_or(PollTimeout::MAX);
             let mut fds = [
                 PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(abandon, PollFlags::POLLIN),
                 PollFd::new(self.channel.as_fd(), PollFlags::POLLIN),
             ];
             // Once the channel can no longer say "ready", only the exit counts.
-            let watched = if listening { 2 } else { 1 };
+            let watched = if listening { 3 } else { 2 };
             match poll(&mut fds[..watched], wait) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
+                    // We can no longer tell whether it becomes ready: it must
+                    // not serve behind our back, nor stay a zombie.
+                    let status = self.kill();
                     return Err(NotReady::Failed(with_context(
                         e.into(),
-                        "waiting for the successor",
+                        format!(
+                            "cannot wait for successor {}; killed it, it {status}",
+                            self.pid
+                        ),
                     )));
                 }
             }
             let exited = fds[0].any() == Some(true);
-            if listening && fds[1].any() == Some(true) {
+            if fds[1].any() == Some(true) {
+                // Before "ready": the stop wins even over a successor that
+                // says it at the same moment.
+                return Err(NotReady::Abandoned);
+            }
+            if listening && fds[2].any() == Some(true) {
                 // The channel speaks first: the child may report an exec error and
                 // exit at once, and its message is better than its exit status.
                 let mut message = [0u8; 6];
@@ -597,7 +618,17 @@ impl Successor {
                 )
                 .unwrap_or(0);
                 return match (got, message[0]) {
-                    (1.., READY_BYTE) => Ok(message[1..got].contains(&ADOPT_BYTE)),
+                    // A successor that said "ready" and died (a crash right
+                    // after gr_ready) serves nobody: we must not drain for it.
+                    (1.., READY_BYTE) if self.has_exited() => Err(NotReady::Failed(fail(
+                        libc::ECHILD,
+                        format!(
+                            "successor {} said it was ready, then {}",
+                            self.pid,
+                            self.reap()
+                        ),
+                    ))),
+                    (1.., READY_BYTE) => Ok(message[1..got].to_vec()),
                     (6, FAILED_BYTE) => Err(NotReady::Failed(self.exec_failed(exe, &message))),
                     // EOF or garbage: the channel can no longer say "ready" (the
                     // successor may have closed it on purpose, like a daemon closing
@@ -646,6 +677,12 @@ impl Successor {
             Ok(6) if message[0] == FAILED_BYTE => Some(self.exec_failed(exe, &message)),
             _ => None,
         }
+    }
+
+    /// Whether the successor has exited (its pidfd is readable), now.
+    fn has_exited(&self) -> bool {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1..))
     }
 
     /// Kills a successor that will never be ready, and reaps it.

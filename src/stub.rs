@@ -29,7 +29,6 @@ use std::os::unix::net::UnixDatagram;
 use std::ptr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::thread;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -90,26 +89,23 @@ impl Watch {
     /// datagrams, so they must be read as they come).
     pub(crate) fn follow(&'static self, pid: i32) {
         self.serving.store(pid, Ordering::SeqCst);
-        let spawned = thread::Builder::new()
-            .name("grestart-watch".into())
-            .spawn(move || {
-                crate::sys::block_all_signals_in_this_thread();
-                loop {
-                    let mut fds = [PollFd::new(
-                        self.listener.socket().as_fd(),
-                        PollFlags::POLLIN,
-                    )];
-                    let _ = poll(&mut fds, PollTimeout::NONE);
-                    let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
-                    while let Some(message) = self.listener.receive() {
-                        if let Some(pid) = message.get("MAINPID").and_then(|p| p.parse().ok()) {
-                            if pid == message.pid {
-                                self.serving.store(pid, Ordering::SeqCst);
-                            }
+        let spawned = crate::signal::spawn_thread("grestart-watch", move || {
+            loop {
+                let mut fds = [PollFd::new(
+                    self.listener.socket().as_fd(),
+                    PollFlags::POLLIN,
+                )];
+                let _ = poll(&mut fds, PollTimeout::NONE);
+                let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(message) = self.listener.receive() {
+                    if let Some(pid) = message.get("MAINPID").and_then(|p| p.parse().ok()) {
+                        if pid == message.pid {
+                            self.serving.store(pid, Ordering::SeqCst);
                         }
                     }
                 }
-            });
+            }
+        });
         if let Err(e) = spawned {
             warning!("cannot follow the generations after ours: {e}");
         }

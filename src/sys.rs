@@ -42,16 +42,28 @@ pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
         .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
+/// A pidfd for `pid` (Linux 5.3): it turns readable when that process exits,
+/// and never names another process, whatever reuses the pid.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new close-on-exec fd that only we hold.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process behind `pidfd` has exited.
+pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1..))
+}
+
 /// Marks `fd` close-on-exec, so that programs the application launches do
 /// not hold it.
 pub(crate) fn set_cloexec(fd: &OwnedFd) {
     let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
-}
-
-/// Blocks every signal in the calling thread: one of grestart's own threads
-/// must never take a signal meant for the application.
-pub(crate) fn block_all_signals_in_this_thread() {
-    let _ = nix::sys::signal::SigSet::all().thread_block();
 }
 
 #[cfg(test)]

@@ -193,7 +193,8 @@ fn no_second_hand_over_while_the_parent_drains_and_the_deadline_ends_a_drain() {
     server.generation = 2;
 
     support::kill(heir.pid, libc::SIGUSR2);
-    let refused = server.wait_for_log("restart failed", LOG_WAIT);
+    // Refused, not failed: nothing was tried.
+    let refused = server.wait_for_log("restart refused", LOG_WAIT);
     assert!(refused.contains("still draining"), "{refused}");
 
     // The drain deadline ends the first generation although the client stays.
@@ -423,4 +424,159 @@ fn an_application_that_reaps_its_children_itself_still_restarts() {
         ("GR_TEST_READY_TIMEOUT_MS", "2000"),
     ];
     failed_then_good_restart("reaper", &env);
+}
+
+/// A server that blocks every signal in all its threads (it waits for its
+/// own with sigwait or signalfd) still restarts on SIGUSR2: grestart's watcher
+/// thread unblocks the restart signal for itself.
+#[test]
+fn a_server_that_blocks_every_signal_restarts_on_the_signal() {
+    let flaky = Flaky::new("blocked");
+    let mut server = flaky.start(&[("GR_TEST_BLOCK_ALL_SIGNALS", "1")]);
+    for _ in 0..2 {
+        server.restart(libc::SIGUSR2);
+    }
+    server.stop();
+}
+
+/// Asks the server for gr_shutdown() ("GET /shutdown"), as an operator's stop would.
+fn ask_shutdown(server: &Server) {
+    use std::io::{Read, Write};
+    let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
+    admin.write_all(b"GET /shutdown HTTP/1.1\r\n\r\n").unwrap();
+    admin.read_to_end(&mut Vec::new()).unwrap();
+}
+
+/// The pid in a log line "successor PID started ...".
+fn successor_pid(line: &str) -> i32 {
+    let after = line.split("successor ").nth(1).expect("a successor pid");
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+/// gr_shutdown() while a successor is still starting stops that successor
+/// before the old generation exits: no orphan serves after its parent was
+/// told to stop.
+#[test]
+fn a_shutdown_during_a_restart_stops_the_starting_successor() {
+    let flaky = Flaky::new("stop-during-restart");
+    let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
+    flaky.set_mode("hang");
+    support::kill(server.pid, libc::SIGUSR2);
+    let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(successor); // ended by stop() whatever happens
+    let successor_exit = support::pidfd(successor).unwrap();
+    let parent_exit = support::pidfd(server.pid).unwrap();
+    ask_shutdown(&server);
+    assert!(
+        support::wait_exit(&parent_exit, Duration::from_secs(10)),
+        "the old generation exits"
+    );
+    assert!(
+        support::wait_exit(&successor_exit, Duration::ZERO),
+        "the successor was stopped before its parent exited"
+    );
+    assert_eq!(
+        support::reap(successor),
+        None,
+        "and reaped by it, not left to us"
+    );
+    let line = server.wait_for_log("told to stop while successor", LOG_WAIT);
+    assert!(line.contains("killed it"), "{line}");
+    server.wait_for_log("shutdown returned 0", LOG_WAIT);
+    server.stop();
+}
+
+/// A successor that says "ready" and dies before the old generation reads it
+/// serves nobody: the old generation must not drain for it. The old generation
+/// is held stopped (SIGSTOP) while the successor says "ready" and exits, so
+/// that it finds both at once when it goes on.
+#[test]
+fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
+    let flaky = Flaky::new("ready-then-die");
+    let fifo = flaky.dir.join("go");
+    let fifo_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+    let mut server = flaky.start(&[("GR_TEST_FIFO", fifo.to_str().unwrap())]);
+    flaky.set_mode("readydie");
+    support::kill(server.pid, libc::SIGUSR2);
+    let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(successor);
+    let successor_exit = support::pidfd(successor).unwrap();
+    support::kill(server.pid, libc::SIGSTOP);
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, the first generation.
+    let stopped = unsafe { libc::waitpid(server.pid, &mut status, libc::WUNTRACED) };
+    assert!(
+        stopped == server.pid && libc::WIFSTOPPED(status),
+        "{status:#x}"
+    );
+    // The successor waits on the FIFO; this lets it say "ready" and exit.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut go| std::io::Write::write_all(&mut go, b"g"))
+        .unwrap();
+    assert!(
+        support::wait_exit(&successor_exit, Duration::from_secs(10)),
+        "the successor said ready and exited"
+    );
+    support::kill(server.pid, libc::SIGCONT);
+    let line = server.wait_for_log("restart failed", LOG_WAIT);
+    assert!(
+        line.contains("said it was ready, then exited with status 0"),
+        "{line}"
+    );
+    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.pid, server.pid, "the old generation serves on");
+    assert!(support::zombie_children(server.pid).is_empty());
+    flaky.set_mode("serve");
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
+
+/// An heir whose predecessor died before the heir's first grestart call (the
+/// heir is reparented) is all that serves: it must serve on, adopting
+/// connections as the examples do, and say who started it.
+#[test]
+fn an_heir_whose_predecessor_died_early_serves_on() {
+    let flaky = Flaky::new("orphan");
+    let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
+    let first = server.pid;
+    flaky.set_mode("orphan");
+    support::kill(first, libc::SIGUSR2);
+    let heir = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    server.pids.push(heir);
+    server.wait_for_log("orphan waiting", LOG_WAIT);
+    flaky.set_mode("serve");
+    support::kill(first, libc::SIGKILL);
+    support::reap(first);
+    let line = server.wait_for_log("generation 2 started by pid", LOG_WAIT);
+    assert!(
+        line.contains(&format!("started by pid {first}, which has exited already")),
+        "{line}"
+    );
+    let answer = server
+        .probe(Duration::from_secs(10))
+        .expect("the heir serves");
+    assert_eq!((answer.pid, answer.generation), (heir, 2));
+    server.pid = heir;
+    server.generation = 2;
+    server.restart(libc::SIGUSR2);
+    server.stop();
+}
+
+/// A child the old generation forks without exec while it drains holds its
+/// end of the link to the heir after the old generation exited: the heir
+/// must still see that its predecessor is gone, and restart.
+#[test]
+fn a_child_forked_while_draining_does_not_hold_up_the_next_restart() {
+    let flaky = Flaky::new("drain-child");
+    let mut server = flaky.start(&[("GR_TEST_FORK_ON_DRAIN", "1")]);
+    server.restart(libc::SIGUSR2);
+    let line = server.wait_for_log("drain child", LOG_WAIT);
+    let child: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    server.pids.push(child); // ended by stop()
+    server.restart(libc::SIGUSR2);
+    server.stop();
 }

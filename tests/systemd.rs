@@ -113,6 +113,7 @@ fn the_pid_file_names_the_serving_generation() {
     let env = [
         ("GR_TEST_PID_FILE", pid_file.to_str().unwrap()),
         ("GR_TEST_MODE_FILE", mode.to_str().unwrap()),
+        ("GR_TEST_READY_TIMEOUT_MS", "1000"),
         ("GRESTART_LOG", "info"),
     ];
     let mut server = Server::start(&binary, &[], "127.0.0.1:0", &env);
@@ -134,6 +135,23 @@ fn the_pid_file_names_the_serving_generation() {
     support::kill(server.pid, libc::SIGUSR2);
     server.wait_for_log("restart failed", Duration::from_secs(20));
     assert_eq!(read(), server.pid, "a failed successor never wrote it");
+    // A successor that wrote it (gr_ready) but never told the parent, and was
+    // killed after the ready timeout: the file names the parent again.
+    std::fs::write(&mode, "lost").unwrap();
+    support::kill(server.pid, libc::SIGUSR2);
+    server.wait_for_log("ready, generation 3", Duration::from_secs(20));
+    server.wait_for_log("restart failed", Duration::from_secs(20));
+    assert_eq!(read(), server.pid, "the serving generation is named again");
+    // A clean stop removes the file that names the stopping process.
+    let exit = support::pidfd(server.pid).unwrap();
+    {
+        use std::io::{Read, Write};
+        let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
+        admin.write_all(b"GET /shutdown HTTP/1.1\r\n\r\n").unwrap();
+        admin.read_to_end(&mut Vec::new()).unwrap();
+    }
+    assert!(support::wait_exit(&exit, Duration::from_secs(10)));
+    assert!(!pid_file.exists(), "a clean stop removes the PID file");
     server.stop();
 }
 

@@ -9,6 +9,12 @@
  *   lost   - close the readiness channel, then call gr_ready (which tells
  *            systemd MAINPID=<self> while the parent never hears "ready")
  *   hoard  - ask for handed-over connections (gr_adopt_fd), never adopt one
+ *   orphan - before any grestart call, log "orphan waiting" and wait until the
+ *            parent has exited (the test kills it); then serve, asking for
+ *            handed-over connections (gr_adopt_fd) as the examples do
+ *   readydie - before any grestart call, wait for a byte on the FIFO named by
+ *            GR_TEST_FIFO, then write "ready" on the readiness channel and
+ *            exit at once (the test holds the parent stopped meanwhile)
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -20,8 +26,14 @@
  * their process title do), GR_TEST_HEAP_MB (fill that much heap with a pattern
  * before ready; a shutdown hook logs "heap of N MB intact" if it still reads
  * back, "heap of N MB CHANGED" if not). Answers carry X-Version: APP_VERSION.
+ * GR_TEST_BLOCK_ALL_SIGNALS (every generation: block every signal before any
+ * grestart call, as a server that waits for its signals with sigwait or
+ * signalfd does), GR_TEST_FORK_ON_DRAIN (first generation only: when it
+ * drains, fork a child that lives on without exec, holding every fd, and log
+ * "drain child PID").
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
- * "restart thread: RESULT ERRNO" (connections queue meanwhile). */
+ * "restart thread: RESULT ERRNO" (connections queue meanwhile).
+ * "GET /shutdown" calls gr_shutdown() and logs "shutdown returned RESULT". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -100,6 +113,9 @@ static void serve_connection(int c) {
                         (int)getpid(), (long long)gr_generation(), APP_VERSION);
     send(c, response, (size_t)size, MSG_NOSIGNAL);
     close(c);
+    if (got > 0 && strncmp(request, "GET /shutdown ", 14) == 0) {
+        fprintf(stderr, "shutdown returned %d\n", gr_shutdown());
+    }
     if (got > 0 && strncmp(request, "GET /restart ", 13) == 0) {
         pthread_t threads[8];
         for (int i = 0; i < 8; i++) {
@@ -143,6 +159,12 @@ int main(int argc, char **argv) {
         sigprocmask(SIG_BLOCK, &term, NULL); /* before grestart starts its thread */
         signal(SIGHUP, SIG_IGN);
     }
+    if (getenv("GR_TEST_BLOCK_ALL_SIGNALS")) {
+        sigset_t all;
+        sigfillset(&all);
+        sigprocmask(SIG_BLOCK, &all, NULL);
+    }
+    int fork_on_drain = getenv("GR_TEST_FORK_ON_DRAIN") && !getenv("LISTEN_FDS");
     if (getenv("GR_TEST_IGNORE_SIGCHLD") && !getenv("LISTEN_FDS")) {
         signal(SIGCHLD, SIG_IGN);
     }
@@ -163,6 +185,23 @@ int main(int argc, char **argv) {
         for (;;) {
             pause();
         }
+    }
+    if (strcmp(mode, "orphan") == 0 && getenv("GRESTART_READY_FD")) {
+        int parent = (int)syscall(SYS_pidfd_open, getppid(), 0);
+        fprintf(stderr, "orphan waiting\n");
+        struct pollfd gone = {parent, POLLIN, 0};
+        while (parent >= 0 && poll(&gone, 1, -1) < 0) {
+        }
+        close(parent);
+    }
+    if (strcmp(mode, "readydie") == 0 && getenv("GRESTART_READY_FD")) {
+        int fifo = open(getenv("GR_TEST_FIFO"), O_RDONLY);
+        char go;
+        if (fifo < 0 || read(fifo, &go, 1) != 1) {
+            return 5;
+        }
+        send(atoi(getenv("GRESTART_READY_FD")), "R", 1, MSG_NOSIGNAL);
+        _exit(0);
     }
     int lost = strcmp(mode, "lost") == 0 && getenv("GRESTART_READY_FD");
     if (lost) {
@@ -217,7 +256,7 @@ int main(int argc, char **argv) {
             die("heap hook");
         }
     }
-    if (strcmp(mode, "hoard") == 0 && gr_adopt_fd() < 0) {
+    if ((strcmp(mode, "hoard") == 0 || strcmp(mode, "orphan") == 0) && gr_adopt_fd() < 0) {
         die("adopt_fd");
     }
     if (strcmp(mode, "hang") == 0) {
@@ -253,6 +292,15 @@ int main(int argc, char **argv) {
             int size = snprintf(datagram, sizeof datagram, "%d %lld", (int)getpid(), (long long)gr_generation());
             sendto(udp, datagram, (size_t)size, 0, (struct sockaddr *)&peer, peer_len);
         }
+    }
+    if (fork_on_drain) {
+        pid_t child = fork();
+        if (child == 0) {
+            for (;;) {
+                pause();
+            }
+        }
+        fprintf(stderr, "drain child %d\n", (int)child);
     }
     /* Closing our copies never unlinks the Unix path nor stops the successor. */
     if (unix_listener >= 0) {

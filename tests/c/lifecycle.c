@@ -13,9 +13,29 @@
  *   forked-worker        a child forked after grestart started (a prefork
  *                        worker) cannot act for the generation (EPERM), cannot
  *                        make it drain, and sees its drain on the shared fd
+ *   thread-masks         in an heir (a forked child posing as one), grestart's
+ *                        threads (signal watcher, hand-over, drain deadline)
+ *                        block every signal but the restart signal, which only
+ *                        the watcher leaves unblocked, also after gr_set_signal
+ *   hook-calls-shutdown  a hook that calls gr_shutdown gets 0 at once; another
+ *                        thread's gr_shutdown waits for the hook to finish
+ *   after-shutdown       the drain deadline (200 ms) fires while gr_shutdown runs
+ *                        a hook (400 ms): what the program does after
+ *                        gr_shutdown returned still runs (it exits itself)
+ *   cloexec-at-start     an heir (this program exec'd again as one) finds the
+ *                        fds handed to it close-on-exec before its first gr_
+ *                        call, so a helper it starts first gets none of them
+ *   log-swap             gr_set_log_callback returns only once no thread runs
+ *                        the previous callback (its arg may then be freed);
+ *                        called from inside a callback it returns at once
+ *   tls-destructor       gr_ calls (failing ones too) from a pthread key
+ *                        destructor, which runs after the thread's locals are
+ *                        destroyed, neither abort nor crash
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +158,122 @@ static void pose_as_heir(void) {
     setenv("LISTEN_FDNAMES", "http", 1);
 }
 
+/* Checks the signal masks of this process's threads other than the main one:
+ * the one named grestart-signal blocks every signal but `restart`, the others
+ * every signal. The kernel never blocks SIGKILL and SIGSTOP, glibc never its
+ * own 32 and 33. Returns how many such threads there are. */
+static int check_thread_masks(int restart) {
+    int threads = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    EXPECT(tasks != NULL);
+    struct dirent *task;
+    while (tasks && (task = readdir(tasks))) {
+        if (task->d_name[0] == '.' || atoi(task->d_name) == (int)getpid()) {
+            continue;
+        }
+        char path[300], name[64] = "", line[256];
+        unsigned long long blocked = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", task->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(name, sizeof name, f)) {
+            name[strcspn(name, "\n")] = '\0';
+        }
+        if (f) {
+            fclose(f);
+        }
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", task->d_name);
+        f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f)) {
+            sscanf(line, "SigBlk: %llx", &blocked);
+        }
+        if (f) {
+            fclose(f);
+        }
+        int watcher = strcmp(name, "grestart-signal") == 0;
+        for (int signo = 1; signo <= 64; signo++) {
+            if (signo == SIGKILL || signo == SIGSTOP || signo == 32 || signo == 33) {
+                continue;
+            }
+            int is_blocked = (blocked >> (signo - 1)) & 1;
+            if (is_blocked != !(watcher && signo == restart)) {
+                fprintf(stderr, "thread %s (%s) %s signal %d (SigBlk %llx)\n", task->d_name, name,
+                        is_blocked ? "blocks" : "does not block", signo, blocked);
+                EXPECT(0);
+                break;
+            }
+        }
+        threads++;
+    }
+    if (tasks) {
+        closedir(tasks);
+    }
+    return threads;
+}
+
+static void shutdown_inside(void *arg) {
+    (void)arg;
+    /* Nested: returns at once instead of waiting for the hooks it is part of. */
+    EXPECT(gr_shutdown() == 0);
+    sleep_ms(200); /* the second caller must wait until this returns */
+    FILE *f = fopen(scratch, "a");
+    fputs("hook done\n", f);
+    fclose(f);
+}
+
+static int slow_logger_running, log_pipe[2];
+
+/* The first line it gets takes a while; it says when it has begun. */
+static void slow_logger(int level, const char *line, void *arg) {
+    (void)level;
+    (void)line;
+    (void)arg;
+    static int first = 1;
+    if (__atomic_exchange_n(&first, 0, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&slow_logger_running, 1, __ATOMIC_SEQ_CST);
+        EXPECT(write(log_pipe[1], "L", 1) == 1);
+        sleep_ms(300);
+        __atomic_store_n(&slow_logger_running, 0, __ATOMIC_SEQ_CST);
+    }
+}
+
+static void *ready_now(void *arg) {
+    (void)arg;
+    EXPECT(gr_ready() == 0); /* logs "ready" through slow_logger */
+    return NULL;
+}
+
+/* Replaces itself: must not wait for its own return. */
+static void self_replacing_logger(int level, const char *line, void *arg) {
+    (void)level;
+    (void)line;
+    (void)arg;
+    EXPECT(gr_set_log_callback(NULL, NULL) == 0);
+}
+
+static pthread_key_t exiting_key;
+static int destructor_ran;
+
+/* Runs as the thread exits, after its thread-locals were destroyed. */
+static void call_while_exiting(void *arg) {
+    (void)arg;
+    EXPECT(gr_listen("not an address", NULL) == -1 && errno == EINVAL);
+    EXPECT(gr_last_error() != NULL);
+    EXPECT(gr_generation() == 1);
+    EXPECT(gr_wait_shutdown(0) == 0);
+    EXPECT(gr_restart() == -1); /* not ready: refused, not a crash */
+    destructor_ran = 1;
+}
+
+static void *thread_with_destructor(void *arg) {
+    (void)arg;
+    /* Make grestart's thread-locals exist on this thread, so they are
+     * destroyed before the destructor runs. */
+    EXPECT(gr_listen("not an address", NULL) == -1);
+    EXPECT(gr_set_log_level(GR_LOG_DEBUG) == 0);
+    pthread_setspecific(exiting_key, (void *)1);
+    return NULL;
+}
+
 /* The address space in use now, from /proc/self/statm (pages). */
 static rlim_t address_space_now(void) {
     unsigned long pages = 0;
@@ -225,6 +361,73 @@ int main(int argc, char **argv) {
         }
         EXPECT(gr_shutdown() == 0);
         EXPECT(exit_code(worker) == 0);
+    } else if (strcmp(scenario, "thread-masks") == 0) {
+        int link[2];
+        EXPECT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, link) == 0);
+        pid_t heir = fork();
+        if (heir == 0) {
+            /* An heir of this process: a listener at fd 3, the link at fd 10. */
+            pose_as_heir();
+            EXPECT(dup2(link[1], 10) == 10);
+            setenv("GRESTART_READY_FD", "10", 1);
+            EXPECT(gr_adopt_fd() >= 0); /* starts the hand-over thread */
+            EXPECT(gr_set_drain_deadline_ms(20000) == 0);
+            EXPECT(gr_ready() == 0);
+            EXPECT(gr_shutdown() == 0); /* the deadline thread now waits */
+            EXPECT(check_thread_masks(SIGUSR2) == 3);
+            EXPECT(gr_set_signal(SIGHUP) == 0);
+            EXPECT(check_thread_masks(SIGHUP) == 3);
+            _exit(failures != 0);
+        }
+        close(link[1]);
+        EXPECT(exit_code(heir) == 0);
+        close(link[0]);
+    } else if (strcmp(scenario, "after-shutdown") == 0) {
+        EXPECT(gr_set_drain_deadline_ms(200) == 0);
+        EXPECT(gr_on_shutdown(slow_hook, (void *)(intptr_t)400) == 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(gr_shutdown() == 0);
+        sleep_ms(300); /* the program's own last work, past the deadline */
+        FILE *f = fopen(scratch, "a");
+        fputs("after shutdown\n", f);
+        fclose(f);
+    } else if (strcmp(scenario, "cloexec-at-start") == 0) {
+        /* Exec'd as an heir: a listener at fd 3, the link at fd 10, both
+         * inheritable (as a grestart parent's spawn leaves them). */
+        int link[2];
+        EXPECT(socketpair(AF_UNIX, SOCK_STREAM, 0, link) == 0);
+        pose_as_heir();
+        EXPECT(dup2(link[1], 10) == 10);
+        setenv("GRESTART_READY_FD", "10", 1);
+        execl("/proc/self/exe", argv[0], "cloexec-as-heir", scratch, (char *)NULL);
+        EXPECT(0); /* exec failed */
+    } else if (strcmp(scenario, "cloexec-as-heir") == 0) {
+        /* Before any gr_ call. */
+        EXPECT(fcntl(3, F_GETFD) & FD_CLOEXEC);
+        EXPECT(fcntl(10, F_GETFD) & FD_CLOEXEC);
+        EXPECT(gr_inherit_listener("http") == 3); /* and it is still handed over */
+    } else if (strcmp(scenario, "log-swap") == 0) {
+        EXPECT(pipe(log_pipe) == 0);
+        EXPECT(gr_set_log_callback(slow_logger, NULL) == 0);
+        pthread_create(&thread, NULL, ready_now, NULL);
+        char begun;
+        EXPECT(read(log_pipe[0], &begun, 1) == 1);
+        EXPECT(gr_set_log_callback(self_replacing_logger, NULL) == 0);
+        EXPECT(__atomic_load_n(&slow_logger_running, __ATOMIC_SEQ_CST) == 0);
+        pthread_join(thread, NULL);
+        EXPECT(gr_shutdown() == 0); /* logs through self_replacing_logger */
+    } else if (strcmp(scenario, "tls-destructor") == 0) {
+        EXPECT(pthread_key_create(&exiting_key, call_while_exiting) == 0);
+        pthread_create(&thread, NULL, thread_with_destructor, NULL);
+        pthread_join(thread, NULL);
+        EXPECT(destructor_ran);
+    } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
+        EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
+        EXPECT(gr_ready() == 0);
+        pthread_create(&thread, NULL, second_caller, NULL);
+        EXPECT(gr_shutdown() == 0);
+        pthread_join(thread, NULL);
+        EXPECT(completed_hooks() == 1);
     } else {
         fprintf(stderr, "unknown scenario %s\n", scenario);
         return 2;

@@ -96,6 +96,22 @@ def _forget_what_the_library_consumed() -> None:
 
 _forget_what_the_library_consumed()
 
+
+def _flush_standard_streams(_arg: Optional[int]) -> None:
+    """The last shutdown hook (the first registered): when the drain deadline
+    ends the process with ``_exit``, what Python still buffers in
+    sys.stdout and sys.stderr would be lost."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # a closed stream: nothing to save
+            pass
+
+
+_FLUSH_HOOK = HOOK(_flush_standard_streams)
+lib.gr_on_shutdown(_FLUSH_HOOK, None)  # refused in a forked worker: its master's deadline
+
 # ctypes callbacks must stay alive as long as C may call them.
 _keep_alive: list = []
 
@@ -256,17 +272,44 @@ async def shutdown_requested() -> None:
     await asyncio.shield(future)
 
 
+class _Work:
+    """One piece of work in flight, counted from its creation and ended once:
+    by :meth:`end`, or when it is garbage-collected unended (a connection
+    dropped without ``close()``), so that :func:`shutdown` never waits for
+    work nobody holds any more."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        check(lib.gr_work_begin())
+        self._open = True
+
+    def end(self) -> None:
+        if self._open:
+            self._open = False
+            check(lib.gr_work_end())
+
+    def __del__(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                lib.gr_work_end()  # a finalizer must not raise
+            except Exception:  # the interpreter is exiting: nobody waits
+                pass
+
+
 class Connection(socket.socket):
     """A connection from :func:`accept`: a ``socket.socket`` that counts as work
     in flight until it is closed (or detached); :func:`shutdown` waits for it.
-    Close it when done, e.g. with ``with conn:``."""
+    Close it when done, e.g. with ``with conn:``; one garbage-collected unclosed
+    ends its work too."""
 
-    _counted = False
+    _work: Optional[_Work] = None
 
     def _end_work(self) -> None:
-        if self._counted:
-            self._counted = False
-            check(lib.gr_work_end())
+        work, self._work = self._work, None
+        if work is not None:
+            work.end()
 
     def close(self) -> None:
         try:
@@ -302,9 +345,9 @@ def accept(listener: socket.socket) -> Optional[Connection]:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
         with accepted:
-            check(lib.gr_work_begin())
+            work = _Work()
             conn = Connection(accepted.family, accepted.type, accepted.proto, fileno=accepted.detach())
-        conn._counted = True
+        conn._work = work
         conn.setblocking(True)
         return conn
 
@@ -364,7 +407,9 @@ def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]
     """The next connection handed over by the previous generation and the name
     of the listener it was accepted on, waiting up to ``timeout`` seconds
     (None: as long as it takes) for one; None when none came in time. Serve
-    it as a connection just accepted on that listener."""
+    it as a connection just accepted on that listener. Unlike a
+    :class:`Connection` it is not counted as work in flight: a server that
+    counts its connections for :func:`shutdown` wraps it in :class:`in_flight`."""
     name = ctypes.create_string_buffer(256)
     milliseconds = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
     fd = lib.gr_adopt(name, len(name), milliseconds)
@@ -376,7 +421,8 @@ def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]
 def shutdown() -> None:
     """Drains if not already, waits until no work is in flight (every
     :class:`Connection` closed, every :class:`in_flight` block left), then runs
-    the shutdown hooks, once. A second caller returns when they have finished."""
+    the shutdown hooks, once. A second caller returns when they have finished;
+    a hook that calls it returns at once."""
     check(lib.gr_shutdown())
 
 
@@ -392,8 +438,8 @@ def set_ready_timeout(seconds: float) -> None:
 
 def set_drain_deadline(seconds: Optional[float]) -> None:
     """After this long draining, run the hooks and exit anyway (None or 0: no
-    deadline, as in every language). A positive value is rounded up to whole
-    milliseconds."""
+    deadline, as in every language), sys.stdout and sys.stderr flushed first.
+    A positive value is rounded up to whole milliseconds."""
     if seconds is not None and seconds < 0:
         raise ValueError("the drain deadline cannot be negative")
     milliseconds = 0 if not seconds else max(1, math.ceil(seconds * 1000))

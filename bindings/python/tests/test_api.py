@@ -137,6 +137,39 @@ def test_hooks_run_once_in_reverse_and_exceptions_are_reported():
     assert "refused 108" in result.stdout  # ESHUTDOWN
 
 
+def test_a_hook_may_call_shutdown():
+    # A cleanup helper registered as a hook may end with grestart.shutdown():
+    # from the hook's own thread it returns at once; another thread's call
+    # returns once the hooks have finished.
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import threading, time, grestart
+        done = []
+        started = threading.Event()
+
+        @grestart.on_shutdown
+        def cleanup():
+            started.set()
+            grestart.shutdown()
+            time.sleep(0.2)  # the other caller must wait for this
+            done.append("hook")
+
+        def other():
+            started.wait(10)
+            grestart.shutdown()
+            print("other thread after", done, flush=True)
+
+        grestart.ready()
+        helper = threading.Thread(target=other)
+        helper.start()
+        grestart.shutdown()
+        helper.join()
+        print("main after", done, flush=True)
+    """)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "other thread after ['hook']" in result.stdout, result.stdout
+    assert "main after ['hook']" in result.stdout, result.stdout
+
+
 def test_heir_environment_is_cleaned_and_sockets_do_not_leak():
     heir = textwrap.dedent("""
         import os, subprocess, sys
@@ -178,9 +211,20 @@ def test_import_grestart_imports_neither_asyncio_nor_a_framework():
     print(f"import grestart, cumulative (-X importtime): {int(line.split('|')[1]) / 1000:.1f} ms")
 
 
+def blocked_signals(pid: int, tid: int) -> int:
+    """The SigBlk mask of thread ``tid`` of process ``pid``."""
+    with open(f"/proc/{pid}/task/{tid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+
+
 def test_wait_shutdown_lets_ctrl_c_through():
+    # SIGINT is set to Python's handler in the child: a test run started in the
+    # background of a shell (or by a CI runner) inherits SIGINT ignored, and
+    # then Python installs no handler and Ctrl-C never raises, grestart or not.
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
+            import signal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             import grestart
             try:
                 print("waiting", flush=True)
@@ -195,6 +239,14 @@ def test_wait_shutdown_lets_ctrl_c_through():
         while "poll" not in open(f"/proc/{child.pid}/wchan").read():  # blocked in the wait
             assert time.monotonic() < deadline, "the child never blocked"
             time.sleep(0.001)
+        # The kernel gives a process-directed signal to a thread that does not
+        # block it, and CPython acts on it only in its main thread: every other
+        # thread (grestart's) must block SIGINT, or Ctrl-C may be lost.
+        others = [int(tid) for tid in os.listdir(f"/proc/{child.pid}/task") if int(tid) != child.pid]
+        assert others, "grestart runs a thread of its own"
+        sigint = 1 << (signal.SIGINT - 1)
+        for tid in others:
+            assert blocked_signals(child.pid, tid) & sigint, f"thread {tid} takes SIGINT"
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         assert select.select([child.stdout], [], [], 10)[0], "no KeyboardInterrupt within 10 s"
@@ -241,6 +293,24 @@ def test_a_zero_drain_deadline_is_none_as_in_every_language():
     assert result.returncode == 0, result.stderr
     assert "negative refused" in result.stdout
     assert "draining (no deadline)" in result.stderr, result.stderr
+
+
+def test_the_drain_deadline_keeps_buffered_output():
+    # Work that never ends: the drain deadline ends the process with _exit,
+    # which alone would lose what Python buffers in sys.stdout (a pipe here).
+    result = run_python("""
+        import sys, threading, grestart
+        grestart.set_drain_deadline(0.2)
+        grestart.ready()
+        grestart.in_flight().__enter__()
+        sys.stdout.write("buffered line\\n")
+        threading.Thread(target=grestart.shutdown, daemon=True).start()
+        threading.Event().wait(20)  # the deadline exits first
+        print("not reached")
+    """, env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+    assert result.returncode == 0, result.stderr
+    assert "buffered line" in result.stdout, result.stdout
+    assert "not reached" not in result.stdout
 
 
 def test_an_heir_takes_over_the_ignored_restart_signal():
@@ -299,6 +369,25 @@ def test_incoming_ends_on_drain_and_shutdown_waits_for_open_connections():
     assert "accept loop ended after 1" in result.stdout
     assert "hook sees ['served']" in result.stdout, result.stdout
     assert "client got b'answer'" in result.stdout
+
+
+def test_a_connection_dropped_unclosed_ends_its_work():
+    # A Connection garbage-collected without close() (an exception in a
+    # handler, a forgotten close) must not leave shutdown() waiting forever.
+    result = subprocess.run([sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent("""
+        import gc, socket, grestart
+        listener = grestart.listen(("127.0.0.1", 0))
+        grestart.ready()
+        client = socket.create_connection(listener.getsockname())
+        conn = grestart.accept(listener)
+        assert isinstance(conn, grestart.Connection)
+        del conn
+        gc.collect()
+        grestart.shutdown()
+        print("shutdown returned", flush=True)
+    """)], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "shutdown returned" in result.stdout
 
 
 def test_grestart_lines_go_to_the_logging_module():
