@@ -108,6 +108,9 @@ pub(crate) struct Engine {
     /// When our exit would end the service (a container's PID 1): how we
     /// stay as its stub after a hand-over.
     watch: Option<Watch>,
+    /// The signals the first generation was started with ignored: every
+    /// successor starts so (SIGPIPE under systemd's `IgnoreSIGPIPE=yes`).
+    ignoring: u64,
 }
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
@@ -181,6 +184,8 @@ struct Parts {
     predecessor: Option<Predecessor>,
     notify_socket: Option<OsString>,
     watch: Option<Watch>,
+    /// The signals the first generation was started with ignored.
+    ignoring: u64,
 }
 
 impl Engine {
@@ -253,6 +258,7 @@ impl Engine {
                 predecessor,
                 notify_socket,
                 watch,
+                ignoring: heritage.ignored.unwrap_or_else(signal::started_ignoring),
             },
             shutdown_event,
         );
@@ -306,6 +312,7 @@ impl Engine {
             heir: Mutex::new(None),
             adoption: OnceCell::new(),
             watch: parts.watch,
+            ignoring: parts.ignoring,
         }
     }
 
@@ -480,6 +487,7 @@ impl Engine {
                 self.generation,
                 restart_signal,
                 std::process::id(),
+                self.ignoring,
             );
             env.extend(self.watch.as_ref().map(Watch::notify_entry));
             self.notify(&format!(
@@ -492,7 +500,7 @@ impl Engine {
                 cwd,
                 &env,
                 &fds,
-                restart_signal,
+                self.ignoring | signal::bit(restart_signal),
                 spawn::Channel::Readiness,
             )
             .inspect_err(|_| self.notify_serving())?;
@@ -934,6 +942,7 @@ mod tests {
             predecessor,
             notify_socket: None,
             watch: None,
+            ignoring: 0,
         };
         let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
         Box::leak(Box::new(Engine::new(parts, event)))

@@ -127,7 +127,7 @@ fn run(options: Options) -> io::Result<i32> {
     let ignored = if standalone {
         0
     } else {
-        options.restart_signal as i32
+        crate::signal::bit(options.restart_signal as i32)
     };
     let pid = supervisor.start(&exe, &argv, ignored)?;
     info!(

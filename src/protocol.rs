@@ -26,9 +26,12 @@ pub(crate) const RESTART_SIGNAL: &str = "GRESTART_SIGNAL";
 /// heir's first grestart call its predecessor may have exited, and the heir
 /// been reparented.
 pub(crate) const PREDECESSOR: &str = "GRESTART_PREDECESSOR_PID";
+/// The signals the first generation was started with ignored (a hexadecimal
+/// mask, bit `signo - 1`): every generation starts its successor so.
+pub(crate) const IGNORED: &str = "GRESTART_IGNORED";
 
 /// Every variable this protocol owns; an heir removes them all once read.
-pub(crate) const VARIABLES: [&str; 7] = [
+pub(crate) const VARIABLES: [&str; 8] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
@@ -36,6 +39,7 @@ pub(crate) const VARIABLES: [&str; 7] = [
     GENERATION,
     RESTART_SIGNAL,
     PREDECESSOR,
+    IGNORED,
 ];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
@@ -80,6 +84,8 @@ pub struct Heritage {
     pub restart_signal: Option<i32>,
     /// The process that started this one (a grestart parent says it).
     pub predecessor: Option<i32>,
+    /// The signals the first generation was started with ignored.
+    pub ignored: Option<u64>,
     /// Why some variables were ignored, for the log.
     pub problems: Vec<String>,
 }
@@ -156,6 +162,12 @@ pub fn parse(
             _ => problems.push(format!("{PREDECESSOR}={v:.20} is not a process id")),
         }
     }
+    if let Some(v) = var(IGNORED) {
+        match u64::from_str_radix(v.trim(), 16) {
+            Ok(mask) => heritage.ignored = Some(mask),
+            Err(_) => problems.push(format!("{IGNORED}={v:.20} is not a signal mask")),
+        }
+    }
     if let Some(v) = var(GENERATION) {
         match parse_number(&v) {
             Some(g) if g >= 1 => heritage.generation = g,
@@ -215,6 +227,7 @@ pub fn successor_env(
     generation: u64,
     signo: i32,
     predecessor: u32,
+    ignored: u64,
 ) -> Vec<CString> {
     let mut env: Vec<CString> = current
         .into_iter()
@@ -234,6 +247,7 @@ pub fn successor_env(
         format!("{GENERATION}={}", generation.saturating_add(1)),
         format!("{RESTART_SIGNAL}={signo}"),
         format!("{PREDECESSOR}={predecessor}"),
+        format!("{IGNORED}={ignored:x}"),
     ] {
         env.push(CString::new(entry).expect("protocol entries hold no NUL"));
     }
@@ -241,7 +255,9 @@ pub fn successor_env(
 }
 
 /// Runs before `main` in a program linked with grestart (and when Python
-/// loads it): marks the fds handed to this process close-on-exec at once.
+/// loads it): notes the signal dispositions the process started with and
+/// guards the restart signal (`signal::at_start`), and marks the fds handed
+/// to this process close-on-exec at once.
 /// The engine does so too, but only at the first grestart call; a C heir that
 /// starts a helper program before that would hand it the listeners. Only
 /// what [`parse`] accepts is touched (open sockets named by `LISTEN_FDS` for
@@ -249,10 +265,10 @@ pub fn successor_env(
 #[cfg(target_env = "gnu")]
 #[used]
 #[unsafe(link_section = ".init_array")]
-static CLOSE_ON_EXEC_AT_START: extern "C" fn() = close_inherited_on_exec;
+static AT_START: extern "C" fn() = at_start;
 
 #[cfg(target_env = "gnu")]
-extern "C" fn close_inherited_on_exec() {
+extern "C" fn at_start() {
     // A constructor must never unwind.
     let _ = std::panic::catch_unwind(|| {
         let heritage = parse(
@@ -260,6 +276,7 @@ extern "C" fn close_inherited_on_exec() {
             std::process::id(),
             crate::sys::fd_is_socket,
         );
+        crate::signal::at_start(heritage.restart_signal.unwrap_or(libc::SIGUSR2));
         for fd in heritage
             .fds
             .iter()
@@ -461,7 +478,7 @@ mod tests {
             ("LISTEN_PID", "1"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = successor_env(current, &["http", "admin"], 3, 12, 40);
+        let env = successor_env(current, &["http", "admin"], 3, 12, 40, 0x1000);
         let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
         assert_eq!(
             env,
@@ -472,8 +489,26 @@ mod tests {
                 "GRESTART_READY_FD=5",
                 "GRESTART_GENERATION=4",
                 "GRESTART_SIGNAL=12",
-                "GRESTART_PREDECESSOR_PID=40"
+                "GRESTART_PREDECESSOR_PID=40",
+                "GRESTART_IGNORED=1000"
             ]
+        );
+    }
+
+    #[test]
+    fn the_first_generations_ignored_signals_travel() {
+        let heritage = parse_with(&[("LISTEN_PID", "7"), ("GRESTART_IGNORED", "1001")], 7, 2);
+        assert_eq!(heritage.ignored, Some(0x1001));
+        let garbage = parse_with(
+            &[("LISTEN_PID", "7"), ("GRESTART_IGNORED", "sigpipe")],
+            7,
+            2,
+        );
+        assert_eq!(garbage.ignored, None);
+        assert!(
+            garbage.problems[0].contains("not a signal mask"),
+            "{:?}",
+            garbage.problems
         );
     }
 

@@ -29,7 +29,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
@@ -118,6 +118,57 @@ extern "C" fn on_signal(signo: c_int) {
     }
 }
 
+/// The signals ignored when this process started (bit `signo - 1`).
+static STARTED_IGNORING: AtomicU64 = AtomicU64::new(0);
+static STARTED_IGNORING_KNOWN: AtomicBool = AtomicBool::new(false);
+/// The restart signal [`at_start`] ignored because it had its default action.
+static GUARDED: AtomicI32 = AtomicI32::new(0);
+
+/// `signo` as a bit of a disposition mask.
+pub(crate) fn bit(signo: c_int) -> u64 {
+    match signo {
+        1..=64 => 1 << (signo - 1),
+        _ => 0,
+    }
+}
+
+/// Before `main` (the library's constructor): notes which signals this
+/// process was started with ignored, and ignores `restart` if it has its
+/// default action, so that a restart signal that arrives before the engine
+/// is set up (`./server & kill -USR2 $!`) never kills the process.
+pub(crate) fn at_start(restart: c_int) {
+    let ignored = ignored_now();
+    STARTED_IGNORING.store(ignored, Ordering::Relaxed);
+    STARTED_IGNORING_KNOWN.store(true, Ordering::Relaxed);
+    if ignored & bit(restart) == 0 {
+        // SAFETY: setting SIG_IGN on a catchable signal has no requirements.
+        if unsafe { libc::signal(restart, libc::SIG_IGN) } != libc::SIG_ERR {
+            GUARDED.store(restart, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The signals this process was started with ignored (read now where no
+/// constructor ran).
+pub(crate) fn started_ignoring() -> u64 {
+    if !STARTED_IGNORING_KNOWN.load(Ordering::Relaxed) {
+        STARTED_IGNORING.store(ignored_now(), Ordering::Relaxed);
+        STARTED_IGNORING_KNOWN.store(true, Ordering::Relaxed);
+    }
+    STARTED_IGNORING.load(Ordering::Relaxed)
+}
+
+/// The signals ignored now, but the C library's own (32, 33): glibc's
+/// `posix_spawn`, which Rust's `Command` uses, starts children with those
+/// ignored, and the C library sets them up itself when it needs them.
+fn ignored_now() -> u64 {
+    (1..=64)
+        .filter(|&s| s < 32 || s >= libc::SIGRTMIN())
+        .filter(|&s| crate::sys::is_ignored(s))
+        .map(bit)
+        .sum()
+}
+
 /// Says why `signo` cannot be the restart signal, if it cannot.
 pub(crate) fn check(signo: c_int) -> io::Result<()> {
     let max = libc::SIGRTMAX();
@@ -147,13 +198,14 @@ pub(crate) fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Points the handler at `wake`, for this process, and installs it on `signo`.
 /// `inherited`: this process was started with `signo` ignored by its parent's
-/// grestart (see the module comment).
+/// grestart (see the module comment). Either way, an ignore that was ours
+/// (the parent's, or [`at_start`]'s) gives back the default, not "ignored".
 pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()> {
     // The write end lives as long as the process: the handler may run at any time.
     WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
     OWNER.store(std::process::id() as i32, Ordering::Relaxed);
     install(signo)?;
-    if inherited {
+    if inherited || GUARDED.load(Ordering::Relaxed) == signo {
         let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, previous)) = installed.as_mut() {
             if previous.sa_sigaction == libc::SIG_IGN {

@@ -50,6 +50,8 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
+use crate::sys::KernelSigaction;
+
 use crate::error::{fail, os_fail, with_context};
 use crate::log::{debug, error, warning};
 use crate::protocol::{FIRST_FD, LISTEN_PID};
@@ -79,8 +81,9 @@ struct Prepared<'a> {
     lifted: Vec<RawFd>,
     /// Fallback for `close_range` on kernels before 5.9: close below this.
     fd_limit: RawFd,
-    /// Ignored across exec, until the successor's grestart installs its handler.
-    restart_signal: c_int,
+    /// The signals the child starts with ignored (bit `signo - 1`); every
+    /// other one is at its default.
+    ignored: u64,
     /// Whether the channel stays open across exec (a grestart successor says
     /// "ready" on it) or closes there (it only reports a failed exec).
     channel_survives_exec: bool,
@@ -119,14 +122,15 @@ pub(crate) enum NotReady {
 ///
 /// `env` is the successor's environment without `LISTEN_PID`, which the child
 /// fills in with its own pid after the fork. Every signal disposition is reset
-/// to the default but `restart_signal`'s, which is ignored (0: none).
+/// to the default but those in `ignored` (see [`crate::signal::started_ignoring`]),
+/// which are ignored.
 pub(crate) fn spawn(
     exe: &CStr,
     argv: &[CString],
     cwd: &CStr,
     env: &[CString],
     listeners: &[BorrowedFd<'_>],
-    restart_signal: c_int,
+    ignored: u64,
     purpose: Channel,
 ) -> io::Result<Successor> {
     let (ours, theirs) = channel()?;
@@ -149,7 +153,7 @@ pub(crate) fn spawn(
         lifted: vec![-1; sources.len()],
         sources,
         fd_limit: fd_limit(),
-        restart_signal,
+        ignored,
         channel_survives_exec: purpose == Channel::Readiness,
     };
     plan.envp.push(plan.listen_pid as *const c_char);
@@ -426,30 +430,20 @@ fn fork_with_pidfd(plan: &mut Prepared<'_>) -> io::Result<(i32, OwnedFd, &'stati
     Ok((pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, "fork"))
 }
 
-/// The kernel's `struct sigaction` (not the C library's, which is laid out
-/// differently); all zero means `SIG_DFL`.
-#[repr(C)]
-#[derive(Default)]
-struct KernelSigaction {
-    handler: usize,
-    flags: u64,
-    restorer: usize,
-    mask: u64,
-}
-
 /// The child between fork and exec. Only async-signal-safe system calls.
 ///
 /// # Safety
 /// Must be called only in a freshly forked child, with `plan` built before the fork.
 unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
     unsafe {
-        // Handlers are reset by exec anyway, but ignored signals stay ignored;
-        // the successor starts from the defaults like any freshly started
-        // program. The raw system call, because the C library refuses to touch
-        // the signals it reserves (32, 33), which may be ignored too.
-        // One exception: the restart signal stays ignored until the successor's
-        // grestart installs its handler, so that a restart signal sent to every
-        // process of the service cannot kill a successor that is still starting.
+        // Handlers are reset by exec anyway, but ignored signals stay ignored.
+        // The successor starts with the dispositions the first generation was
+        // started with: what was ignored then (SIGPIPE under systemd, SIGHUP
+        // under nohup) is ignored, everything else (what the application
+        // ignored since, the parent's handlers) at its default. And the
+        // restart signal is ignored until the successor's grestart installs
+        // its handler, so that a restart signal sent to every process of the
+        // service cannot kill a successor that is still starting.
         let default = KernelSigaction::default(); // SIG_DFL, no flags, empty mask
         let ignore = KernelSigaction {
             handler: libc::SIG_IGN,
@@ -457,7 +451,7 @@ unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
         };
         for signo in 1..65 {
             if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                let action = if signo == plan.restart_signal {
+                let action = if plan.ignored >> (signo - 1) & 1 == 1 {
                     &ignore
                 } else {
                     &default

@@ -155,8 +155,9 @@ impl Supervisor {
 
     /// Starts the program (the first instance, or a new one for a restart):
     /// the listeners at fds 3.., our notification socket, an empty signal
-    /// mask and default dispositions but for `ignored` (0: none).
-    pub(crate) fn start(&self, exe: &CStr, argv: &[CString], ignored: i32) -> io::Result<i32> {
+    /// mask, and the dispositions we were started with (what systemd ignores
+    /// stays ignored, as if it had started the program) plus `also_ignored`.
+    pub(crate) fn start(&self, exe: &CStr, argv: &[CString], also_ignored: u64) -> io::Result<i32> {
         let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
         let mut env: Vec<CString> = std::env::vars_os()
             .filter(|(key, _)| {
@@ -181,6 +182,7 @@ impl Supervisor {
             )));
         }
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let ignored = crate::signal::started_ignoring() | also_ignored;
         let instance = spawn::spawn(exe, argv, c".", &env, &fds, ignored, Channel::ExecReport)?;
         match instance.exec_error(exe) {
             Some(e) => Err(e),

@@ -66,6 +66,36 @@ pub(crate) fn set_cloexec(fd: &OwnedFd) {
     let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
+/// The kernel's `struct sigaction` (not the C library's, which is laid out
+/// differently); all zero means `SIG_DFL`. The raw system call, because the C
+/// library refuses to touch the signals it reserves (32, 33), which may be
+/// ignored too.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct KernelSigaction {
+    pub handler: usize,
+    pub flags: u64,
+    pub restorer: usize,
+    pub mask: u64,
+}
+
+/// Whether `signo` is ignored (`SIG_IGN`) in this process now.
+pub(crate) fn is_ignored(signo: i32) -> bool {
+    let mut now = KernelSigaction::default();
+    // SAFETY: rt_sigaction with no new action only writes the current one
+    // into `now`, a kernel sigaction of the size we pass.
+    let read = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signo,
+            std::ptr::null::<KernelSigaction>(),
+            &mut now as *mut KernelSigaction,
+            8usize,
+        )
+    };
+    read == 0 && now.handler == libc::SIG_IGN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use support::{Load, Server, TempDir};
@@ -33,12 +34,18 @@ impl Flaky {
     }
 
     fn start(&self, env: &[(&str, &str)]) -> Server {
+        Server::launch(self.command(env))
+    }
+
+    fn command(&self, env: &[(&str, &str)]) -> Command {
         support::become_subreaper();
-        let mut env = env.to_vec();
-        let mode_file = self.mode_file.to_str().unwrap();
-        env.push(("GR_TEST_MODE_FILE", mode_file));
-        env.push(("GRESTART_LOG", "info"));
-        Server::start(&self.binary, &[], "127.0.0.1:0", &env)
+        let mut command = Command::new(&self.binary);
+        command
+            .envs(env.iter().copied())
+            .env("GR_TEST_MODE_FILE", &self.mode_file)
+            .env("GRESTART_LOG", "info")
+            .arg("127.0.0.1:0");
+        command
     }
 
     fn set_mode(&self, mode: &str) {
@@ -545,9 +552,9 @@ fn an_heir_whose_predecessor_died_early_serves_on() {
     let first = server.pid;
     flaky.set_mode("orphan");
     support::kill(first, libc::SIGUSR2);
-    let heir = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
+    let lines = server.wait_for_logs(&["waiting up to", "orphan waiting"], LOG_WAIT);
+    let heir = successor_pid(&lines[0]);
     server.pids.push(heir);
-    server.wait_for_log("orphan waiting", LOG_WAIT);
     flaky.set_mode("serve");
     support::kill(first, libc::SIGKILL);
     support::reap(first);
@@ -579,4 +586,84 @@ fn a_child_forked_while_draining_does_not_hold_up_the_next_restart() {
     server.pids.push(child); // ended by stop()
     server.restart(libc::SIGUSR2);
     server.stop();
+}
+
+/// `SigIgn` of `pid` from /proc: the signals it ignores, bit `signo - 1`,
+/// but the C library's own 32 and 33, which Rust's `Command` (glibc's
+/// `posix_spawn`) hands this test's children ignored.
+fn ignored_signals(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+    u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap() & !(3 << 31)
+}
+
+/// What systemd's `IgnoreSIGPIPE=yes` and `nohup` give the first generation
+/// stays in every heir; the restart signal is handled, never ignored.
+#[test]
+fn signals_ignored_at_start_stay_ignored_in_every_heir() {
+    use std::os::unix::process::CommandExt;
+    let flaky = Flaky::new("start-ignored");
+    let mut command = flaky.command(&[]);
+    // SAFETY: between fork and exec only signal(2), async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut server = Server::launch(command);
+    let started = (1u64 << (libc::SIGPIPE - 1)) | (1u64 << (libc::SIGHUP - 1));
+    assert_eq!(ignored_signals(server.pid), started, "the first generation");
+    for restart in 1..=5 {
+        server.restart(libc::SIGUSR2);
+        assert_eq!(
+            ignored_signals(server.pid),
+            started,
+            "generation {} ignores what the first was started ignoring",
+            restart + 1
+        );
+        assert!(support::catches(server.pid, libc::SIGUSR2));
+    }
+    server.stop();
+}
+
+/// `./server & kill -USR2 $!`: a restart signal that arrives before the
+/// program's first grestart call neither kills it nor is taken for later.
+#[test]
+fn a_restart_signal_before_grestart_is_set_up_never_kills() {
+    let flaky = Flaky::new("early-signal");
+    let fifo = flaky.dir.join("hold");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut command = flaky.command(&[("GR_TEST_HOLD_FIFO", fifo.to_str().unwrap())]);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    // Opening the FIFO returns once the program has opened it: it is in
+    // main, before any grestart call, its library's constructor run.
+    let mut hold = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    support::kill(child.id() as i32, libc::SIGUSR2);
+    support::kill(child.id() as i32, libc::SIGUSR2);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the early restart signal did not kill the program"
+    );
+    std::io::Write::write_all(&mut hold, b"go").unwrap();
+    drop(hold);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening on"), "it serves: {line:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still alive once set up"
+    );
+    support::kill(child.id() as i32, libc::SIGKILL);
+    child.wait().unwrap();
 }

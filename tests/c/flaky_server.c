@@ -142,6 +142,15 @@ int main(int argc, char **argv) {
     if (argc != 2) {
         return 2;
     }
+    const char *hold = getenv("GR_TEST_HOLD_FIFO");
+    if (hold) { /* before any gr_ call: the test signals us while we wait here */
+        int fifo = open(hold, O_RDONLY);
+        char byte;
+        if (fifo < 0 || read(fifo, &byte, 1) != 1) {
+            return 3;
+        }
+        close(fifo);
+    }
     char mode[16] = "serve";
     const char *mode_file = getenv("GR_TEST_MODE_FILE");
     FILE *f = mode_file ? fopen(mode_file, "r") : NULL;

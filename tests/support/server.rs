@@ -112,6 +112,25 @@ impl Server {
         }
     }
 
+    /// Waits for a line with each of `needles`, in any order (lines of two
+    /// generations may come either way); returns them in the order asked.
+    pub fn wait_for_logs(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, line)) = self.log.recv_timeout(left) else {
+                panic!("no log lines with all of {needles:?} within {timeout:?}");
+            };
+            if let Some(i) =
+                (0..needles.len()).find(|&i| found[i].is_none() && line.contains(needles[i]))
+            {
+                found[i] = Some(line);
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
     /// One GET on a fresh connection; retried until it works or `timeout` passes.
     pub fn probe(&self, timeout: Duration) -> Result<Response, String> {
         let deadline = Instant::now() + timeout;
