@@ -111,7 +111,14 @@ pub(crate) struct Engine {
     /// The signals the first generation was started with ignored: every
     /// successor starts so (SIGPIPE under systemd's `IgnoreSIGPIPE=yes`).
     ignoring: u64,
+    /// How many older generations were (at most) draining when we started.
+    older_draining: u32,
 }
+
+/// How many generations may drain at once behind the serving one. Each holds
+/// its memory and its connections until they end; past this a restart is
+/// refused (and the refusal reported), never queued or dropped silently.
+pub(crate) const MAX_DRAINING: u32 = 8;
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
 
@@ -186,6 +193,7 @@ struct Parts {
     watch: Option<Watch>,
     /// The signals the first generation was started with ignored.
     ignoring: u64,
+    older_draining: u32,
 }
 
 impl Engine {
@@ -259,6 +267,7 @@ impl Engine {
                 notify_socket,
                 watch,
                 ignoring: heritage.ignored.unwrap_or_else(signal::started_ignoring),
+                older_draining: heritage.draining,
             },
             shutdown_event,
         );
@@ -313,6 +322,7 @@ impl Engine {
             adoption: OnceCell::new(),
             watch: parts.watch,
             ignoring: parts.ignoring,
+            older_draining: parts.older_draining,
         }
     }
 
@@ -429,8 +439,8 @@ impl Engine {
             }
         };
         info!("restart requested");
-        // Refused by the rules (not ready, draining, the previous generation
-        // still draining) is not a failure: nothing was tried.
+        // Refused by the rules (not ready, draining, too many generations
+        // draining) is not a failure: nothing was tried.
         let checked = {
             let mut state = self.lock();
             let checked = self.check_may_restart(&mut state);
@@ -443,8 +453,8 @@ impl Engine {
         };
         let (result, refused) = match checked {
             Err(e) => (Err(e), true),
-            Ok(()) => {
-                let started = self.start_successor();
+            Ok(draining) => {
+                let started = self.start_successor(draining);
                 self.lock_quietly().restarting_on = None;
                 self.changed.notify_all();
                 (started, false)
@@ -462,7 +472,9 @@ impl Engine {
         result
     }
 
-    fn start_successor(&'static self) -> io::Result<()> {
+    /// `draining`: how many older generations (we included) may drain while
+    /// the successor serves.
+    fn start_successor(&'static self, draining: u32) -> io::Result<()> {
         let started = Instant::now();
         let (successor, exe, timeout, listeners) = {
             let state = self.lock();
@@ -488,6 +500,7 @@ impl Engine {
                 restart_signal,
                 std::process::id(),
                 self.ignoring,
+                draining,
             );
             env.extend(self.watch.as_ref().map(Watch::notify_entry));
             self.notify(&format!(
@@ -529,6 +542,13 @@ impl Engine {
                     watch.follow(successor.pid);
                 }
                 self.begin_drain();
+                if let Some(adoption) = self.adoption.get() {
+                    // Our predecessor may still be draining: what it hands us
+                    // from now on goes on to our successor.
+                    adoption.relay(Box::new(|connection, name| {
+                        self.hand_over(connection, Some(name)).is_ok()
+                    }));
+                }
                 Ok(())
             }
             Err(not_ready) => {
@@ -571,7 +591,11 @@ impl Engine {
     }
 
     /// Refuses a restart that would make two hand-overs overlap.
-    fn check_may_restart(&self, state: &mut State) -> io::Result<()> {
+    /// Refuses a restart that would make two hand-overs overlap, or more than
+    /// [`MAX_DRAINING`] generations drain at once; otherwise says how many
+    /// older generations (this one included) may drain once the successor
+    /// serves.
+    fn check_may_restart(&self, state: &mut State) -> io::Result<u32> {
         match state.phase {
             Phase::Starting => {
                 return Err(fail(
@@ -587,19 +611,24 @@ impl Engine {
             }
             Phase::Serving => {}
         }
-        if let Some(predecessor) = &state.predecessor {
-            if !predecessor.has_exited() {
-                return Err(fail(
-                    libc::EAGAIN,
-                    format!(
-                        "the previous generation (pid {}) is still draining; try again when it has exited",
-                        predecessor.pid
-                    ),
-                ));
-            }
-            state.predecessor = None;
+        // Older generations still draining (a long-lived connection, a slow
+        // client, two deploys a second apart) do not hold up a restart: they
+        // drain beside us. What we know of them is an upper bound: the count
+        // we were started with, while our predecessor lives.
+        let older = match &state.predecessor {
+            Some(predecessor) if !predecessor.has_exited() => self.older_draining,
+            _ => 0,
+        };
+        if older + 1 > MAX_DRAINING {
+            return Err(fail(
+                libc::EAGAIN,
+                format!(
+                    "{older} older generations may still be draining, and at most {MAX_DRAINING} \
+                     drain at once; try again when one has exited"
+                ),
+            ));
         }
-        Ok(())
+        Ok(older + 1)
     }
 
     fn successor_command<'a>(
@@ -935,6 +964,11 @@ mod tests {
     /// with no way to start a successor: a restart that passes the phase
     /// rules fails with ENOEXEC instead of forking.
     fn engine_with(predecessor: Option<Predecessor>) -> &'static Engine {
+        engine_after(predecessor, 0)
+    }
+
+    /// An heir started while `older_draining` generations may have drained.
+    fn engine_after(predecessor: Option<Predecessor>, older_draining: u32) -> &'static Engine {
         let parts = Parts {
             generation: 1,
             origin: Err("a unit test".into()),
@@ -943,6 +977,7 @@ mod tests {
             notify_socket: None,
             watch: None,
             ignoring: 0,
+            older_draining,
         };
         let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
         Box::leak(Box::new(Engine::new(parts, event)))
@@ -977,13 +1012,26 @@ mod tests {
     }
 
     #[test]
-    fn no_hand_over_while_the_predecessor_drains() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let engine = engine_with(Some(Predecessor::new(ours.into(), 1)));
+    fn a_restart_while_older_generations_drain_goes_ahead_up_to_the_cap() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let engine = engine_after(Some(Predecessor::new(ours.into(), 1)), 1);
         engine.ready().unwrap(); // tells the predecessor
-        assert_eq!(errno(engine.restart()), libc::EAGAIN);
-        drop(theirs); // the predecessor exited
+        // The predecessor drains: past the rules (the unit engine cannot spawn).
         assert_eq!(errno(engine.restart()), libc::ENOEXEC);
+        assert_eq!(engine.check_may_restart(&mut engine.lock()).unwrap(), 2);
+
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let full = engine_after(Some(Predecessor::new(ours.into(), 1)), MAX_DRAINING);
+        full.ready().unwrap();
+        let refused = full.restart().expect_err("refused at the cap");
+        assert_eq!(errno_of(&refused), libc::EAGAIN);
+        assert!(
+            refused.to_string().contains("at most 8 drain at once"),
+            "{refused}"
+        );
+        drop(theirs); // the predecessor exited, and all it counted for
+        assert_eq!(errno(full.restart()), libc::ENOEXEC);
+        assert_eq!(full.check_may_restart(&mut full.lock()).unwrap(), 1);
     }
 
     #[test]

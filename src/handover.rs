@@ -44,6 +44,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockType, SockaddrStorage,
     getpeername, getsockname, getsockopt, recv, recvmsg, send, sendmsg, shutdown, sockopt,
 };
+use once_cell::sync::OnceCell;
 
 use crate::error::{fail, with_context};
 use crate::log::{debug, warning};
@@ -399,7 +400,14 @@ pub(crate) struct Adoption {
     /// Written when receipts are left unsent: the receiving thread then
     /// waits for room to send them too.
     unsent: EventFd,
+    /// Once this generation drains behind a successor of its own, what the
+    /// predecessor still hands over goes on to that successor, the newest
+    /// generation: our event loop no longer adopts anything.
+    relay: OnceCell<Relay>,
 }
+
+/// Hands a connection (accepted on the named listener) on; `false` when it cannot.
+pub(crate) type Relay = Box<dyn Fn(BorrowedFd<'_>, &str) -> bool + Send + Sync>;
 
 impl Adoption {
     /// Starts receiving on `channel` (the link to `predecessor`) in a thread
@@ -421,6 +429,7 @@ impl Adoption {
             channel: channel.as_ref().map(|(c, _)| Arc::clone(c)),
             receipts: Mutex::new(Vec::new()),
             unsent,
+            relay: OnceCell::new(),
         }));
         if let Some((channel, _)) = channel {
             signal::spawn_thread("grestart-adopt", move || adoption.receive(&channel))?;
@@ -529,6 +538,76 @@ impl Adoption {
                     }
                 }
             }
+            self.relay_waiting();
+        }
+    }
+
+    /// From now on every connection handed to us, waiting or still to come,
+    /// goes on through `forward` (the connections' receipts say "taken").
+    pub(crate) fn relay(&self, forward: Relay) {
+        if self.relay.set(forward).is_ok() {
+            self.relay_waiting();
+        }
+    }
+
+    fn relay_waiting(&self) {
+        let Some(forward) = self.relay.get() else {
+            return;
+        };
+        while let Some(handed) = self.pop(|_| true).ok().flatten() {
+            if !forward(handed.connection.as_fd(), &handed.listener) {
+                // It stays for the application; unadopted, the predecessor
+                // closes it cleanly at the end of its bound.
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.push_front(handed);
+                if queue.len() == 1 {
+                    let _ = self.waiting.write(1);
+                }
+                return;
+            }
+            self.acknowledge(handed.id);
+        }
+    }
+
+    /// The first connection waiting, if any; `ERANGE` (and it stays) when
+    /// its listener's name does not `fit`.
+    fn pop(&self, fits: impl Fn(&str) -> bool) -> io::Result<Option<Handed>> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(front) = queue.front() else {
+            return Ok(None);
+        };
+        if !fits(&front.listener) {
+            return Err(fail(
+                libc::ERANGE,
+                format!(
+                    "the listener name {:?} does not fit the buffer",
+                    front.listener
+                ),
+            ));
+        }
+        let handed = queue.pop_front();
+        if queue.is_empty() {
+            let _ = self.waiting.read(); // not readable until the next one
+        }
+        Ok(handed)
+    }
+
+    /// Tells the predecessor a connection was taken: it drops its copy.
+    fn acknowledge(&self, id: Option<u64>) {
+        if let Some(channel) = &self.channel {
+            let mut receipts = self.receipts();
+            match id {
+                Some(id) => {
+                    receipts.push(TAKEN_BYTE);
+                    receipts.extend_from_slice(&id.to_le_bytes());
+                }
+                None => receipts.push(ACK_BYTE),
+            }
+            send_receipts(channel, &mut receipts);
+            if !receipts.is_empty() {
+                // Never wait here: the application's event loop runs on this thread.
+                let _ = self.unsent.write(1);
+            }
         }
     }
 
@@ -543,24 +622,8 @@ impl Adoption {
     ) -> io::Result<Option<Handed>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let handed = loop {
-            {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(front) = queue.front() {
-                    if !fits(&front.listener) {
-                        return Err(fail(
-                            libc::ERANGE,
-                            format!(
-                                "the listener name {:?} does not fit the buffer",
-                                front.listener
-                            ),
-                        ));
-                    }
-                    let handed = queue.pop_front().expect("checked just now");
-                    if queue.is_empty() {
-                        let _ = self.waiting.read(); // not readable until the next one
-                    }
-                    break handed;
-                }
+            if let Some(handed) = self.pop(&fits)? {
+                break handed;
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -569,21 +632,7 @@ impl Adoption {
             let mut fds = [PollFd::new(self.waiting.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, left.map_or(PollTimeout::NONE, poll_timeout));
         };
-        if let Some(channel) = &self.channel {
-            let mut receipts = self.receipts();
-            match handed.id {
-                Some(id) => {
-                    receipts.push(TAKEN_BYTE);
-                    receipts.extend_from_slice(&id.to_le_bytes());
-                }
-                None => receipts.push(ACK_BYTE),
-            }
-            send_receipts(channel, &mut receipts);
-            if !receipts.is_empty() {
-                // Never wait here: the application's event loop runs on this thread.
-                let _ = self.unsent.write(1);
-            }
-        }
+        self.acknowledge(handed.id);
         Ok(Some(handed))
     }
 
@@ -755,6 +804,46 @@ mod tests {
                 id as u64
             );
         }
+    }
+
+    /// A generation that drains behind a successor of its own relays what
+    /// its predecessor still hands over (those waiting and those to come) to
+    /// that successor, and says "taken" for each: nothing waits unadopted.
+    #[test]
+    fn a_draining_heir_relays_to_the_newest_generation() {
+        let (old_end, heir_end) = UnixStream::pair().unwrap();
+        let link = Arc::new(OwnedFd::from(heir_end));
+        let adoption = Adoption::start(Some((link, std::process::id() as i32))).unwrap();
+        let (waiting, _client) = UnixStream::pair().unwrap();
+        send_connection(old_end.as_fd(), "http", Some(1), waiting.as_fd()).unwrap();
+        let relayed = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&relayed);
+        // Before the relay is set, the first one waits for the application.
+        let mut fds = [PollFd::new(adoption.fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
+        adoption.relay(Box::new(move |_, name| {
+            seen.lock().unwrap().push(name.to_string());
+            true
+        }));
+        let (coming, _client) = UnixStream::pair().unwrap();
+        send_connection(old_end.as_fd(), "admin", Some(2), coming.as_fd()).unwrap();
+        old_end
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut receipts = [0u8; 2 * (1 + ID_LEN)];
+        (&old_end).read_exact(&mut receipts).unwrap();
+        assert_eq!(*relayed.lock().unwrap(), ["http", "admin"]);
+        assert_eq!(
+            (receipts[0], receipts[1 + ID_LEN]),
+            (TAKEN_BYTE, TAKEN_BYTE)
+        );
+        assert!(
+            adoption
+                .adopt(Some(Duration::ZERO), |_| true)
+                .unwrap()
+                .is_none(),
+            "nothing is left for the application"
+        );
     }
 
     /// A connection handed over long after the heir became ready (say, after

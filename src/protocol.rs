@@ -29,9 +29,13 @@ pub(crate) const PREDECESSOR: &str = "GRESTART_PREDECESSOR_PID";
 /// The signals the first generation was started with ignored (a hexadecimal
 /// mask, bit `signo - 1`): every generation starts its successor so.
 pub(crate) const IGNORED: &str = "GRESTART_IGNORED";
+/// How many older generations may still be draining when the successor
+/// starts, its parent included: each generation counts against the cap on
+/// generations draining at once.
+pub(crate) const DRAINING: &str = "GRESTART_DRAINING";
 
 /// Every variable this protocol owns; an heir removes them all once read.
-pub(crate) const VARIABLES: [&str; 8] = [
+pub(crate) const VARIABLES: [&str; 9] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
@@ -40,6 +44,7 @@ pub(crate) const VARIABLES: [&str; 8] = [
     RESTART_SIGNAL,
     PREDECESSOR,
     IGNORED,
+    DRAINING,
 ];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
@@ -86,6 +91,8 @@ pub struct Heritage {
     pub predecessor: Option<i32>,
     /// The signals the first generation was started with ignored.
     pub ignored: Option<u64>,
+    /// How many older generations were (at most) draining when this one started.
+    pub draining: u32,
     /// Why some variables were ignored, for the log.
     pub problems: Vec<String>,
 }
@@ -162,6 +169,12 @@ pub fn parse(
             _ => problems.push(format!("{PREDECESSOR}={v:.20} is not a process id")),
         }
     }
+    if let Some(v) = var(DRAINING) {
+        match parse_number(&v) {
+            Some(n) if n <= u64::from(u32::MAX) => heritage.draining = n as u32,
+            _ => problems.push(format!("{DRAINING}={v:.20} is not a number of generations")),
+        }
+    }
     if let Some(v) = var(IGNORED) {
         match u64::from_str_radix(v.trim(), 16) {
             Ok(mask) => heritage.ignored = Some(mask),
@@ -228,6 +241,7 @@ pub fn successor_env(
     signo: i32,
     predecessor: u32,
     ignored: u64,
+    draining: u32,
 ) -> Vec<CString> {
     let mut env: Vec<CString> = current
         .into_iter()
@@ -248,6 +262,7 @@ pub fn successor_env(
         format!("{RESTART_SIGNAL}={signo}"),
         format!("{PREDECESSOR}={predecessor}"),
         format!("{IGNORED}={ignored:x}"),
+        format!("{DRAINING}={draining}"),
     ] {
         env.push(CString::new(entry).expect("protocol entries hold no NUL"));
     }
@@ -478,7 +493,7 @@ mod tests {
             ("LISTEN_PID", "1"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = successor_env(current, &["http", "admin"], 3, 12, 40, 0x1000);
+        let env = successor_env(current, &["http", "admin"], 3, 12, 40, 0x1000, 2);
         let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
         assert_eq!(
             env,
@@ -490,7 +505,8 @@ mod tests {
                 "GRESTART_GENERATION=4",
                 "GRESTART_SIGNAL=12",
                 "GRESTART_PREDECESSOR_PID=40",
-                "GRESTART_IGNORED=1000"
+                "GRESTART_IGNORED=1000",
+                "GRESTART_DRAINING=2"
             ]
         );
     }
