@@ -156,9 +156,9 @@ int gr_ready(void);
 /**
  * Restarts now, as the restart signal would, and blocks until the outcome.
  *
- * Returns 0 once the successor is ready (this process then drains), or -1
- * with errno: `EAGAIN` not ready yet, or the previous generation is still
- * draining; `EALREADY` another restart is running; `ESHUTDOWN` draining;
+ * Returns the new generation's pid once it is ready (this process then
+ * drains), or -1 with errno: `EAGAIN` not ready yet, or 8 older generations
+ * are still draining; `EALREADY` another restart is running; `ESHUTDOWN` draining;
  * `ENOENT`/`EACCES` the executable cannot be run; `ECHILD` the successor
  * exited before it was ready; `ETIMEDOUT` it was not ready in time and was
  * killed. On failure this process serves on, unchanged.

@@ -26,6 +26,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::unistd::{AccessFlags, access};
 use once_cell::sync::OnceCell;
 
+use crate::control::{Control, Reply};
 use crate::error::{fail, with_context};
 use crate::handover::{Adoption, Handed, Heir};
 use crate::link::Predecessor;
@@ -212,7 +213,12 @@ impl Engine {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
         let (signal_pipe, wake) = signal::self_pipe()?;
-        signal::spawn_thread("grestart-signal", move || watch_signals(signal_pipe))?;
+        let control = Control::bind()
+            .inspect_err(|e| warning!("`grestart restart` cannot reach this process: {e}"))
+            .ok();
+        signal::spawn_thread("grestart-signal", move || {
+            watch_signals(signal_pipe, control)
+        })?;
         let restart_signal = heritage
             .restart_signal
             .filter(|&signo| signal::check(signo).is_ok());
@@ -420,7 +426,7 @@ impl Engine {
 
     /// Starts a successor and, once it is ready, begins to drain. Errors leave
     /// this process serving exactly as before.
-    pub(crate) fn restart(&'static self) -> io::Result<()> {
+    pub(crate) fn restart(&'static self) -> io::Result<i32> {
         self.restart_coalescing(|| 0)
     }
 
@@ -428,7 +434,7 @@ impl Engine {
     /// restart signals that arrived during the restart, and runs before the
     /// outcome is logged, so that a signal sent once the operator has read
     /// "restart failed" starts a new restart instead of being swallowed.
-    fn restart_coalescing(&'static self, coalesce: impl FnOnce() -> usize) -> io::Result<()> {
+    fn restart_coalescing(&'static self, coalesce: impl FnOnce() -> usize) -> io::Result<i32> {
         let _one_at_a_time = match self.restarting.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -464,17 +470,28 @@ impl Engine {
         if coalesced > 0 {
             info!("{coalesced} restart signals arrived during the restart; coalesced into it");
         }
+        let pid = std::process::id();
+        // `systemctl status` shows the last restart's outcome.
         match &result {
-            Err(e) if refused => warning!("restart refused: {e}"),
-            Err(e) => error!("restart failed, still serving: {e}"),
-            Ok(()) => {}
+            Err(e) if refused => {
+                warning!("restart refused: {e}");
+                self.notify(&format!("STATUS=restart refused: {e}; pid {pid} serves on"));
+            }
+            Err(e) => {
+                error!("restart failed, still serving: {e}");
+                self.notify(&format!("STATUS=restart failed: {e}; pid {pid} serves on"));
+            }
+            Ok(successor) => self.notify(&format!(
+                "STATUS=restarted: generation {} serves as pid {successor}",
+                self.generation + 1
+            )),
         }
         result
     }
 
     /// `draining`: how many older generations (we included) may drain while
     /// the successor serves.
-    fn start_successor(&'static self, draining: u32) -> io::Result<()> {
+    fn start_successor(&'static self, draining: u32) -> io::Result<i32> {
         let started = Instant::now();
         let (successor, exe, timeout, listeners) = {
             let state = self.lock();
@@ -549,7 +566,7 @@ impl Engine {
                         self.hand_over(connection, Some(name)).is_ok()
                     }));
                 }
-                Ok(())
+                Ok(successor.pid)
             }
             Err(not_ready) => {
                 let err = match not_ready {
@@ -917,35 +934,58 @@ fn flush_standard_output() {
     unsafe { libc::fflush(std::ptr::null_mut()) };
 }
 
-/// Reads restart and stop signals forever; a restart runs here, outside
-/// signal context. A stop signal wins over restarts that came with it.
-fn watch_signals(pipe: OwnedFd) {
+/// Reads restart and stop signals and control requests forever; a restart
+/// runs here, outside signal context. A stop signal wins over restarts that
+/// came with it. Requests that arrive during a restart get its outcome.
+fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
     signal::become_watcher();
+    let requests = || control.as_ref().map(Control::requests).unwrap_or_default();
     loop {
-        let arrived = signal::wait(&pipe);
-        let Some(engine) = ENGINE.get() else { continue };
-        if let Some(serving) = engine.watch.as_ref().and_then(Watch::serving) {
-            // Drained, not yet the stub: the operator's signals, sent to the
-            // process the init watches, are for the generation that serves.
-            let signo = if arrived.stop {
-                signal::stop_signal()
-            } else {
-                signal::current()
-            };
-            info!("forwarding signal {signo} to the serving generation, pid {serving}");
-            // SAFETY: kill has no memory-safety requirements.
-            unsafe { libc::kill(serving, signo) };
+        let arrived = signal::wait(&pipe, control.as_ref().map(Control::fd));
+        let mut waiting = if arrived.control {
+            requests()
+        } else {
+            Vec::new()
+        };
+        let Some(engine) = ENGINE.get() else {
+            let reply = Reply::Failed(libc::EAGAIN, "grestart is starting".into());
+            waiting.into_iter().for_each(|r| r.answer(&reply));
+            continue;
+        };
+        let serving = (engine.watch.as_ref().and_then(Watch::serving))
+            .or_else(|| engine.heir_lock().as_ref().map(Heir::pid));
+        if let Some(serving) = serving {
+            // A successor serves: requests are for it, and so are the
+            // operator's signals while we are the process an init watches.
+            waiting
+                .into_iter()
+                .for_each(|r| r.answer(&Reply::Ask(serving)));
+            if engine.watch.is_some() && (arrived.stop || arrived.restarts > 0) {
+                let signo = if arrived.stop {
+                    signal::stop_signal()
+                } else {
+                    signal::current()
+                };
+                info!("forwarding signal {signo} to the serving generation, pid {serving}");
+                // SAFETY: kill has no memory-safety requirements.
+                unsafe { libc::kill(serving, signo) };
+            }
             continue;
         }
         let mut stop = arrived.stop;
-        if arrived.restarts > 0 && !stop {
+        if (arrived.restarts > 0 || !waiting.is_empty()) && !stop {
             let _busy = signal::Busy::new();
-            let _ = engine.restart_coalescing(|| {
+            let outcome = engine.restart_coalescing(|| {
                 let during = signal::drain(&pipe);
                 stop = during.stop;
                 during.restarts
             });
+            waiting.extend(requests());
+            let reply = Reply::of(&outcome);
+            waiting.drain(..).for_each(|r| r.answer(&reply));
         }
+        let reply = Reply::Failed(libc::ESHUTDOWN, "this process is stopping".into());
+        waiting.into_iter().for_each(|r| r.answer(&reply));
         if stop {
             info!("stop signal: draining");
             engine.begin_drain();
@@ -983,7 +1023,7 @@ mod tests {
         Box::leak(Box::new(Engine::new(parts, event)))
     }
 
-    fn errno(result: io::Result<()>) -> i32 {
+    fn errno<T: std::fmt::Debug>(result: io::Result<T>) -> i32 {
         errno_of(&result.expect_err("refused"))
     }
 

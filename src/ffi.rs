@@ -234,15 +234,15 @@ pub extern "C" fn gr_ready() -> c_int {
 
 /// Restarts now, as the restart signal would, and blocks until the outcome.
 ///
-/// Returns 0 once the successor is ready (this process then drains), or -1
-/// with errno: `EAGAIN` not ready yet, or the previous generation is still
-/// draining; `EALREADY` another restart is running; `ESHUTDOWN` draining;
+/// Returns the new generation's pid once it is ready (this process then
+/// drains), or -1 with errno: `EAGAIN` not ready yet, or 8 older generations
+/// are still draining; `EALREADY` another restart is running; `ESHUTDOWN` draining;
 /// `ENOENT`/`EACCES` the executable cannot be run; `ECHILD` the successor
 /// exited before it was ready; `ETIMEDOUT` it was not ready in time and was
 /// killed. On failure this process serves on, unchanged.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_restart() -> c_int {
-    call(|| engine()?.restart().map(ok))
+    call(|| engine()?.restart())
 }
 
 /// Returns an fd that turns readable (and stays readable) when this process

@@ -101,6 +101,11 @@ pub(crate) struct Heir {
 }
 
 impl Heir {
+    /// The successor's pid.
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// The heir `pid` on `channel`, which said `said` with "ready".
     pub(crate) fn new(
         channel: OwnedFd,

@@ -18,13 +18,15 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::address::Address;
-use crate::error::fail;
+use crate::control::{Reply, request_restart};
+use crate::error::{errno_of, fail};
 use crate::log::{error, info};
 use crate::notify;
 use crate::supervise::{FORWARDED, Restarter, Supervisor};
 
 const USAGE: &str = "\
 usage: grestart run [OPTIONS] -- PROGRAM [ARGS...]
+       grestart restart (--pid PID | --pid-file FILE) [--timeout SECONDS]
 
 Runs PROGRAM and stays as the stable process of the service (a container's
 PID 1, systemd's main process): reaps orphans, forwards signals to the
@@ -46,6 +48,12 @@ With --listen only:
   --ready-delay SECONDS    for programs that never send READY=1: a new
                            instance alive this long counts as ready
 
+grestart restart asks a running server (or the launcher in front of it) to
+restart and waits for the outcome: prints the new generation's pid and exits
+0, or says why the restart failed and exits 1 (the server serves on). It is
+the ExecReload= of a systemd unit: systemctl reload then fails when the
+restart did. --timeout defaults to 90 seconds.
+
 grestart --version";
 
 /// What `grestart run` was asked to do.
@@ -65,6 +73,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let args: Vec<OsString> = args.into_iter().skip(1).collect();
     match args.first().map(|a| a.as_bytes()) {
         Some(b"run") => {}
+        Some(b"restart") => return restart(&args[1..]),
         Some(b"--version") => {
             println!("grestart {}", env!("CARGO_PKG_VERSION"));
             return 0;
@@ -141,6 +150,81 @@ fn run(options: Options) -> io::Result<i32> {
     );
     supervisor.serve(pid);
     Ok(supervisor.run())
+}
+
+/// `grestart restart`: see the usage.
+fn restart(args: &[OsString]) -> i32 {
+    let target = match restart_target(args) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("grestart restart: {e}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    match target.and_then(|(pid, timeout)| request_restart(pid, timeout)) {
+        Ok(Reply::Restarted(pid)) => {
+            println!("{pid}");
+            0
+        }
+        Ok(Reply::Failed(_, why)) => {
+            eprintln!("grestart restart: the restart failed: {why}");
+            1
+        }
+        Ok(Reply::Ask(pid)) => {
+            eprintln!("grestart restart: no answer, only a referral to pid {pid}");
+            1
+        }
+        Err(e) => {
+            eprintln!("grestart restart: {e}");
+            1
+        }
+    }
+}
+
+/// The pid and timeout `grestart restart` was given; the pid file is read
+/// (an outer error: it names no process) apart from bad usage.
+fn restart_target(args: &[OsString]) -> io::Result<io::Result<(i32, Duration)>> {
+    let usage = |why: String| fail(libc::EINVAL, why);
+    let (mut pid, mut pid_file, mut timeout) = (None, None, Duration::from_secs(90));
+    let mut rest = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = rest.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.into())),
+            _ => (arg.clone(), None),
+        };
+        let value = inline
+            .or_else(|| rest.next())
+            .ok_or_else(|| usage(format!("{flag} needs a value")))?;
+        match flag.as_str() {
+            "--pid" => {
+                pid = Some(
+                    value
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| usage(format!("--pid wants a process id, not {value:?}")))?,
+                )
+            }
+            "--pid-file" => pid_file = Some(PathBuf::from(value)),
+            "--timeout" => timeout = seconds("--timeout", &value)?,
+            _ => return Err(usage(format!("unknown option {arg:?}"))),
+        }
+    }
+    Ok(match (pid, pid_file) {
+        (Some(pid), None) => Ok((pid, timeout)),
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map_err(|e| fail(errno_of(&e), format!("{}: {e}", file.display())))
+            .and_then(|text| {
+                text.trim().parse::<i32>().map_err(|_| {
+                    fail(
+                        libc::EINVAL,
+                        format!("{} holds {:?}, not a pid", file.display(), text.trim()),
+                    )
+                })
+            })
+            .map(|pid| (pid, timeout)),
+        _ => return Err(usage("give exactly one of --pid and --pid-file".into())),
+    })
 }
 
 fn parse(args: &[OsString]) -> io::Result<Options> {

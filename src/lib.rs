@@ -35,6 +35,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod address;
+mod control;
 mod engine;
 mod error;
 #[doc(hidden)]
@@ -174,15 +175,15 @@ pub fn ready() -> io::Result<()> {
     engine()?.ready()
 }
 
-/// Restarts now, as the signal would, and waits for the outcome: `Ok` once the
-/// successor is ready (this process then drains), an error when it failed, in
-/// which case this process serves on.
+/// Restarts now, as the signal would, and waits for the outcome: the new
+/// generation's pid once it is ready (this process then drains), an error
+/// when it failed, in which case this process serves on.
 ///
-/// Refused with `EAGAIN` before [`ready`] or while the previous generation is
-/// still draining, `EALREADY` while another restart runs, and `ESHUTDOWN`
-/// while draining.
-pub fn restart() -> io::Result<()> {
-    engine()?.restart()
+/// Refused with `EAGAIN` before [`ready`] or when too many generations are
+/// draining, `EALREADY` while another restart runs, and `ESHUTDOWN` while
+/// draining.
+pub fn restart() -> io::Result<u32> {
+    engine()?.restart().map(|pid| pid as u32)
 }
 
 /// An fd that turns readable when this process must drain, for an event loop.

@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::ffi::c_int;
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -428,19 +428,25 @@ pub(crate) struct Arrivals {
     pub restarts: usize,
     /// Whether the stop signal came.
     pub stop: bool,
+    /// Whether the control socket has a client waiting.
+    pub control: bool,
 }
 
-/// Blocks until a restart or stop signal arrived at least once, and swallows
-/// every arrival since. Only the watcher calls it.
-pub(crate) fn wait(pipe: &OwnedFd) -> Arrivals {
+/// Blocks until a restart or stop signal arrived at least once (and swallows
+/// every arrival since) or `control` has a client waiting. Only the watcher
+/// calls it.
+pub(crate) fn wait(pipe: &OwnedFd, control: Option<BorrowedFd<'_>>) -> Arrivals {
     loop {
+        let mut fds = vec![PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        fds.extend(control.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         // EINTR and spurious wake-ups only loop again.
-        let _ = poll(
-            &mut [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)],
-            PollTimeout::NONE,
-        );
-        let arrived = drain(pipe);
-        if arrived.restarts > 0 || arrived.stop {
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        let control = fds.get(1).is_some_and(|fd| fd.any() == Some(true));
+        let arrived = Arrivals {
+            control,
+            ..drain(pipe)
+        };
+        if arrived.restarts > 0 || arrived.stop || arrived.control {
             return arrived;
         }
     }

@@ -30,6 +30,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, geteuid};
 
+use crate::control::{Control, Reply, Request};
 use crate::error::with_context;
 use crate::log::{debug, error, info, warning};
 use crate::notify::{self, Message};
@@ -59,6 +60,10 @@ pub(crate) struct Supervisor {
     ended: i32,
     /// For a program that does not link grestart: the restart is ours.
     restarter: Option<Restarter>,
+    /// `grestart restart` reaches us here (`control.rs`).
+    control: Option<Control>,
+    /// Clients waiting for the outcome of the restart under way.
+    waiting: Vec<Request>,
 }
 
 /// Restarts a program that takes its sockets the systemd way (`LISTEN_FDS`)
@@ -138,6 +143,10 @@ impl Supervisor {
             serving: None,
             ended: 0,
             restarter,
+            control: Control::bind()
+                .inspect_err(|e| warning!("`grestart restart` cannot reach the supervisor: {e}"))
+                .ok(),
+            waiting: Vec::new(),
         })
     }
 
@@ -207,14 +216,23 @@ impl Supervisor {
                 PollTimeout::try_from(left.max(Duration::from_millis(1)))
                     .unwrap_or(PollTimeout::MAX)
             });
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.notify.socket().as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             ];
+            fds.extend((self.control.as_ref()).map(|c| PollFd::new(c.fd(), PollFlags::POLLIN)));
             if let Err(e) = poll(&mut fds, timeout) {
                 if e != Errno::EINTR {
                     error!("supervisor: poll failed: {e}");
                     return 1;
+                }
+            }
+            let requested = fds.get(2).is_some_and(|fd| fd.any() == Some(true));
+            drop(fds);
+            if requested {
+                let requests = self.control.as_ref().map(Control::requests);
+                for request in requests.unwrap_or_default() {
+                    self.on_request(request);
                 }
             }
             while let Ok(Some(info)) = self.signals.read_signal() {
@@ -253,6 +271,10 @@ impl Supervisor {
             self.relay(
                 "READY=1\nSTATUS=restart failed: the new instance exited before it was ready",
             );
+            self.answer_waiting(Reply::Failed(
+                libc::ECHILD,
+                format!("the new instance {pid} exited with status {status} before it was ready"),
+            ));
         } else if self.serving == Some(pid) {
             info!("serving generation {pid} exited with status {status}");
             self.serving = None;
@@ -318,6 +340,27 @@ impl Supervisor {
         }
     }
 
+    /// A `grestart restart`: ours to do for a program that does not link
+    /// grestart, the serving generation's otherwise.
+    fn on_request(&mut self, request: Request) {
+        if self.restarter.is_none() {
+            match self.serving {
+                Some(pid) => request.answer(&Reply::Ask(pid)),
+                None => request.answer(&Reply::Failed(libc::ESRCH, "no generation serves".into())),
+            }
+            return;
+        }
+        self.waiting.push(request);
+        self.restart();
+    }
+
+    /// Tells the clients waiting for the restart its outcome.
+    fn answer_waiting(&mut self, reply: Reply) {
+        for request in self.waiting.drain(..) {
+            request.answer(&reply);
+        }
+    }
+
     /// The restart of a program that does not link grestart.
     fn restart(&mut self) {
         let Some(restarter) = &self.restarter else {
@@ -350,6 +393,7 @@ impl Supervisor {
             Err(e) => {
                 error!("restart failed, {} serves on: {e}", self.describe_serving());
                 self.relay(&format!("READY=1\nSTATUS=restart failed: {e}"));
+                self.answer_waiting(Reply::of(&Err(e)));
             }
         }
     }
@@ -374,6 +418,7 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(old), stop);
         }
         self.relay(&format!("READY=1\nSTATUS=serving: pid {}", pending.pid));
+        self.answer_waiting(Reply::Restarted(pending.pid));
     }
 
     /// Applies the ready delay and the ready timeout to the pending instance.
@@ -398,6 +443,10 @@ impl Supervisor {
                 self.describe_serving()
             );
             self.relay("READY=1\nSTATUS=restart failed: the new instance was not ready in time");
+            self.answer_waiting(Reply::Failed(
+                libc::ETIMEDOUT,
+                format!("the new instance {pid} was not ready within {timeout:?}; killed it"),
+            ));
         }
     }
 

@@ -406,12 +406,16 @@ fn concurrent_restart_calls_make_one_hand_over() {
     let results: Vec<String> = (0..8)
         .map(|_| server.wait_for_log("restart thread:", LOG_WAIT))
         .collect();
-    let successes = results.iter().filter(|r| r.ends_with(": 0 0")).count();
+    // "restart thread: RESULT ERRNO": the new pid and 0, or -1 and why.
+    let handed_over = |r: &&String| !r.contains(": -1 ");
+    let successes: Vec<&String> = results.iter().filter(handed_over).collect();
     assert_eq!(
-        successes, 1,
+        successes.len(),
+        1,
         "exactly one gr_restart() hands over: {results:?}"
     );
-    for refused in results.iter().filter(|r| !r.ends_with(": 0 0")) {
+    let successor: i32 = successes[0].split(' ').nth(2).unwrap().parse().unwrap();
+    for refused in results.iter().filter(|r| r.contains(": -1 ")) {
         // EALREADY while the hand-over runs, ESHUTDOWN once this process drains.
         let errno: i32 = refused.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(
@@ -421,6 +425,7 @@ fn concurrent_restart_calls_make_one_hand_over() {
     }
     let answer = server.follow_hand_over(&old_exit);
     assert_eq!(answer.generation, 2, "never two successors");
+    assert_eq!(answer.pid, successor, "gr_restart() returns the new pid");
     server.stop();
 }
 

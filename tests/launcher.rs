@@ -251,3 +251,118 @@ fn under_a_service_manager_the_launcher_relays_readiness_not_pids() {
         "the launcher stays the main pid: {seen:?}"
     );
 }
+
+/// `grestart restart ARGS...` as an operator (or systemd's `ExecReload=`)
+/// runs it, inside the PID namespace of `inside` when given (as `docker exec`
+/// or `kubectl exec` would): its exit status, stdout and stderr.
+fn grestart_restart(args: &[&str], inside: Option<&Container>) -> (i32, String, String) {
+    let mut command = match inside {
+        Some(container) => {
+            let mut nsenter = std::process::Command::new("nsenter");
+            nsenter
+                .args(["-t", &container.init.to_string(), "-p", "-m", "--"])
+                .arg(launcher());
+            nsenter
+        }
+        None => std::process::Command::new(launcher()),
+    };
+    let out = command.arg("restart").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn set_mode_bits(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The restart's outcome reaches whoever asked: the new pid and status 0, or
+/// why it failed and status 1 while the server serves on; bad usage is 2.
+#[test]
+fn grestart_restart_reports_the_outcome() {
+    let dir = TempDir::new("restart-command");
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    support::become_subreaper();
+    let mut server = support::Server::start(&binary, &[], "127.0.0.1:0", &[]);
+    let load = Load::start(server.addr, 2, 2);
+
+    let old = support::pidfd(server.pid).unwrap();
+    let (status, stdout, stderr) = grestart_restart(&["--pid", &server.pid.to_string()], None);
+    assert_eq!(status, 0, "{stderr}");
+    let answer = server.follow_hand_over(&old);
+    assert_eq!(stdout, answer.pid.to_string(), "it prints the new pid");
+
+    set_mode_bits(&binary, 0o644);
+    let pid_file = dir.join("pid");
+    std::fs::write(&pid_file, format!("{}\n", server.pid)).unwrap();
+    let (status, stdout, stderr) =
+        grestart_restart(&["--pid-file", pid_file.to_str().unwrap()], None);
+    assert_eq!((status, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(stderr.contains("cannot execute"), "{stderr}");
+    assert_eq!(
+        server.probe(Duration::from_secs(5)).unwrap().pid,
+        server.pid
+    );
+    set_mode_bits(&binary, 0o755);
+
+    for (args, expected) in [
+        (&[][..], 2),
+        (&["--pid", "0"][..], 2),
+        (&["--pid", "1", "--pid-file", "/x"][..], 2),
+        (&["--pid", "2147483646"][..], 1), // no such process
+        (&["--pid-file", "/nonexistent/pid"][..], 1),
+    ] {
+        let (status, _, stderr) = grestart_restart(args, None);
+        assert_eq!(status, expected, "{args:?}: {stderr}");
+        assert!(!stderr.is_empty(), "{args:?} says why");
+    }
+    server.restart(libc::SIGUSR2); // and the signal still works
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    server.stop();
+}
+
+/// In a container, `kubectl exec POD -- grestart restart --pid 1`: the
+/// launcher (PID 1) sends the request on to the generation that serves, or,
+/// holding the sockets of a program that does not link grestart, restarts it
+/// and reports the outcome itself.
+#[test]
+fn grestart_restart_through_the_launcher() {
+    let dir = TempDir::new("restart-through");
+    let binary = dir.join("http_server");
+    support::build_c_example(&binary, 1);
+    let mut command = run(&[], &[binary.clone().into()]);
+    command.push("127.0.0.1:0".into());
+    let mut linked = start(&command, None);
+    let (status, stdout, stderr) = grestart_restart(&["--pid", "1"], Some(&linked));
+    assert_eq!(status, 0, "{stderr}");
+    let before = linked.pid;
+    let answer = linked.answer();
+    assert_eq!(stdout, answer.pid.to_string());
+    assert_ne!(answer.pid, before);
+    linked.pid = answer.pid;
+    linked.settles_to(2, false);
+    assert!(linked.stop().success());
+
+    let mode = dir.join("mode");
+    let mut command = vec![OsString::from("env"), {
+        let mut entry = OsString::from("LISTEN_FDS_SERVER_MODE=");
+        entry.push(&mode);
+        entry
+    }];
+    command.extend(run(&["--listen", "127.0.0.1:0"], &listen_fds_server(&[])));
+    let standalone = start(&command, None);
+    let (status, stdout, stderr) = grestart_restart(&["--pid", "1"], Some(&standalone));
+    assert_eq!(status, 0, "{stderr}");
+    assert_eq!(stdout, standalone.answer().pid.to_string());
+    standalone.settles_to(2, false);
+    std::fs::write(&mode, "exit").unwrap();
+    let (status, _, stderr) = grestart_restart(&["--pid", "1"], Some(&standalone));
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("exited with status 3"), "{stderr}");
+    assert!(standalone.stop().success());
+}

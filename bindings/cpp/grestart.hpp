@@ -160,8 +160,8 @@ inline void set_stop_signal(int signo) { detail::check(gr_set_stop_signal(signo)
 /// This process serves; in an heir the previous generation then drains.
 inline void ready() { detail::check(gr_ready()); }
 
-/// Restarts now and waits: returns once the successor is ready, throws when it failed.
-inline void restart() { detail::check(gr_restart()); }
+/// Restarts now and waits: returns the new generation's pid once it is ready, throws when it failed.
+inline int restart() { return detail::check(gr_restart()); }
 
 /// Readable when this process must drain; owned by grestart (never read or close it).
 inline int shutdown_fd() { return detail::check(gr_shutdown_fd()); }

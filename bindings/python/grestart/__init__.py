@@ -220,10 +220,11 @@ def ready() -> None:
     check(lib.gr_ready())
 
 
-def restart() -> None:
-    """Restarts now and waits: returns once the successor is ready (this
-    process then drains); raises OSError when it failed (this process serves on)."""
-    check(lib.gr_restart())
+def restart() -> int:
+    """Restarts now and waits: returns the new generation's pid once it is
+    ready (this process then drains); raises OSError when it failed (this
+    process serves on)."""
+    return check(lib.gr_restart())
 
 
 def shutdown_fd() -> int:
