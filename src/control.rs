@@ -125,7 +125,9 @@ impl Request {
         }
         // The client writes its line at once; one that does not is not waited for.
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        // Bounded: a client that connects and says nothing holds up restarts
+        // only this long (it is one of ours: root or our user).
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut line = String::new();
         BufReader::new(&stream).read_line(&mut line)?;
         if line.trim_end() != "restart" {

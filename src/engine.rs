@@ -427,14 +427,22 @@ impl Engine {
     /// Starts a successor and, once it is ready, begins to drain. Errors leave
     /// this process serving exactly as before.
     pub(crate) fn restart(&'static self) -> io::Result<i32> {
-        self.restart_coalescing(|| 0)
+        self.restart_coalescing(|| 0, |_| ())
     }
 
     /// [`Engine::restart`] for the signal watcher: `coalesce` swallows the
     /// restart signals that arrived during the restart, and runs before the
     /// outcome is logged, so that a signal sent once the operator has read
     /// "restart failed" starts a new restart instead of being swallowed.
-    fn restart_coalescing(&'static self, coalesce: impl FnOnce() -> usize) -> io::Result<i32> {
+    ///
+    /// `ready` hears the new pid once the successor is ready, before this
+    /// process begins to drain: whoever waits for the outcome must hear it
+    /// before the application, done draining, exits.
+    fn restart_coalescing(
+        &'static self,
+        coalesce: impl FnOnce() -> usize,
+        ready: impl FnOnce(i32),
+    ) -> io::Result<i32> {
         let _one_at_a_time = match self.restarting.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -460,7 +468,7 @@ impl Engine {
         let (result, refused) = match checked {
             Err(e) => (Err(e), true),
             Ok(draining) => {
-                let started = self.start_successor(draining);
+                let started = self.start_successor(draining, ready);
                 self.lock_quietly().restarting_on = None;
                 self.changed.notify_all();
                 (started, false)
@@ -491,7 +499,7 @@ impl Engine {
 
     /// `draining`: how many older generations (we included) may drain while
     /// the successor serves.
-    fn start_successor(&'static self, draining: u32) -> io::Result<i32> {
+    fn start_successor(&'static self, draining: u32, ready: impl FnOnce(i32)) -> io::Result<i32> {
         let started = Instant::now();
         let (successor, exe, timeout, listeners) = {
             let state = self.lock();
@@ -558,6 +566,7 @@ impl Engine {
                 if let Some(watch) = &self.watch {
                     watch.follow(successor.pid);
                 }
+                ready(successor.pid);
                 self.begin_drain();
                 if let Some(adoption) = self.adoption.get() {
                     // Our predecessor may still be draining: what it hands us
@@ -975,11 +984,18 @@ fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
         let mut stop = arrived.stop;
         if (arrived.restarts > 0 || !waiting.is_empty()) && !stop {
             let _busy = signal::Busy::new();
-            let outcome = engine.restart_coalescing(|| {
-                let during = signal::drain(&pipe);
-                stop = during.stop;
-                during.restarts
-            });
+            let outcome = engine.restart_coalescing(
+                || {
+                    let during = signal::drain(&pipe);
+                    stop = during.stop;
+                    during.restarts
+                },
+                |pid| {
+                    waiting.extend(requests());
+                    let reply = Reply::Restarted(pid);
+                    waiting.drain(..).for_each(|r| r.answer(&reply));
+                },
+            );
             waiting.extend(requests());
             let reply = Reply::of(&outcome);
             waiting.drain(..).for_each(|r| r.answer(&reply));
