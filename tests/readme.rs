@@ -1,14 +1,15 @@
 //! Every code block of the READMEs is real code that the tests run: each C,
-//! C++, Rust, Python and Dockerfile block must be preceded by `<!-- file: PATH -->` and
-//! equal that file, or by `<!-- from: PATH -->` and be lines that follow one
-//! another in that file (an excerpt); the restart tests build and restart
-//! those files under load. (Shell commands, unit files and output samples are
-//! not programs.)
+//! C++, Rust, Python, Dockerfile and unit file (`ini`) block must be preceded
+//! by `<!-- file: PATH -->` and equal that file, or by `<!-- from: PATH -->`
+//! and be lines that follow one another in that file (an excerpt); the restart
+//! tests build and restart those files under load, and a real systemd runs
+//! the unit files (tests/systemd_units.rs). (Shell commands and output samples
+//! are not programs.)
 
 mod support;
 
 const READMES: [&str; 2] = ["README.md", "bindings/python/README.md"];
-const PROGRAMS: [&str; 5] = ["c", "cpp", "rust", "python", "dockerfile"];
+const PROGRAMS: [&str; 6] = ["c", "cpp", "rust", "python", "dockerfile", "ini"];
 
 #[test]
 fn every_program_in_a_readme_is_a_tested_file() {

@@ -1,7 +1,8 @@
 //! The test kit every process-level test, the demo and the benchmark share,
 //! one concern per module: building (`build`), following processes
-//! (`process`), a service in a PID namespace (`container`), a server under test (`server`), the HTTP client (`http`) and
-//! load (`load`).
+//! (`process`), a service in a PID namespace (`container`), a real systemd
+//! booted in a container (`systemd`), a server under test (`server`), the
+//! HTTP client (`http`) and load (`load`).
 #![allow(dead_code)] // each test binary uses a different part
 
 mod build;
@@ -10,7 +11,8 @@ mod http;
 mod load;
 mod process;
 mod server;
+mod systemd;
 
 // Not every test binary uses every module.
 #[allow(unused_imports)]
-pub use {build::*, container::*, http::*, load::*, process::*, server::*};
+pub use {build::*, container::*, http::*, load::*, process::*, server::*, systemd::*};
