@@ -294,3 +294,155 @@ fn successor_that_does_not_adopt(mode: &str, bound: Duration) {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.stop();
 }
+
+/// The test server in its keep-alive mode (the C examples' loop, which adopts
+/// and hands over), with the heir-only knobs `env`; its binary is built in `dir`.
+fn keepalive_server(dir: &TempDir, env: &[(&str, &str)]) -> Server {
+    let binary = dir.join("server");
+    install_flaky(&binary);
+    let mode_file = dir.join("mode");
+    std::fs::write(&mode_file, "keepalive").unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .arg("127.0.0.1:0")
+        .env("GRESTART_LOG", "warn")
+        .env("GR_TEST_MODE_FILE", &mode_file)
+        .envs(env.iter().copied());
+    Server::launch(command)
+}
+
+/// The client ports of the connections the heir said it adopted.
+fn adopted_ports(lines: &[String]) -> Vec<u16> {
+    (lines.iter())
+        .filter_map(|l| l.strip_prefix("adopted ")?.trim().parse().ok())
+        .collect()
+}
+
+/// Waits up to `bound` for a fresh connection answered by a process other
+/// than `old`: the heir's event loop runs.
+fn heir_answers(server: &Server, old: i32, bound: Duration, what: &str) -> i32 {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok(answer) = support::get(server.addr, true) {
+            if answer.pid != old {
+                return answer.pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no fresh connection answered by the heir within {bound:?}: its event loop is frozen"
+        );
+        thread::yield_now();
+    }
+}
+
+/// 500 idle connections and a busy one (a request half sent) on the old
+/// generation, and an heir that becomes ready 300 ms after it starts. The
+/// busy old generation reads no receipt for a while, and the heir's event
+/// loop must never wait for it: it answers fresh connections while it adopts
+/// and after, every idle connection is adopted and answered by the heir, the
+/// busy request is answered by the old generation, which then exits.
+#[test]
+fn a_late_heir_adopts_500_connections_from_a_busy_generation_without_freezing() {
+    const IDLE: usize = 500;
+    let dir = TempDir::new("late-heir");
+    support::become_subreaper();
+    let mut server = keepalive_server(&dir, &[("GR_TEST_READY_DELAY_MS", "300")]);
+    let mut idle: Vec<_> = (0..IDLE).map(|_| connect(server.addr)).collect();
+    for (stream, reader) in &mut idle {
+        support::request(stream, reader, false).expect("before the restart");
+    }
+    let (mut busy, mut busy_reader) = connect(server.addr);
+    busy.write_all(b"GET /busy HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap(); // the head's end comes later
+    let old = server.pid;
+    let old_exit = support::pidfd(old).unwrap();
+    support::kill(old, libc::SIGUSR2);
+    let heir = heir_answers(&server, old, Duration::from_secs(10), "once ready");
+    // Every connection adopted (each logged as the heir takes it)...
+    let mut lines = Vec::new();
+    while adopted_ports(&lines).len() < IDLE {
+        lines.extend(server.log_until("adopted ", Duration::from_secs(10)));
+    }
+    // ...while the old generation, busy, still reads no receipt: the heir serves on.
+    heir_answers(&server, old, Duration::from_secs(3), "after adopting");
+    for (i, (stream, reader)) in idle.iter_mut().enumerate() {
+        let answer = support::request(stream, reader, false)
+            .unwrap_or_else(|e| panic!("idle connection {i} after the hand-over: {e}"));
+        assert_eq!(answer.pid, heir, "idle connection {i} is the heir's");
+    }
+    busy.write_all(b"\r\n").unwrap();
+    let answer = support::read_response(&mut busy_reader).expect("the busy request");
+    assert_eq!(answer.pid, old, "the busy request is the old generation's");
+    server.follow_hand_over(&old_exit);
+    server.stop();
+}
+
+/// An heir out of fds (its `RLIMIT_NOFILE` lowered) loses some of the
+/// connections handed to it, then takes the later ones once fds are free
+/// again. The old generation must shut down only the lost ones, in order (an
+/// end of file before the client sends anything), and none the heir adopted
+/// and serves; then it exits.
+#[test]
+fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
+    const FIRST: usize = 150; // more than the heir has fds for
+    const LATER: usize = 30;
+    let dir = TempDir::new("emfile-heir");
+    support::become_subreaper();
+    let mut server = keepalive_server(&dir, &[("GR_TEST_NOFILE", "64")]);
+    let mut first: Vec<_> = (0..FIRST).map(|_| connect(server.addr)).collect();
+    for (stream, reader) in &mut first {
+        support::request(stream, reader, false).expect("before the restart");
+    }
+    // Busy with a request half sent: handed over only once answered, later.
+    let mut later: Vec<_> = (0..LATER).map(|_| connect(server.addr)).collect();
+    for (stream, _) in &mut later {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+    }
+    let old = server.pid;
+    let old_exit = support::pidfd(old).unwrap();
+    support::kill(old, libc::SIGUSR2);
+    let mut lines = server.log_until("lost: out of file descriptors", Duration::from_secs(10));
+    let heir = support::children(old, false)[0]; // the old generation's only child
+    support::kill(heir, libc::SIGUSR1); // fds are free again
+    for (i, (stream, reader)) in later.iter_mut().enumerate() {
+        stream.write_all(b"\r\n").unwrap();
+        let answer =
+            support::read_response(reader).unwrap_or_else(|e| panic!("busy connection {i}: {e}"));
+        assert_eq!(
+            answer.pid, old,
+            "answered by the old generation, then handed over"
+        );
+    }
+    server.follow_hand_over(&old_exit);
+    assert_eq!(server.pid, heir);
+    lines.extend(server.log_lines());
+    let adopted = adopted_ports(&lines);
+    let (mut served, mut closed) = (0, 0);
+    for (i, (stream, reader)) in first.iter_mut().chain(later.iter_mut()).enumerate() {
+        let port = stream.local_addr().unwrap().port();
+        if adopted.contains(&port) {
+            let answer = support::request(stream, reader, false)
+                .unwrap_or_else(|e| panic!("connection {i}, adopted by the heir, was cut: {e}"));
+            assert_eq!(answer.pid, heir);
+            served += 1;
+        } else {
+            // Not taken: closed in order before the client sends anything.
+            stream.set_nonblocking(true).unwrap();
+            assert_eq!(
+                closed_in_order(reader),
+                Ok(()),
+                "connection {i}, lost by the heir"
+            );
+            closed += 1;
+        }
+    }
+    println!("EMFILE heir: {served} connections adopted and served, {closed} closed in order");
+    assert!(
+        closed > 0 && served > LATER,
+        "some lost, the later ones adopted"
+    );
+    server.stop();
+}

@@ -43,6 +43,11 @@
 /* While draining, a keep-alive connection that sends nothing for this long is
  * closed; one that sends a request gets its answer first. */
 #define DRAIN_IDLE_MS 5000
+/* Called with each connection adopted from the previous generation; a test
+ * server defines it to report which ones its heir holds. */
+#ifndef HTTP_LOOP_ON_ADOPT
+#define HTTP_LOOP_ON_ADOPT(fd) ((void)(fd))
+#endif
 
 struct connection {
     int fd;
@@ -221,6 +226,7 @@ static void adopt_all(void) {
             return;
         }
         fcntl(fd, F_SETFL, O_NONBLOCK);
+        HTTP_LOOP_ON_ADOPT(fd);
         if (add_connection(fd) < 0) {
             return;
         }

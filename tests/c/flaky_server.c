@@ -15,6 +15,9 @@
  *   readydie - before any grestart call, wait for a byte on the FIFO named by
  *            GR_TEST_FIFO, then write "ready" on the readiness channel and
  *            exit at once (the test holds the parent stopped meanwhile)
+ *   keepalive - serve keep-alive HTTP with the C examples' loop (http_loop.h),
+ *            adopting handed-over connections and handing its own over when
+ *            it drains; logs "adopted PORT" (the client's port) per adoption
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -31,6 +34,11 @@
  * signalfd does), GR_TEST_FORK_ON_DRAIN (first generation only: when it
  * drains, fork a child that lives on without exec, holding every fd, and log
  * "drain child PID").
+ * Heir only (LISTEN_FDS set), for the hand-over tests: GR_TEST_READY_DELAY_MS
+ * (wait that long before gr_ready: a late heir, adopting meanwhile),
+ * GR_TEST_NOFILE (lower the soft RLIMIT_NOFILE to that before any grestart
+ * call, so handed-over connections fail with EMFILE; SIGUSR1 lifts it back to
+ * the hard limit).
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
  * "restart thread: RESULT ERRNO" (connections queue meanwhile).
  * "GET /shutdown" calls gr_shutdown() and logs "shutdown returned RESULT". */
@@ -43,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -51,6 +60,10 @@
 #include <netinet/in.h>
 
 #include "grestart.h"
+
+static void log_adopted(int fd);
+#define HTTP_LOOP_ON_ADOPT(fd) log_adopted(fd)
+#include "../../examples/c/http_loop.h"
 
 #ifndef APP_VERSION
 #define APP_VERSION "1"
@@ -69,6 +82,26 @@ static void *reap_everything(void *arg) {
         }
     }
     return NULL;
+}
+
+/* The client's port names the connection in the test. */
+static void log_adopted(int fd) {
+    struct sockaddr_in peer;
+    socklen_t peer_len = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0) {
+        fprintf(stderr, "adopted %d\n", ntohs(peer.sin_port));
+    }
+}
+
+/* SIGUSR1 in an EMFILE heir: fds become available again, as when another part
+ * of a server frees some. */
+static void lift_nofile(int signo) {
+    (void)signo;
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+    }
 }
 
 static unsigned char *heap;
@@ -173,6 +206,16 @@ int main(int argc, char **argv) {
         sigfillset(&all);
         sigprocmask(SIG_BLOCK, &all, NULL);
     }
+    const char *knob;
+    int heir = getenv("LISTEN_FDS") != NULL;
+    if (heir && (knob = getenv("GR_TEST_NOFILE"))) {
+        struct rlimit limit;
+        getrlimit(RLIMIT_NOFILE, &limit);
+        limit.rlim_cur = strtoull(knob, NULL, 10);
+        setrlimit(RLIMIT_NOFILE, &limit);
+        struct sigaction lift = {.sa_handler = lift_nofile};
+        sigaction(SIGUSR1, &lift, NULL);
+    }
     int fork_on_drain = getenv("GR_TEST_FORK_ON_DRAIN") && !getenv("LISTEN_FDS");
     if (getenv("GR_TEST_IGNORE_SIGCHLD") && !getenv("LISTEN_FDS")) {
         signal(SIGCHLD, SIG_IGN);
@@ -236,7 +279,6 @@ int main(int argc, char **argv) {
         pthread_t reaper;
         pthread_create(&reaper, NULL, reap_everything, NULL);
     }
-    const char *knob;
     if ((knob = getenv("GR_TEST_READY_TIMEOUT_MS")) && gr_set_ready_timeout_ms(strtoull(knob, NULL, 10)) < 0) {
         die("ready timeout");
     }
@@ -267,6 +309,29 @@ int main(int argc, char **argv) {
     }
     if ((strcmp(mode, "hoard") == 0 || strcmp(mode, "orphan") == 0) && gr_adopt_fd() < 0) {
         die("adopt_fd");
+    }
+    if (strcmp(mode, "keepalive") == 0) {
+        (void)listen_from_args; /* http_loop.h's, unused here: flaky claims its own */
+        (void)print_listening;
+        reported_pid = (int)getpid();
+        int adopt_fd = gr_adopt_fd();
+        if (adopt_fd < 0) {
+            die("adopt_fd");
+        }
+        handing_over = 1;
+        if (heir && (knob = getenv("GR_TEST_READY_DELAY_MS"))) {
+            long long ms = strtoll(knob, NULL, 10);
+            struct timespec delay = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+            while (nanosleep(&delay, &delay) < 0 && errno == EINTR) {
+            }
+        }
+        if (gr_ready() < 0) {
+            die("ready");
+        }
+        if (serve_http(listener, adopt_fd) != 0) {
+            return 1;
+        }
+        return gr_shutdown() < 0;
     }
     if (strcmp(mode, "hang") == 0) {
         for (;;) {

@@ -41,6 +41,11 @@ pub fn request(
                 .as_bytes(),
         )
         .map_err(|e| format!("send: {e}"))?;
+    read_response(reader)
+}
+
+/// Reads one whole response from `reader` (the request was sent some other way).
+pub fn read_response(reader: &mut BufReader<TcpStream>) -> Result<Response, String> {
     let mut status_line = String::new();
     match reader.read_line(&mut status_line) {
         Ok(0) => return Err("connection closed before a response".into()),

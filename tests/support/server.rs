@@ -131,6 +131,31 @@ impl Server {
         found.into_iter().flatten().collect()
     }
 
+    /// Every line of the servers' stderr read up to the first that contains
+    /// `needle`, that one last (the lines [`Server::wait_for_log`] would skip).
+    pub fn log_until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok((_, line)) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The lines of the servers' stderr read so far and not yet looked at.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().map(|(_, line)| line).collect()
+    }
+
     /// One GET on a fresh connection; retried until it works or `timeout` passes.
     pub fn probe(&self, timeout: Duration) -> Result<Response, String> {
         let deadline = Instant::now() + timeout;
