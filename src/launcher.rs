@@ -27,6 +27,7 @@ use crate::supervise::{FORWARDED, Restarter, Supervisor};
 const USAGE: &str = "\
 usage: grestart run [OPTIONS] -- PROGRAM [ARGS...]
        grestart restart (--pid PID | --pid-file FILE) [--timeout SECONDS]
+       grestart stop (--pid PID | --pid-file FILE) [--timeout SECONDS]
 
 Runs PROGRAM and stays as the stable process of the service (a container's
 PID 1, systemd's main process): reaps orphans, forwards signals to the
@@ -54,6 +55,11 @@ restart and waits for the outcome: prints the new generation's pid and exits
 the ExecReload= of a systemd unit: systemctl reload then fails when the
 restart did. --timeout defaults to 90 seconds.
 
+grestart stop sends SIGTERM to the process and waits until it has exited
+(exit 0; 1 if it is still there after --timeout). It is the ExecStop= of a
+systemd unit: systemd does not wait for a main process it did not start (an
+heir), and would kill it before it drained.
+
 grestart --version";
 
 /// What `grestart run` was asked to do.
@@ -74,6 +80,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     match args.first().map(|a| a.as_bytes()) {
         Some(b"run") => {}
         Some(b"restart") => return restart(&args[1..]),
+        Some(b"stop") => return stop(&args[1..]),
         Some(b"--version") => {
             println!("grestart {}", env!("CARGO_PKG_VERSION"));
             return 0;
@@ -181,7 +188,33 @@ fn restart(args: &[OsString]) -> i32 {
     }
 }
 
-/// The pid and timeout `grestart restart` was given; the pid file is read
+/// `grestart stop`: see the usage.
+fn stop(args: &[OsString]) -> i32 {
+    let (pid, timeout) = match restart_target(args) {
+        Ok(Ok(target)) => target,
+        Ok(Err(e)) => {
+            eprintln!("grestart stop: {e}");
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("grestart stop: {e}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    match crate::sys::terminate_and_wait(pid, timeout) {
+        Ok(true) => 0,
+        Ok(false) => {
+            eprintln!("grestart stop: pid {pid} is still running after {timeout:?}");
+            1
+        }
+        Err(e) => {
+            eprintln!("grestart stop: pid {pid}: {e}");
+            1
+        }
+    }
+}
+
+/// The pid and timeout `grestart restart` (or `stop`) was given; the pid file is read
 /// (an outer error: it names no process) apart from bad usage.
 fn restart_target(args: &[OsString]) -> io::Result<io::Result<(i32, Duration)>> {
     let usage = |why: String| fail(libc::EINVAL, why);

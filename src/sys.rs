@@ -96,6 +96,52 @@ pub(crate) fn is_ignored(signo: i32) -> bool {
     read == 0 && now.handler == libc::SIG_IGN
 }
 
+/// Sends `SIGTERM` to `pid` and waits up to `timeout` for it to exit (a
+/// pidfd: the pid cannot be recycled under us); `false` if it is still there.
+/// A process already gone counts as stopped.
+pub(crate) fn terminate_and_wait(pid: i32, timeout: std::time::Duration) -> std::io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd, or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ESRCH) => Ok(true),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: a new fd that only we hold.
+    let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
+    // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            libc::SIGTERM,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(1..) => return Ok(true),
+            Ok(_) if left.is_zero() => return Ok(false),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

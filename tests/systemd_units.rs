@@ -6,7 +6,9 @@
 //! How a printed unit maps to the installed one: the path
 //! `/srv/app/current/server` is kept (the C example is installed there in the
 //! container's root), and only the address changes, `0.0.0.0:8080` (and
-//! `ListenStream=8080`) becoming a port of ours on 127.0.0.1 (see
+//! `ListenStream=8080`) becoming a port of ours on 127.0.0.1, and the
+//! launcher `/usr/local/bin/grestart` (the container binds the host's `/usr`)
+//! being the one this test was built with, at [`LAUNCHER`] (see
 //! [`install_unit`]).
 
 mod support;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use support::{Load, Systemd};
 
 const SERVER: &str = "/srv/app/current/server";
+const LAUNCHER: &str = "/srv/bin/grestart";
 
 /// A container with the C example at [`SERVER`] and the library it links
 /// (bound at its own path, which the example's rpath names).
@@ -26,6 +29,9 @@ fn boot() -> Systemd {
     let server = systemd.root().join(SERVER.trim_start_matches('/'));
     std::fs::create_dir_all(server.parent().unwrap()).unwrap();
     support::build_c_example(&server, 1);
+    let launcher = systemd.root().join(LAUNCHER.trim_start_matches('/'));
+    std::fs::create_dir_all(launcher.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_grestart"), launcher).unwrap();
     systemd
 }
 
@@ -38,6 +44,7 @@ fn install_unit(systemd: &Systemd, name: &str, replacements: &[(&str, &str)]) {
         assert!(text.contains(printed), "{name} has no {printed:?}");
         text = text.replace(printed, installed);
     }
+    text = text.replace("/usr/local/bin/grestart", LAUNCHER);
     systemd.install(&format!("/etc/systemd/system/{name}"), &text);
 }
 
@@ -84,8 +91,8 @@ fn answer(addr: SocketAddr) -> support::Response {
 fn reload(systemd: &Systemd, unit: &str, addr: SocketAddr, generation: u64) -> i32 {
     let before = systemd.main_pid(unit);
     systemd.run(&["systemctl", "reload", unit]);
-    // `reload` returns when kill has sent the signal; the hand-over follows.
-    // Nothing here tells us when systemd took the heir's MAINPID=: polled,
+    // `reload` returns with the restart's outcome (`grestart restart`), but
+    // nothing here tells us when systemd took the heir's MAINPID=: polled,
     // bounded.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -113,14 +120,16 @@ fn reload(systemd: &Systemd, unit: &str, addr: SocketAddr, generation: u64) -> i
     }
 }
 
-/// `SigIgn` of `pid` (a pid of the container), as /proc prints it.
-fn ignored_signals(systemd: &Systemd, pid: i32) -> String {
+/// `SigIgn` of `pid` (a pid of the container) but the C library's own
+/// signals 32 and 33, which systemd starts services with ignored and which
+/// grestart leaves to the C library (it sets them up when it needs them).
+fn ignored_signals(systemd: &Systemd, pid: i32) -> u64 {
     let status = systemd.run(&["cat", &format!("/proc/{pid}/status")]);
-    (status.lines())
+    let mask = (status.lines())
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .expect("a SigIgn line")
-        .trim()
-        .to_string()
+        .trim();
+    u64::from_str_radix(mask, 16).expect("a hexadecimal mask") & !(3 << 31)
 }
 
 /// Reloads `unit` `count` times under keep-alive and one-connection-per-request
@@ -202,6 +211,11 @@ fn heirs_keep_the_dispositions_systemd_started_the_first_with() {
     let systemd = boot();
     let addr = start_app(&systemd);
     let first = ignored_signals(&systemd, systemd.main_pid("app.service"));
+    assert_ne!(
+        first & 1 << (libc::SIGPIPE - 1),
+        0,
+        "systemd ignores SIGPIPE"
+    );
     let generation = answer(addr).generation;
     for generation in generation..generation + 5 {
         reload(&systemd, "app.service", addr, generation);
