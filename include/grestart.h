@@ -263,8 +263,9 @@ int gr_accept(int listener);
 int gr_work_begin(void);
 
 /**
- * Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
- * 0, or -1 with errno `EINVAL` when no work is in flight.
+ * Ends one piece of work counted by `gr_accept`, `gr_adopt_counted` or
+ * `gr_work_begin`. Returns 0, or -1 with errno `EINVAL` when no work is in
+ * flight.
  */
 int gr_work_end(void);
 

@@ -408,8 +408,9 @@ pub extern "C" fn gr_work_begin() -> c_int {
     })
 }
 
-/// Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
-/// 0, or -1 with errno `EINVAL` when no work is in flight.
+/// Ends one piece of work counted by `gr_accept`, `gr_adopt_counted` or
+/// `gr_work_begin`. Returns 0, or -1 with errno `EINVAL` when no work is in
+/// flight.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_work_end() -> c_int {
     call(|| engine_in_any_process()?.end_work().map(ok))
