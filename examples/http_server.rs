@@ -16,8 +16,8 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -35,8 +35,6 @@ struct Server {
     /// Idle connections go to the successor (until it takes none).
     handing_over: AtomicBool,
     served: AtomicU64,
-    open_connections: Mutex<usize>,
-    all_closed: Condvar,
 }
 
 fn main() {
@@ -60,8 +58,6 @@ fn run(address: &str) -> io::Result<()> {
     let server = Arc::new(Server {
         handing_over: AtomicBool::new(true),
         served: AtomicU64::new(0),
-        open_connections: Mutex::new(0),
-        all_closed: Condvar::new(),
     });
     let generation = grestart::generation()?;
     let for_hook = Arc::clone(&server);
@@ -88,8 +84,7 @@ fn run(address: &str) -> io::Result<()> {
     // A successor serves now. Closing our copy of the listening socket leaves it
     // open in the successor, which accepts whatever is still queued.
     drop(listener);
-    let open = server.open_connections.lock().unwrap();
-    drop(server.all_closed.wait_while(open, |n| *n > 0).unwrap());
+    // Waits for every connection's Work (accepted and adopted alike), then runs the hooks.
     grestart::shutdown()
 }
 
@@ -117,16 +112,15 @@ fn readable<const N: usize>(
     }
 }
 
-fn spawn_connection(stream: TcpStream, server: &Arc<Server>) {
-    *server.open_connections.lock().unwrap() += 1;
+/// Serves `stream` on a thread of its own; `work` counts it in flight until
+/// the thread is done, so that `grestart::shutdown` waits for it.
+fn spawn_connection(stream: TcpStream, work: grestart::Work, server: &Arc<Server>) {
     let server = Arc::clone(server);
     thread::spawn(move || {
         if let Err(e) = serve_connection(stream, &server) {
             eprintln!("http_server: {e}");
         }
-        let mut open = server.open_connections.lock().unwrap();
-        *open -= 1;
-        server.all_closed.notify_all();
+        drop(work);
     });
 }
 
@@ -143,12 +137,14 @@ fn serve_until_shutdown(
         if draining {
             return Ok(());
         }
-        while let Some(adopted) = grestart::adopt(Some(Duration::ZERO))? {
-            spawn_connection(TcpStream::from(adopted.connection), server);
+        // Counted before it is ours, as an accepted one: no drain can come between.
+        while let Some(adopted) = grestart::adopt_counted(Some(Duration::ZERO))? {
+            let (adopted, work) = adopted.into_parts();
+            spawn_connection(TcpStream::from(adopted.connection), work, server);
         }
         loop {
             match listener.accept() {
-                Ok((stream, _)) => spawn_connection(stream, server),
+                Ok((stream, _)) => spawn_connection(stream, grestart::work()?, server),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {

@@ -216,10 +216,20 @@ int gr_adopt_fd(void);
  * time, `ERANGE` when the name does not fit (the connection stays queued).
  * The first call says this process adopts connections, as gr_adopt_fd does.
  * Unlike `gr_accept`'s, the connection does not count as work in flight (an
- * event loop keeps its own count): a server that counts its connections for
- * `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
+ * event loop keeps its own count): a server that lets `gr_shutdown` wait for
+ * its connections, as `gr_accept`'s, adopts with `gr_adopt_counted`.
  */
 int gr_adopt(char *listener, size_t size, int timeout_ms);
+
+/**
+ * `gr_adopt`, and the connection counts as work in flight, as `gr_accept`'s
+ * does: call `gr_work_end` once it is finished (after closing it), because
+ * `gr_shutdown` waits for that. For a server that serves each connection on
+ * a thread of its own and lets `gr_shutdown` wait for them; an event loop
+ * that keeps its own count uses `gr_adopt`. Returns and fails as `gr_adopt`
+ * (a connection that fails to come counts nothing).
+ */
+int gr_adopt_counted(char *listener, size_t size, int timeout_ms);
 
 /**
  * Returns 1 when this process must drain, 0 when the time passed first, or -1
@@ -253,8 +263,9 @@ int gr_accept(int listener);
 int gr_work_begin(void);
 
 /**
- * Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
- * 0, or -1 with errno `EINVAL` when no work is in flight.
+ * Ends one piece of work counted by `gr_accept`, `gr_adopt_counted` or
+ * `gr_work_begin`. Returns 0, or -1 with errno `EINVAL` when no work is in
+ * flight.
  */
 int gr_work_end(void);
 

@@ -308,17 +308,43 @@ pub extern "C" fn gr_adopt_fd() -> c_int {
 /// time, `ERANGE` when the name does not fit (the connection stays queued).
 /// The first call says this process adopts connections, as gr_adopt_fd does.
 /// Unlike `gr_accept`'s, the connection does not count as work in flight (an
-/// event loop keeps its own count): a server that counts its connections for
-/// `gr_shutdown` calls `gr_work_begin` for it, and `gr_work_end` when done.
+/// event loop keeps its own count): a server that lets `gr_shutdown` wait for
+/// its connections, as `gr_accept`'s, adopts with `gr_adopt_counted`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_adopt(listener: *mut c_char, size: usize, timeout_ms: c_int) -> c_int {
+    // SAFETY: the caller's contract for `listener` and `size`, as documented.
+    unsafe { adopt(listener, size, timeout_ms, false) }
+}
+
+/// `gr_adopt`, and the connection counts as work in flight, as `gr_accept`'s
+/// does: call `gr_work_end` once it is finished (after closing it), because
+/// `gr_shutdown` waits for that. For a server that serves each connection on
+/// a thread of its own and lets `gr_shutdown` wait for them; an event loop
+/// that keeps its own count uses `gr_adopt`. Returns and fails as `gr_adopt`
+/// (a connection that fails to come counts nothing).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gr_adopt_counted(
+    listener: *mut c_char,
+    size: usize,
+    timeout_ms: c_int,
+) -> c_int {
+    // SAFETY: the caller's contract for `listener` and `size`, as documented.
+    unsafe { adopt(listener, size, timeout_ms, true) }
+}
+
+/// `gr_adopt` and `gr_adopt_counted`: `counted`, the connection is work in flight.
+///
+/// # Safety
+/// `listener` is NULL with `size` 0, or has `size` writable bytes.
+unsafe fn adopt(listener: *mut c_char, size: usize, timeout_ms: c_int, counted: bool) -> c_int {
     call(|| {
         if listener.is_null() && size > 0 {
             return Err(fail(libc::EINVAL, "listener is NULL but size is not 0"));
         }
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         let fits = |name: &str| size == 0 || name.len() < size;
-        let Some(handed) = engine()?.adopt(timeout, fits)? else {
+        let engine = engine()?;
+        let Some(handed) = engine.adopt(timeout, fits)? else {
             return Err(fail(libc::EAGAIN, "no connection was handed over in time"));
         };
         if size > 0 {
@@ -332,6 +358,10 @@ pub unsafe extern "C" fn gr_adopt(listener: *mut c_char, size: usize, timeout_ms
                 );
                 *listener.add(handed.listener.len()) = 0;
             }
+        }
+        if counted {
+            // Counted before the caller holds it, as gr_accept does.
+            engine.begin_work();
         }
         Ok(handed.connection.into_raw_fd())
     })
@@ -378,8 +408,9 @@ pub extern "C" fn gr_work_begin() -> c_int {
     })
 }
 
-/// Ends one piece of work counted by `gr_accept` or `gr_work_begin`. Returns
-/// 0, or -1 with errno `EINVAL` when no work is in flight.
+/// Ends one piece of work counted by `gr_accept`, `gr_adopt_counted` or
+/// `gr_work_begin`. Returns 0, or -1 with errno `EINVAL` when no work is in
+/// flight.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_work_end() -> c_int {
     call(|| engine_in_any_process()?.end_work().map(ok))

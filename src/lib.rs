@@ -246,13 +246,32 @@ pub struct Adopted {
 /// `timeout` (`None`: as long as it takes) for one; `Ok(None)` when none came
 /// in time. Serve it exactly as a connection just accepted on its listener.
 /// The first call says this process adopts connections, as [`adopt_fd`] does.
-/// Unlike an [`Accepted`] connection it is no [`Work`] in flight: a server
-/// that counts its connections for [`shutdown`] holds a [`work`] for it.
+/// Unlike an [`Accepted`] connection it is no [`Work`] in flight (an event
+/// loop keeps its own count): see [`adopt_counted`].
 pub fn adopt(timeout: Option<Duration>) -> io::Result<Option<Adopted>> {
     let handed = engine()?.adopt(timeout, |_| true)?;
     Ok(handed.map(|h| Adopted {
         connection: h.connection,
         listener: h.listener,
+    }))
+}
+
+/// [`adopt`], and the connection counts as [`Work`] in flight until the
+/// [`Accepted`] is dropped, as [`incoming`]'s connections do: for a server
+/// that serves each connection on a thread of its own and lets [`shutdown`]
+/// wait for them (`gr_adopt_counted` in C).
+pub fn adopt_counted(timeout: Option<Duration>) -> io::Result<Option<Accepted<Adopted>>> {
+    let engine = engine()?;
+    let handed = engine.adopt(timeout, |_| true)?;
+    Ok(handed.map(|h| {
+        engine.begin_work();
+        Accepted {
+            stream: Adopted {
+                connection: h.connection,
+                listener: h.listener,
+            },
+            work: Work { engine },
+        }
     }))
 }
 

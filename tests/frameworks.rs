@@ -255,3 +255,36 @@ fn framework_examples_answer_a_post_with_a_body() {
         server.stop();
     }
 }
+
+/// A client pipelines a whole request and half of the next one on a
+/// keep-alive connection right before the restart: aiohttp's parser holds
+/// that half, so the connection is not idle and must not be handed over
+/// (the successor would never see those bytes). Completed after the
+/// restart, the second request is answered, by either generation.
+#[test]
+fn aiohttp_a_half_pipelined_request_is_answered_after_the_hand_over() {
+    support::become_subreaper();
+    let mut server = Server::launch(python("aiohttp_server.py").command);
+    let (mut stream, mut reader) = idle_connection(&server);
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        )
+        .unwrap();
+    let first = support::read_response(&mut reader).expect("the whole request");
+    assert_eq!(first.pid, server.pid);
+    let leaving = server.hand_over(libc::SIGUSR2);
+    stream.write_all(b"\r\n").unwrap(); // the second request's end
+    let second = support::read_response(&mut reader)
+        .unwrap_or_else(|e| panic!("the half-sent request, completed after the restart: {e}"));
+    println!(
+        "the half-sent request answered by the {}",
+        if second.pid == leaving.pid {
+            "old generation"
+        } else {
+            "successor"
+        }
+    );
+    server.wait_gone(&leaving, IDLE_GRACE * 2);
+    server.stop();
+}

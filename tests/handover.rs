@@ -446,3 +446,32 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     );
     server.stop();
 }
+
+/// A thread-per-connection heir that lets `gr_shutdown` wait for its
+/// connections adopts them counted (`gr_adopt_counted`), as `gr_accept`
+/// counts its own: when it drains in turn, its hooks wait until the adopted
+/// connection's thread is done, and its client is served until it closes.
+#[test]
+fn an_adopted_connection_counted_as_work_holds_the_hooks_back() {
+    let dir = TempDir::new("adopt-counted");
+    support::become_subreaper();
+    let mut server = keepalive_server(&dir, &[]);
+    let (mut stream, mut reader) = connect(server.addr);
+    support::request(&mut stream, &mut reader, false).expect("before the restarts");
+    // The next generations serve a thread per connection.
+    std::fs::write(dir.join("mode"), "threads").unwrap();
+    let first = server.restart(libc::SIGUSR2);
+    let heir = server.pid;
+    let answer = support::request(&mut stream, &mut reader, false).expect("adopted");
+    assert_eq!(answer.pid, heir, "the heir adopted the connection");
+    assert!(first.old_status.is_some());
+    // The heir drains: its adopted connection is work in flight.
+    let leaving = server.hand_over(libc::SIGUSR2);
+    let answer = support::request(&mut stream, &mut reader, false)
+        .unwrap_or_else(|e| panic!("the adopted connection while its server drains: {e}"));
+    assert_eq!(answer.pid, heir, "still served by the draining heir");
+    drop((stream, reader));
+    server.wait_for_log("hooks ran", Duration::from_secs(5));
+    server.wait_gone(&leaving, Duration::from_secs(5));
+    server.stop();
+}

@@ -193,7 +193,7 @@ public:
 private:
     friend struct Connection;
     struct Adopt {};
-    /// Takes over a count gr_accept already made.
+    /// Takes over a count gr_accept or gr_adopt_counted already made.
     explicit Work(Adopt) noexcept {}
     void end() noexcept {
         if (std::exchange(active_, false)) {
@@ -203,12 +203,14 @@ private:
     bool active_ = true;
 };
 
-/// A connection from accept(): it counts as work in flight until destroyed,
+/// A connection from accept() or adopt_counted(): it counts as work in flight until destroyed,
 /// and its fd is closed first.
 struct Connection {
     Work work;
     Fd fd;
     explicit Connection(int accepted) noexcept : work(Work::Adopt{}), fd(accepted) {}
+    /// A connection accepted some other way, counted by `counted`.
+    Connection(Work counted, Fd connection) noexcept : work(std::move(counted)), fd(std::move(connection)) {}
 };
 
 /// Waits for a connection on `listener` and accepts it; std::nullopt once this
@@ -258,6 +260,18 @@ inline std::optional<Adopted> adopt(std::optional<std::chrono::milliseconds> tim
         return std::nullopt;
     }
     return Adopted{Fd(detail::check(fd)), listener};
+}
+
+/// adopt(), and the connection counts as work in flight until the Connection
+/// is destroyed, as accept()'s do: for a thread per connection that lets
+/// shutdown() wait for it (an event loop keeping its own count uses adopt()).
+inline std::optional<Connection>
+adopt_counted(std::optional<std::chrono::milliseconds> timeout = std::chrono::milliseconds(0)) {
+    int fd = gr_adopt_counted(nullptr, 0, timeout ? detail::wait_ms(*timeout) : -1);
+    if (fd < 0 && errno == EAGAIN) {
+        return std::nullopt;
+    }
+    return Connection(detail::check(fd));
 }
 
 /// Drains if not already, waits for the work in flight (every Connection and

@@ -16,10 +16,8 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -45,9 +43,6 @@ std::atomic<bool> draining{false};
 // Idle connections go to the successor when draining (until it takes none).
 std::atomic<bool> handing_over{true};
 std::atomic<unsigned long long> served{0};
-std::mutex open_mutex;
-std::condition_variable all_closed;
-int open_connections = 0;
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -148,15 +143,10 @@ void serve(grestart::Fd connection) {
     }
 }
 
-void start(int fd) {
-    std::lock_guard<std::mutex> lock(open_mutex);
-    open_connections++;
-    std::thread([fd] {
-        serve(grestart::Fd(fd));
-        std::lock_guard<std::mutex> done(open_mutex);
-        open_connections--;
-        all_closed.notify_all();
-    }).detach();
+/// Serves `connection` on a thread of its own; its Work counts it in flight
+/// until the thread is done, so that grestart::shutdown() waits for it.
+void start(grestart::Connection connection) {
+    std::thread([connection = std::move(connection)]() mutable { serve(std::move(connection.fd)); }).detach();
 }
 
 /// Accepts, and adopts what the previous generation hands over, until a successor serves.
@@ -166,17 +156,18 @@ void accept_until_shutdown(int listener, int adopt_fd) {
         if (::poll(fds, 3, -1) < 0 && errno != EINTR) {
             throw std::system_error(errno, std::generic_category(), "poll");
         }
-        while (auto adopted = grestart::adopt()) {
-            int fd = adopted->fd.release();
+        // Counted before it is ours, as an accepted one: no drain can come between.
+        while (auto adopted = grestart::adopt_counted()) {
+            int fd = adopted->fd.get();
             ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-            start(fd);
+            start(std::move(*adopted));
         }
         for (;;) {
             int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
             if (fd < 0) {
                 break; // EAGAIN: nothing more queued
             }
-            start(fd);
+            start(grestart::Connection(grestart::Work(), grestart::Fd(fd)));
         }
     }
 }
@@ -212,10 +203,7 @@ int main(int argc, char **argv) {
         accept_until_shutdown(listener.get(), adopt_fd);
         listener.reset(); // our copy; the successor accepts what is still queued
         draining = true;
-        std::unique_lock<std::mutex> lock(open_mutex);
-        all_closed.wait(lock, [] { return open_connections == 0; });
-        lock.unlock();
-        grestart::shutdown();
+        grestart::shutdown(); // waits for every connection's Work, then runs the hooks
         return 0;
     } catch (const std::exception &e) {
         std::fprintf(stderr, "http_server_cpp: %s\n", e.what());

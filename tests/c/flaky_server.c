@@ -18,6 +18,10 @@
  *   keepalive - serve keep-alive HTTP with the C examples' loop (http_loop.h),
  *            adopting handed-over connections and handing its own over when
  *            it drains; logs "adopted PORT" (the client's port) per adoption
+ *   threads - a thread per connection, keep-alive until the client closes,
+ *            for connections accepted (gr_accept) and adopted
+ *            (gr_adopt_counted); none is handed over; gr_shutdown waits for
+ *            them, then a hook logs "hooks ran"
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
@@ -48,6 +52,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +107,64 @@ static void lift_nofile(int signo) {
         limit.rlim_cur = limit.rlim_max;
         setrlimit(RLIMIT_NOFILE, &limit);
     }
+}
+
+/* One keep-alive connection of the threads mode, counted as work in flight
+ * (gr_accept's, gr_adopt_counted's): served until the client closes. */
+static void *serve_keepalive(void *arg) {
+    int c = (int)(intptr_t)arg;
+    char request[4096];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = recv(c, request + got, sizeof request - 1 - got, 0)) > 0) {
+        got += (size_t)n;
+        request[got] = '\0';
+        char *end = strstr(request, "\r\n\r\n");
+        if (!end) {
+            continue;
+        }
+        char response[256];
+        int size = snprintf(response, sizeof response,
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pid: %d\r\nX-Generation: %lld\r\n"
+                            "X-Version: %s\r\nConnection: keep-alive\r\n\r\n",
+                            (int)getpid(), (long long)gr_generation(), APP_VERSION);
+        send(c, response, (size_t)size, MSG_NOSIGNAL);
+        got -= (size_t)(end + 4 - request);
+        memmove(request, end + 4, got);
+    }
+    close(c);
+    gr_work_end();
+    return NULL;
+}
+
+static void hooks_ran(void *arg) {
+    (void)arg;
+    fprintf(stderr, "hooks ran\n");
+}
+
+static void serve_threads(int listener) {
+    pthread_t thread;
+    int adopt_fd = gr_adopt_fd();
+    if (adopt_fd < 0 || gr_on_shutdown(hooks_ran, NULL) < 0 || gr_ready() < 0) {
+        die("threads");
+    }
+    struct pollfd fds[3] = {{gr_shutdown_fd(), POLLIN, 0}, {listener, POLLIN, 0}, {adopt_fd, POLLIN, 0}};
+    while (!(fds[0].revents & POLLIN)) {
+        if (poll(fds, 3, -1) < 0) {
+            continue;
+        }
+        int c;
+        while ((c = gr_adopt_counted(NULL, 0, 0)) >= 0) {
+            fcntl(c, F_SETFL, 0);
+            pthread_create(&thread, NULL, serve_keepalive, (void *)(intptr_t)c);
+            pthread_detach(thread);
+        }
+        if ((fds[1].revents & POLLIN) && (c = gr_accept(listener)) >= 0) {
+            pthread_create(&thread, NULL, serve_keepalive, (void *)(intptr_t)c);
+            pthread_detach(thread);
+        }
+    }
+    exit(gr_shutdown() < 0); /* waits for every connection's thread */
 }
 
 static unsigned char *heap;
@@ -309,6 +372,9 @@ int main(int argc, char **argv) {
     }
     if ((strcmp(mode, "hoard") == 0 || strcmp(mode, "orphan") == 0) && gr_adopt_fd() < 0) {
         die("adopt_fd");
+    }
+    if (strcmp(mode, "threads") == 0) {
+        serve_threads(listener);
     }
     if (strcmp(mode, "keepalive") == 0) {
         (void)listen_from_args; /* http_loop.h's, unused here: flaky claims its own */

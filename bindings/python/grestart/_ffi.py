@@ -36,6 +36,7 @@ SIGNATURES = {
     "gr_hand_over": (c_int, [c_int, c_char_p]),
     "gr_adopt_fd": (c_int, []),
     "gr_adopt": (c_int, [c_char_p, ctypes.c_size_t, c_int]),
+    "gr_adopt_counted": (c_int, [c_char_p, ctypes.c_size_t, c_int]),
     "gr_shutdown": (c_int, []),
     "gr_generation": (c_int64, []),
     "gr_set_ready_timeout_ms": (c_int, [c_uint64]),

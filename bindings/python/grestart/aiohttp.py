@@ -31,6 +31,51 @@ from ._handover import Listener, check_grace, connections_finished, listener, st
 __all__ = ["serve", "run_app"]
 
 
+class _Framing:
+    """Where a connection's requests end, found in the bytes as they arrive:
+    whether every byte received belongs to a whole request (a head, and the
+    body its ``Content-Length`` gives). A chunked body, or anything it cannot
+    frame, counts as never at a boundary: that connection is closed at the
+    drain as without hand-over rather than handed over with bytes lost."""
+
+    def __init__(self) -> None:
+        self.rest = bytearray()  # received, not yet a whole request
+        self.body_left = 0  # bytes of the current request's body still to come
+        self.unframed = False
+
+    def feed(self, data: bytes) -> None:
+        if self.unframed:
+            return
+        self.rest += data
+        while True:
+            if self.body_left:
+                taken = min(self.body_left, len(self.rest))
+                del self.rest[:taken]
+                self.body_left -= taken
+                if self.body_left:
+                    return
+            while self.rest[:2] == b"\r\n":  # blank lines between requests (RFC 9112 2.2)
+                del self.rest[:2]
+            end = self.rest.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.rest[:end]).lower()
+            del self.rest[: end + 4]
+            if b"\r\ntransfer-encoding:" in head:
+                self.unframed = True
+                return
+            at = head.find(b"\r\ncontent-length:")
+            if at >= 0:
+                value = head[at + len(b"\r\ncontent-length:") :].split(b"\r\n", 1)[0].strip()
+                if not value.isdigit():
+                    self.unframed = True
+                    return
+                self.body_left = int(value)
+
+    def at_boundary(self) -> bool:
+        return not self.unframed and not self.rest and not self.body_left
+
+
 class _Tracked(asyncio.Protocol):
     """aiohttp's handler for one connection, watched so that the drain knows
     when it is idle: waiting for its next request, no byte of one read.
@@ -43,7 +88,10 @@ class _Tracked(asyncio.Protocol):
         self.handler = handler
         self.tracked = tracked
         self.transport: Optional[asyncio.Transport] = None
-        self.partial = False  # bytes of a request the handler has not made one of
+        # The bytes received since the end of the last whole request: aiohttp's
+        # parser (llhttp, whose state Python cannot see) holds them, and a
+        # successor would never get them. Only a connection with none is idle.
+        self.framing = _Framing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -51,13 +99,8 @@ class _Tracked(asyncio.Protocol):
         self.handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        waiting = self.waiting()
-        count = getattr(self.handler, "_request_count", None)
+        self.framing.feed(data)
         self.handler.data_received(data)
-        if getattr(self.handler, "_request_count", None) != count:
-            self.partial = False
-        elif waiting:
-            self.partial = True
 
     def eof_received(self) -> Optional[bool]:
         return self.handler.eof_received()
@@ -80,7 +123,14 @@ class _Tracked(asyncio.Protocol):
         """Hands the connection over if it is idle: True if it did, False if
         no successor takes connections, None if it is not idle."""
         transport = self.transport
-        if transport is None or transport.is_closing() or self.partial or not self.waiting():
+        if (
+            transport is None
+            or transport.is_closing()
+            or not self.framing.at_boundary()
+            or transport.get_write_buffer_size() > 0  # an answer still on its way
+            or getattr(self.handler, "_message_tail", b"")
+            or not self.waiting()
+        ):
             return None
         if not grestart.hand_over(transport.get_extra_info("socket")):
             return False

@@ -34,3 +34,17 @@ def test_a_bad_address_raises_type_error():
 
 def test_not_draining_while_serving():
     assert grestart.draining() is False
+
+
+def test_aiohttp_framing_finds_the_end_of_each_request():
+    from grestart.aiohttp import _Framing
+
+    framing = _Framing()
+    framing.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo")
+    assert not framing.at_boundary(), "half of a pipelined request is held"
+    framing.feed(b"st: x\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+    assert not framing.at_boundary(), "a body not yet whole"
+    framing.feed(b"cde")
+    assert framing.at_boundary()
+    framing.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert not framing.at_boundary(), "a chunked body is not framed: never handed over"
