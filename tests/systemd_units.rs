@@ -229,7 +229,8 @@ fn heirs_keep_the_dispositions_systemd_started_the_first_with() {
 }
 
 /// `systemctl reload` is how a deploy learns whether the new version runs: a
-/// restart that fails (the binary is not executable) must fail the reload,
+/// restart that fails (the binary is not executable; a new version that exits
+/// before it is ready) must fail the reload, say why in `systemctl status`,
 /// and the service serve on.
 #[test]
 fn a_failed_restart_fails_systemctl_reload() {
@@ -237,17 +238,37 @@ fn a_failed_restart_fails_systemctl_reload() {
     let addr = start_app(&systemd);
     let serving = systemd.main_pid("app.service");
     let server = systemd.root().join(SERVER.trim_start_matches('/'));
+    let failed_reload = |why: &str| {
+        let reload = systemd.output(&["systemctl", "reload", "app.service"]);
+        assert_eq!(answer(addr).pid, serving, "the service serves on");
+        assert_eq!(systemd.main_pid("app.service"), serving);
+        assert!(
+            !reload.status.success(),
+            "systemctl reload exited {} although the restart failed:\n{}",
+            reload.status,
+            systemd.journal("app.service")
+        );
+        let status = systemd.show("app.service", "StatusText");
+        // What an operator sees (the README shows it).
+        println!(
+            "systemctl reload: {}StatusText: {status}",
+            String::from_utf8_lossy(&reload.stderr)
+        );
+        assert!(
+            status.contains("restart failed") && status.contains(why),
+            "systemctl status shows the outcome: {status:?}"
+        );
+        assert_eq!(systemd.show("app.service", "ActiveState"), "active");
+    };
     std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let reload = systemd.output(&["systemctl", "reload", "app.service"]);
-    systemd.wait_for_journal("app.service", "restart failed", Duration::from_secs(20));
-    assert_eq!(answer(addr).pid, serving, "the service serves on");
-    assert_eq!(systemd.main_pid("app.service"), serving);
-    assert!(
-        !reload.status.success(),
-        "systemctl reload exited {} although the restart failed:\n{}",
-        reload.status,
-        systemd.journal("app.service")
-    );
+    failed_reload("Permission denied");
+    // A new version that exits before it is ready (the running one keeps its
+    // inode: the file is replaced, as a deploy does).
+    let broken = server.with_extension("new");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &server).unwrap();
+    failed_reload("exited with status 3 before it was ready");
 }
 
 /// `app.socket` (`ListenStream=`) and `app-socket.service`, with the
