@@ -41,6 +41,16 @@ fn listen_fds_server(args: &[&str]) -> Vec<OsString> {
     command
 }
 
+/// `command` with `LISTEN_FDS_SERVER_MODE` naming `mode`, the file whose
+/// content tells each starting instance of the test server what to do.
+fn with_mode_file(mode: &std::path::Path, command: Vec<OsString>) -> Vec<OsString> {
+    let mut entry = OsString::from("LISTEN_FDS_SERVER_MODE=");
+    entry.push(mode);
+    let mut with = vec![OsString::from("env"), entry];
+    with.extend(command);
+    with
+}
+
 fn start(command: &[OsString], addr: Option<SocketAddr>) -> Container {
     let args: Vec<&OsStr> = command.iter().map(OsString::as_os_str).collect();
     Container::start_on(&args, addr)
@@ -121,15 +131,13 @@ fn gunicorn_restarts_under_load() {
 fn a_new_instance_that_fails_leaves_the_old_one_serving() {
     let dir = TempDir::new("launcher-failures");
     let mode = dir.join("mode");
-    let mut command = vec![OsString::from("env"), {
-        let mut entry = OsString::from("LISTEN_FDS_SERVER_MODE=");
-        entry.push(&mode);
-        entry
-    }];
-    command.extend(run(
-        &["--listen", "127.0.0.1:0", "--ready-timeout", "1"],
-        &listen_fds_server(&[]),
-    ));
+    let command = with_mode_file(
+        &mode,
+        run(
+            &["--listen", "127.0.0.1:0", "--ready-timeout", "1"],
+            &listen_fds_server(&[]),
+        ),
+    );
     let mut container = start(&command, None);
     let serving = container.pid;
     let load = Load::start(container.addr, 2, 2);
@@ -175,15 +183,13 @@ fn a_new_instance_that_fails_leaves_the_old_one_serving() {
 fn a_storm_of_restart_signals_is_one_restart_at_a_time() {
     let dir = TempDir::new("launcher-storm");
     let mode = dir.join("mode");
-    let mut command = vec![OsString::from("env"), {
-        let mut entry = OsString::from("LISTEN_FDS_SERVER_MODE=");
-        entry.push(&mode);
-        entry
-    }];
-    command.extend(run(
-        &["--listen", "127.0.0.1:0", "--ready-timeout", "3"],
-        &listen_fds_server(&[]),
-    ));
+    let command = with_mode_file(
+        &mode,
+        run(
+            &["--listen", "127.0.0.1:0", "--ready-timeout", "3"],
+            &listen_fds_server(&[]),
+        ),
+    );
     let mut container = start(&command, None);
     let load = Load::start(container.addr, 2, 2);
     // A new instance that never gets ready keeps the restart under way, so
@@ -372,12 +378,10 @@ fn grestart_restart_through_the_launcher() {
     assert!(linked.stop().success());
 
     let mode = dir.join("mode");
-    let mut command = vec![OsString::from("env"), {
-        let mut entry = OsString::from("LISTEN_FDS_SERVER_MODE=");
-        entry.push(&mode);
-        entry
-    }];
-    command.extend(run(&["--listen", "127.0.0.1:0"], &listen_fds_server(&[])));
+    let command = with_mode_file(
+        &mode,
+        run(&["--listen", "127.0.0.1:0"], &listen_fds_server(&[])),
+    );
     let standalone = start(&command, None);
     let (status, stdout, stderr) = grestart_restart(&["--pid", "1"], Some(&standalone));
     assert_eq!(status, 0, "{stderr}");
