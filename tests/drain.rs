@@ -113,3 +113,41 @@ fn a_half_sent_request_on_the_first_generation_holds_up_no_restart() {
     }
     server.stop();
 }
+
+/// With three and more generations alive at once, the PID file always names
+/// the one that serves, never a draining one, also once the oldest exits.
+#[test]
+fn the_pid_file_names_the_serving_generation_while_older_ones_drain() {
+    let dir = TempDir::new("drain-pidfile");
+    let binary = dir.join("flaky_server");
+    let source = support::repo().join("tests/c/flaky_server.c");
+    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    let pid_file = dir.join("server.pid");
+    support::become_subreaper();
+    let mut command = Command::new(&binary);
+    command
+        .arg("127.0.0.1:0")
+        .env("GR_TEST_PID_FILE", &pid_file)
+        .env("GRESTART_LOG", "warn");
+    let mut server = Server::launch(command);
+    let named = || -> i32 {
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // A client that sends nothing holds the first generation's loop.
+    let holder = TcpStream::connect(server.addr).unwrap();
+    let mut leaving = Vec::new();
+    for _ in 0..3 {
+        leaving.push(server.hand_over(libc::SIGUSR2));
+        assert_eq!(named(), server.pid, "generation {}", server.generation);
+    }
+    drop(holder);
+    for generation in &leaving {
+        server.wait_gone(generation, Duration::from_secs(40));
+    }
+    assert_eq!(named(), server.pid, "after the older generations exited");
+    server.stop();
+}

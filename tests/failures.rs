@@ -675,3 +675,53 @@ fn a_restart_signal_before_grestart_is_set_up_never_kills() {
     support::kill(child.id() as i32, libc::SIGKILL);
     child.wait().unwrap();
 }
+
+/// A server that writes with write(2) and relies on SIGPIPE being ignored
+/// (systemd's default) survives, in every generation, a client that has
+/// gone away: the heirs keep the ignore.
+#[test]
+fn an_heir_started_ignoring_sigpipe_survives_a_client_gone_mid_response() {
+    use std::os::unix::process::CommandExt;
+    let flaky = Flaky::new("sigpipe");
+    let mut command = flaky.command(&[("GR_TEST_PLAIN_WRITE", "1")]);
+    // SAFETY: between fork and exec only signal(2), async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut server = Server::launch(command);
+    for _ in 0..2 {
+        server.restart(libc::SIGUSR2);
+    }
+    let heir = support::pidfd(server.pid).unwrap();
+    for _ in 0..20 {
+        use std::io::Write;
+        let mut gone = std::net::TcpStream::connect(server.addr).unwrap();
+        gone.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Closed with a reset at once: the server's second write meets EPIPE.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a linger struct of the size passed.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&gone),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(gone);
+    }
+    let answer = server.probe(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.pid, server.pid, "generation 3 serves on");
+    assert!(
+        !support::wait_exit(&heir, Duration::ZERO),
+        "no SIGPIPE killed the heir"
+    );
+    server.stop();
+}
