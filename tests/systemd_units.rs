@@ -301,7 +301,7 @@ fn socket_unit_reloads(listen: &str, address: &str) {
         "socket-activated",
         Duration::from_secs(10),
     );
-    reloads_under_load(&systemd, "app-socket.service", addr, 10);
+    reloads_under_load(&systemd, "app-socket.service", addr, 20);
     stop(&systemd, "app-socket.service", addr);
 }
 
