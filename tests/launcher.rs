@@ -142,33 +142,20 @@ fn a_new_instance_that_fails_leaves_the_old_one_serving() {
     let serving = container.pid;
     let load = Load::start(container.addr, 2, 2);
 
-    std::fs::write(&mode, "exit").unwrap();
-    support::kill(container.init, libc::SIGUSR2);
-    container.log.wait_for(
-        "exited with status 3 before it was ready",
-        1,
-        Duration::from_secs(20),
-    );
-    container.settles_to(2, false);
-    assert_eq!(
-        container.answer().pid,
-        serving,
-        "the old instance serves on"
-    );
-
-    std::fs::write(&mode, "hang").unwrap();
-    support::kill(container.init, libc::SIGUSR2);
-    container.log.wait_for(
-        "was not ready within 1s; killed it",
-        1,
-        Duration::from_secs(20),
-    );
-    container.settles_to(2, false);
-    assert_eq!(
-        container.answer().pid,
-        serving,
-        "the old instance serves on"
-    );
+    // A new instance started in `what` mode fails as `logged` says; the old one serves on.
+    let fails = |what: &str, logged: &str| {
+        std::fs::write(&mode, what).unwrap();
+        support::kill(container.init, libc::SIGUSR2);
+        container.log.wait_for(logged, 1, Duration::from_secs(20));
+        container.settles_to(2, false);
+        assert_eq!(
+            container.answer().pid,
+            serving,
+            "the old instance serves on"
+        );
+    };
+    fails("exit", "exited with status 3 before it was ready");
+    fails("hang", "was not ready within 1s; killed it");
 
     // Nothing of the failures is left: the next restart works.
     std::fs::write(&mode, "serve").unwrap();

@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -18,13 +17,6 @@ use std::time::Duration;
 use support::{Server, TempDir};
 
 const RESTARTS: usize = 10;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// nginx in `dir`, proxying 127.0.0.1:`port` to `backend` with a keep-alive pool.
 fn start_nginx(dir: &Path, port: u16, backend: std::net::SocketAddr) -> Child {
@@ -82,7 +74,7 @@ fn behind_nginx(dir: &TempDir, mut command: Command) {
     support::become_subreaper();
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     let mut server = Server::launch(command);
-    let port = free_port();
+    let port = support::free_port();
     let mut nginx = start_nginx(&dir.0, port, server.addr);
     std::fs::write(
         dir.join("post.lua"),

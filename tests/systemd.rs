@@ -155,15 +155,6 @@ fn the_pid_file_names_the_serving_generation() {
     server.stop();
 }
 
-/// A free TCP port on 127.0.0.1 (and, on this machine, on `[::]`).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `binary SERVER_ADDRESS` under `systemd-socket-activate -l LISTEN`,
 /// which binds LISTEN and, on the first connection (made here, to
 /// 127.0.0.1:port), execs the server with the socket as fd 3 and LISTEN_FDS.
@@ -206,7 +197,7 @@ fn socket_activated(
 fn socket_activated_by_systemd_then_restarted_under_load() {
     let dir = TempDir::new("activate");
     let binary = flaky(&dir);
-    let port = free_port();
+    let port = support::free_port();
     let address = format!("127.0.0.1:{port}");
     let mut server = socket_activated(&binary, &address, &address, port);
     let load = Load::start(server.addr, 0, 3);
@@ -227,7 +218,7 @@ fn a_port_only_socket_unit_serves_every_wildcard_spelling() {
     let binary = dir.join("http_server");
     support::build_c_example(&binary, 1);
     for spelling in ["0.0.0.0:{}", ":{}", "[::]:{}"] {
-        let port = free_port();
+        let port = support::free_port();
         let requested = spelling.replace("{}", &port.to_string());
         let mut server = socket_activated(&binary, &port.to_string(), &requested, port);
         assert_eq!(

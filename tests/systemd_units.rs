@@ -48,18 +48,6 @@ fn install_unit(systemd: &Systemd, name: &str, replacements: &[(&str, &str)]) {
     systemd.install(&format!("/etc/systemd/system/{name}"), &text);
 }
 
-/// A port free on 127.0.0.1 now. A socket unit needs its port written down
-/// (systemd refuses port 0), so it is learnt by binding port 0 and closing;
-/// another process could take it in between, which would fail the unit's
-/// start loudly, never a test silently.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `app.service` listening on a port the kernel picks, and reads that
 /// port from the line the server prints first (through journald).
 fn start_app(systemd: &Systemd) -> SocketAddr {
@@ -276,7 +264,7 @@ fn a_failed_restart_fails_systemctl_reload() {
 /// `address` on a free port.
 fn socket_unit_reloads(listen: &str, address: &str) {
     let systemd = boot();
-    let port = free_port().to_string();
+    let port = support::free_port().to_string();
     install_unit(
         &systemd,
         "app.socket",

@@ -101,3 +101,15 @@ pub fn run(command: &mut std::process::Command) -> String {
     assert!(out.status.success(), "{command:?} failed:\n{text}");
     text
 }
+
+/// A port free on 127.0.0.1 now, for a server (or a systemd socket unit,
+/// which refuses port 0) that must be told its port: learnt by binding port 0
+/// and closing it. Another process could take it in between, which fails the
+/// start loudly, never a test silently.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
