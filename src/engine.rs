@@ -9,7 +9,7 @@
 //! The engine is a process-wide singleton: signals, the environment and the
 //! fds it hands over all belong to the process.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::mem;
 use std::ops::{Deref, DerefMut};
@@ -17,17 +17,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::unistd::{AccessFlags, access};
 use once_cell::sync::OnceCell;
 
+use crate::address::Address;
 use crate::control::{Control, Reply};
 use crate::error::{fail, with_context};
+use crate::exec_watch::{ExecWatch, Why};
 use crate::handover::{Adoption, Handed, Heir};
 use crate::link::Predecessor;
 use crate::log::{self, debug, error, info, warning};
@@ -79,9 +80,15 @@ struct State {
     predecessor: Option<Predecessor>,
     hooks: Hooks,
     settings: Settings,
-    /// The thread running a restart, if one runs: `shutdown` waits for it,
-    /// so that no successor starts serving after we were told to stop.
-    restarting_on: Option<ThreadId>,
+    /// The restart under way, if one is: `shutdown` stops it and waits for
+    /// it, so that no successor starts serving after we were told to stop.
+    restarting: Option<Restarting>,
+}
+
+struct Restarting {
+    thread: ThreadId,
+    /// Kills the successor if it is still executing (a hung mount).
+    exec: Arc<ExecWatch>,
 }
 
 pub(crate) struct Engine {
@@ -312,7 +319,7 @@ impl Engine {
                 registry: Registry::new(parts.inherited),
                 predecessor: parts.predecessor,
                 hooks: Hooks::Pending(Vec::new()),
-                restarting_on: None,
+                restarting: None,
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
                     drain_deadline: None,
@@ -380,7 +387,9 @@ impl Engine {
 
     /// Inherit-or-listen: see [`Registry::listen`].
     pub(crate) fn listen(&self, text: &str, name: Option<&str>) -> io::Result<OwnedFd> {
-        self.lock().registry.listen(text, name)
+        // A host name is resolved before the lock is taken: DNS may take long.
+        let address = Address::parse(text)?;
+        self.lock().registry.listen(&address, text, name)
     }
 
     pub(crate) fn on_shutdown(&self, hook: Hook) -> io::Result<()> {
@@ -457,19 +466,23 @@ impl Engine {
         // draining) is not a failure: nothing was tried.
         let checked = {
             let mut state = self.lock();
-            let checked = self.check_may_restart(&mut state);
-            if checked.is_ok() {
+            let timeout = state.settings.ready_timeout;
+            self.check_may_restart(&mut state).map(|draining| {
                 // Under the same lock as the check: a shutdown either refuses
-                // this restart or waits for it.
-                state.restarting_on = Some(thread::current().id());
-            }
-            checked
+                // this restart or stops it and waits for it.
+                let exec = ExecWatch::new(timeout);
+                state.restarting = Some(Restarting {
+                    thread: thread::current().id(),
+                    exec: Arc::clone(&exec),
+                });
+                (draining, exec)
+            })
         };
         let (result, refused) = match checked {
             Err(e) => (Err(e), true),
-            Ok(draining) => {
-                let started = self.start_successor(draining, ready);
-                self.lock_quietly().restarting_on = None;
+            Ok((draining, exec)) => {
+                let started = self.start_successor(draining, &exec, ready);
+                self.lock_quietly().restarting = None;
                 self.changed.notify_all();
                 (started, false)
             }
@@ -498,58 +511,69 @@ impl Engine {
     }
 
     /// `draining`: how many older generations (we included) may drain while
-    /// the successor serves.
-    fn start_successor(&'static self, draining: u32, ready: impl FnOnce(i32)) -> io::Result<i32> {
+    /// the successor serves; `exec` bounds the restart by the ready timeout,
+    /// the successor's exec included.
+    fn start_successor(
+        &'static self,
+        draining: u32,
+        exec: &Arc<ExecWatch>,
+        ready: impl FnOnce(i32),
+    ) -> io::Result<i32> {
         let started = Instant::now();
-        let (successor, exe, timeout, listeners) = {
+        // Copied under the lock, which every setter, `gr_shutdown` and the
+        // hand-over take: nothing that can block (an exec from a hung mount,
+        // a notification) runs under it.
+        let (exe, argv, cwd, names, fds) = {
             let state = self.lock();
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
-            access(exe.as_c_str(), AccessFlags::X_OK).map_err(|e| {
-                with_context(
-                    e.into(),
-                    format!("cannot execute the successor {}", exe.to_string_lossy()),
-                )
-            })?;
             let (names, fds) = state.registry.handed_over();
-            let listeners = (names.iter().zip(&fds))
-                .map(|(name, fd)| {
-                    let bound = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
-                    (name.to_string(), bound)
-                })
-                .collect::<Vec<_>>();
-            let restart_signal = signal::current();
-            let mut env = protocol::successor_env(
-                std::env::vars_os(),
-                &names,
-                self.generation,
-                restart_signal,
-                std::process::id(),
-                self.ignoring,
-                draining,
-            );
-            env.extend(self.watch.as_ref().map(Watch::notify_entry));
-            self.notify(&format!(
-                "RELOADING=1\nMONOTONIC_USEC={}",
-                notify::monotonic_usec()
-            ));
-            let successor = spawn::spawn(
-                &exe,
-                &argv,
-                cwd,
-                &env,
-                &fds,
-                self.ignoring | signal::bit(restart_signal),
-                spawn::Channel::Readiness,
-            )
-            .inspect_err(|_| self.notify_serving())?;
-            (successor, exe, state.settings.ready_timeout, listeners)
+            let fds = (fds.iter())
+                .map(|fd| fd.try_clone_to_owned())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| with_context(e, "cannot duplicate a listener for the successor"))?;
+            let names = names.into_iter().map(String::from).collect::<Vec<_>>();
+            (exe, argv, cwd, names, fds)
         };
+        let listeners = (names.iter().zip(&fds))
+            .map(|(name, fd)| {
+                let bound = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
+                (name.clone(), bound)
+            })
+            .collect::<Vec<_>>();
+        let restart_signal = signal::current();
+        let mut env = protocol::successor_env(
+            std::env::vars_os(),
+            &names.iter().map(String::as_str).collect::<Vec<_>>(),
+            self.generation,
+            restart_signal,
+            std::process::id(),
+            self.ignoring,
+            draining,
+        );
+        env.extend(self.watch.as_ref().map(Watch::notify_entry));
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
+        let successor = spawn::spawn(
+            &exe,
+            &argv,
+            cwd,
+            &env,
+            &fds.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+            self.ignoring | signal::bit(restart_signal),
+            spawn::Channel::Readiness,
+            Some(exec),
+        )
+        .inspect_err(|_| self.notify_serving())?;
+        drop(fds);
+        let timeout = exec.timeout();
         info!(
             "successor {} started as generation {}, waiting up to {timeout:?} for it to be ready",
             successor.pid,
             self.generation + 1
         );
-        match successor.wait_ready(&exe, timeout, self.shutdown_event.as_fd()) {
+        match successor.wait_ready(&exe, exec.deadline(), self.shutdown_event.as_fd()) {
             Ok(said) => {
                 let heir = Heir::new(successor.channel, successor.pid, listeners, &said);
                 info!(
@@ -657,10 +681,7 @@ impl Engine {
         Ok(older + 1)
     }
 
-    fn successor_command<'a>(
-        &'a self,
-        settings: &'a Settings,
-    ) -> io::Result<(CString, Vec<CString>, &'a CString)> {
+    fn successor_command(&self, settings: &Settings) -> io::Result<(CString, Vec<CString>, &CStr)> {
         let origin = self.origin.as_ref().map_err(|e| {
             fail(
                 libc::ENOEXEC,
@@ -771,9 +792,16 @@ impl Engine {
         }
         self.begin_drain();
         // A successor still starting sees the drain and is stopped (see
-        // `start_successor`); wait for that, unless we are that restart.
+        // `start_successor`), and one whose exec hangs is killed; wait for
+        // that, unless we are that restart.
         let here = thread::current().id();
-        self.wait_until(|s| s.restarting_on.is_none_or(|t| t == here));
+        let starting = (self.lock().restarting.as_ref())
+            .filter(|r| r.thread != here)
+            .map(|r| Arc::clone(&r.exec));
+        if let Some(exec) = starting {
+            exec.kill(Why::Abandoned);
+        }
+        self.wait_until(|s| s.restarting.as_ref().is_none_or(|r| r.thread == here));
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
             info!("waiting for {in_flight} pieces of work in flight");

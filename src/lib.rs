@@ -38,6 +38,7 @@ mod address;
 mod control;
 mod engine;
 mod error;
+mod exec_watch;
 #[doc(hidden)]
 pub mod ffi;
 mod handover;

@@ -51,10 +51,15 @@ impl Registry {
         }
     }
 
-    /// Inherit-or-listen: an inherited socket bound to `text` (preferring one
-    /// named `name`), or else a new one bound now; registered either way.
-    pub(crate) fn listen(&mut self, text: &str, name: Option<&str>) -> io::Result<OwnedFd> {
-        let address = Address::parse(text)?;
+    /// Inherit-or-listen: an inherited socket bound to `address` (`text`
+    /// parsed; preferring one named `name`), or else a new one bound now;
+    /// registered either way.
+    pub(crate) fn listen(
+        &mut self,
+        address: &Address,
+        text: &str,
+        name: Option<&str>,
+    ) -> io::Result<OwnedFd> {
         let name = name.map_or_else(|| Address::default_name(text), String::from);
         check_name(&name)?;
         if self.registered.iter().any(|(n, _)| *n == name) {

@@ -27,6 +27,10 @@
 //! - the other threads of the parent run on, but the child touches nothing
 //!   they own, and exits with `_exit` (one thread group: its own) on failure.
 //!
+//! A child whose exec does not end (its program on a hung mount) would hold
+//! the calling thread for ever: an [`ExecWatch`] kills it at the restart's
+//! deadline or when this process is told to stop.
+//!
 //! Fallbacks, each tested: a `clone3` refused (`ENOSYS` on old kernels, `EPERM`
 //! or `ENOSYS` from seccomp profiles) is retried as `clone` with the same
 //! flags; when that is refused too, the successor is forked (correct, but
@@ -38,6 +42,7 @@ use std::mem;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -50,6 +55,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
+use crate::exec_watch::{ExecWatch, Stage, Why};
 use crate::sys::KernelSigaction;
 
 use crate::error::{fail, os_fail, with_context};
@@ -124,6 +130,11 @@ pub(crate) enum NotReady {
 /// fills in with its own pid after the fork. Every signal disposition is reset
 /// to the default but those in `ignored` (see [`crate::signal::started_ignoring`]),
 /// which are ignored.
+///
+/// With a `watch`, a child whose exec does not end by the watch's deadline
+/// (a program on a hung mount), or that the watch is told to abandon, is
+/// killed, and the spawn fails.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     exe: &CStr,
     argv: &[CString],
@@ -132,6 +143,7 @@ pub(crate) fn spawn(
     listeners: &[BorrowedFd<'_>],
     ignored: u64,
     purpose: Channel,
+    watch: Option<&Arc<ExecWatch>>,
 ) -> io::Result<Successor> {
     let (ours, theirs) = channel()?;
     let mut listen_pid = [0u8; LISTEN_PID_ENTRY];
@@ -160,6 +172,16 @@ pub(crate) fn spawn(
     plan.envp.push(ptr::null());
 
     let stack = ChildStack::new()?;
+    let mut own_slot: c_int = -1;
+    let pidfd_slot = match watch {
+        Some(watch) => {
+            if let Err(e) = watch.start_watchdog() {
+                warning!("{e}: a successor whose exec hangs will not be killed");
+            }
+            watch.pidfd_slot()
+        }
+        None => &mut own_slot,
+    };
     // Block every signal across the spawn so that no handler of the parent
     // (ours writes to the parent's self-pipe) runs in the child, on its stack
     // and in the parent's memory, before the child has reset the dispositions.
@@ -167,18 +189,23 @@ pub(crate) fn spawn(
     let previous = SigSet::all()
         .thread_swap_mask(SigmaskHow::SIG_SETMASK)
         .map_err(|e| with_context(e.into(), "cannot block signals for the spawn"))?;
-    let started = start_child(&mut plan, &stack);
+    let started = start_child(&mut plan, &stack, pidfd_slot);
+    let stage = watch.map(|watch| watch.end());
     if let Err(e) = previous.thread_set_mask() {
         error!("cannot restore the signal mask after the spawn: {e}");
     }
     drop(theirs);
     let (pid, pidfd, how) = started?;
     debug!("successor {pid} spawned with {how}");
-    Ok(Successor {
+    let successor = Successor {
         pid,
         pidfd,
         channel: ours,
-    })
+    };
+    match (stage, watch) {
+        (Some(Stage::Killed(why)), Some(watch)) => Err(successor.killed_in_exec(exe, why, watch)),
+        _ => Ok(successor),
+    }
 }
 
 /// The child's own stack for a `CLONE_VM` spawn, with a guard page below it
@@ -298,19 +325,22 @@ fn refused(err: &io::Error) -> bool {
 /// The pidfd comes from the same system call as the child (`CLONE_PIDFD`) where
 /// it can, so it refers to our child even if the application reaps children
 /// with `waitpid(-1)` or ignores `SIGCHLD` and the pid is recycled.
+///
+/// The clone stores the pidfd at `pidfd_slot`, where another thread may use it
+/// while the child execs (see [`ExecWatch`]).
 fn start_child(
     plan: &mut Prepared<'_>,
     stack: &ChildStack,
+    pidfd_slot: *mut c_int,
 ) -> io::Result<(i32, OwnedFd, &'static str)> {
     let arg = (plan as *mut Prepared<'_>).cast::<c_void>();
 
     #[cfg(target_arch = "x86_64")]
     {
-        let mut pidfd: c_int = -1;
         let (base, size) = stack.usable();
         let args = CloneArgs {
             flags: VFORK_FLAGS as u64,
-            pidfd: &mut pidfd as *mut c_int as u64,
+            pidfd: pidfd_slot as u64,
             exit_signal: libc::SIGCHLD as u64,
             stack: base as u64,
             stack_size: size as u64,
@@ -320,8 +350,11 @@ fn start_child(
         // child's use of it (CLONE_VFORK); `child_entry` never returns.
         let pid = unsafe { clone3_on_stack(&args, child_entry, arg) };
         if pid > 0 {
-            // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd only we hold.
-            return Ok((pid as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }, "clone3"));
+            // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd only we
+            // hold. A watch may still signal through it, but it is not closed
+            // before `spawn` has ended the watch's use of it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(*pidfd_slot) };
+            return Ok((pid as i32, pidfd, "clone3"));
         }
         let err = io::Error::from_raw_os_error((-pid) as i32);
         if !refused(&err) {
@@ -330,7 +363,6 @@ fn start_child(
         debug!("clone3 refused ({err}); trying clone");
     }
 
-    let mut pidfd: c_int = -1;
     // SAFETY: the C library's clone runs `child_entry(arg)` on the top of our
     // stack mapping; with CLONE_PIDFD the pidfd is stored where `parent_tid`
     // points. CLONE_VFORK keeps the stack and the plan alive until exec.
@@ -340,12 +372,13 @@ fn start_child(
             stack.top(),
             VFORK_FLAGS | libc::SIGCHLD,
             arg,
-            &mut pidfd as *mut c_int,
+            pidfd_slot,
         )
     };
     if pid > 0 {
-        // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd only we hold.
-        return Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }, "clone"));
+        // SAFETY: as for clone3 above.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(*pidfd_slot) };
+        return Ok((pid, pidfd, "clone"));
     }
     let err = io::Error::last_os_error();
     if !refused(&err) {
@@ -553,7 +586,7 @@ unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
 }
 
 impl Successor {
-    /// Waits until the successor reports ready, exits, or `timeout` passes,
+    /// Waits until the successor reports ready, exits, or `deadline` passes,
     /// or `abandon` turns readable (this process must stop: a successor that
     /// becomes ready now would serve on after its parent was told to stop).
     /// Ready, what it said after "ready" (that it adopts handed-over
@@ -561,10 +594,9 @@ impl Successor {
     pub(crate) fn wait_ready(
         &self,
         exe: &CStr,
-        timeout: Duration,
+        deadline: Instant,
         abandon: BorrowedFd<'_>,
     ) -> Result<Vec<u8>, NotReady> {
-        let deadline = Instant::now() + timeout;
         let mut listening = true;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -692,6 +724,31 @@ impl Successor {
             )
         };
         self.reap()
+    }
+
+    /// The error for a successor its [`ExecWatch`] killed before its exec ended.
+    fn killed_in_exec(&self, exe: &CStr, why: Why, watch: &ExecWatch) -> io::Error {
+        let status = self.kill();
+        let exe = exe.to_string_lossy();
+        match why {
+            Why::TimedOut => fail(
+                libc::ETIMEDOUT,
+                format!(
+                    "successor {} had not finished its exec of {exe} within the ready timeout \
+                     of {:?} (a hung file system?); killed it, it {status}",
+                    self.pid,
+                    watch.timeout()
+                ),
+            ),
+            Why::Abandoned => fail(
+                libc::ESHUTDOWN,
+                format!(
+                    "this process was told to stop while successor {} was executing {exe}; \
+                     killed it, it {status}",
+                    self.pid
+                ),
+            ),
+        }
     }
 
     /// The error for a successor that died (or closed the channel) before ready.

@@ -192,7 +192,16 @@ impl Supervisor {
         }
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
         let ignored = crate::signal::started_ignoring() | also_ignored;
-        let instance = spawn::spawn(exe, argv, c".", &env, &fds, ignored, Channel::ExecReport)?;
+        let instance = spawn::spawn(
+            exe,
+            argv,
+            c".",
+            &env,
+            &fds,
+            ignored,
+            Channel::ExecReport,
+            None,
+        )?;
         match instance.exec_error(exe) {
             Some(e) => Err(e),
             None => Ok(instance.pid),

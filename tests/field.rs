@@ -8,6 +8,7 @@ mod support;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use support::{Load, Server, TempDir};
 
@@ -64,6 +65,13 @@ fn c_example(path: &Path, version: u32) {
     support::build_c_example(path, version);
 }
 
+/// tests/c/flaky_server.c, which has more knobs than the example.
+fn flaky_example(path: &Path, version: u32) {
+    let source = support::repo().join("tests/c/flaky_server.c");
+    let define = format!("-DAPP_VERSION=\"{version}\"");
+    support::compile("cc", &[&source], path, &["-std=c99", "-pthread", &define]);
+}
+
 #[test]
 fn a_symlink_flip_deploy_restarts_onto_the_new_release() {
     let dir = releases("deploy-absolute", "srv", c_example);
@@ -106,12 +114,7 @@ fn a_bare_name_found_on_path() {
 /// restarts through the path as invoked, in the directory it started in.
 #[test]
 fn an_application_that_chdirs_and_rewrites_argv_first() {
-    let flaky = |path: &Path, version: u32| {
-        let source = support::repo().join("tests/c/flaky_server.c");
-        let define = format!("-DAPP_VERSION=\"{version}\"");
-        support::compile("cc", &[&source], path, &["-std=c99", "-pthread", &define]);
-    };
-    let dir = releases("deploy-wander", "flaky", flaky);
+    let dir = releases("deploy-wander", "flaky", flaky_example);
     let mut command = Command::new("./flaky");
     command
         .arg("127.0.0.1:0")
@@ -215,5 +218,161 @@ fn a_restart_signal_to_every_process_spares_a_starting_successor() {
         .probe(std::time::Duration::from_secs(5))
         .expect("the successor serves on");
     assert_eq!((again.pid, again.generation), (answer.pid, 2));
+    server.stop();
+}
+
+/// A FUSE file system whose daemon never answers (nobody reads its
+/// `/dev/fuse`): every look-up under it blocks, as on an NFS mount whose
+/// server is gone. Unmounted on drop, which also fails whatever still waits.
+struct HungMount {
+    dir: PathBuf,
+    _fuse: std::fs::File,
+}
+
+impl HungMount {
+    fn new(dir: &Path) -> HungMount {
+        use std::ffi::CString;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let fuse = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .expect("/dev/fuse (the test kit runs as root)");
+        let target = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let options = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            fuse.as_raw_fd()
+        );
+        let options = CString::new(options).unwrap();
+        // SAFETY: mount with NUL-terminated strings that outlive the call.
+        let mounted = unsafe {
+            libc::mount(
+                c"grestart-hung".as_ptr(),
+                target.as_ptr(),
+                c"fuse".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            mounted,
+            0,
+            "mount a FUSE file system on {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        HungMount {
+            dir: dir.to_path_buf(),
+            _fuse: fuse,
+        }
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let target = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: umount2 with a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The child `parent` is starting, once there is one: its exec is stuck in
+/// the hung mount, which shows nowhere but in /proc.
+fn stuck_successor(parent: i32) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(&pid) = support::children(parent, false).first() {
+            return pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no successor started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Points `DIR/current` at `target`, as a deploy does.
+fn flip_to(dir: &TempDir, target: &str) {
+    let fresh = dir.join("current.new");
+    symlink(target, &fresh).unwrap();
+    std::fs::rename(&fresh, dir.join("current")).unwrap();
+}
+
+/// A deploy flips `current` to a release on a network mount that hangs: the
+/// successor's exec never ends. The ready timeout still bounds the restart
+/// (the child is killed, the old release serves on, every setter and the
+/// accept path stay free meanwhile), and the restart after the flip back
+/// works.
+#[test]
+fn a_release_on_a_hung_mount_is_bounded_by_the_ready_timeout() {
+    let dir = releases("deploy-hung", "flaky", flaky_example);
+    let _hung = HungMount::new(&dir.join("hung"));
+    support::become_subreaper();
+    let mut command = Command::new(current(&dir).join("flaky"));
+    command
+        .arg("127.0.0.1:0")
+        .env("GR_TEST_READY_TIMEOUT_MS", "1000")
+        .env("GRESTART_LOG", "info");
+    let mut server = Server::launch(command);
+    let load = Load::start(server.addr, 2, 2);
+
+    flip_to(&dir, "hung");
+    support::kill(server.pid, libc::SIGUSR2);
+    let line = server.wait_for_log("restart failed, still serving", Duration::from_secs(20));
+    assert!(
+        line.contains("had not finished its exec") && line.contains("killed it"),
+        "{line}"
+    );
+    let answer = server.probe(Duration::from_secs(5)).expect("v1 serves on");
+    assert_eq!((answer.pid, answer.version.as_str()), (server.pid, "1"));
+    assert!(support::zombie_children(server.pid).is_empty());
+
+    flip_to(&dir, "releases/v2");
+    assert_eq!(server.restart(libc::SIGUSR2).version, "2");
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.failures);
+    server.stop();
+}
+
+/// gr_shutdown() (an application's own stop) while the successor's exec
+/// hangs on such a mount, with the default ready timeout of a minute: it
+/// returns at once, and the stuck successor is killed and reaped, never left
+/// to start serving later.
+#[test]
+fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
+    let dir = releases("deploy-hung-stop", "flaky", flaky_example);
+    let _hung = HungMount::new(&dir.join("hung"));
+    support::become_subreaper();
+    let mut command = Command::new(current(&dir).join("flaky"));
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "info");
+    let server = Server::launch(command);
+
+    flip_to(&dir, "hung");
+    support::kill(server.pid, libc::SIGUSR2);
+    let stuck = stuck_successor(server.pid);
+    let exit = support::pidfd(stuck).unwrap();
+    {
+        use std::io::{Read, Write};
+        let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
+        admin.write_all(b"GET /shutdown HTTP/1.1\r\n\r\n").unwrap();
+        admin.read_to_end(&mut Vec::new()).unwrap();
+    }
+    let lines = server.wait_for_logs(
+        &["told to stop while successor", "shutdown returned"],
+        Duration::from_secs(10),
+    );
+    assert!(lines[1].ends_with("shutdown returned 0"), "{lines:?}");
+    assert!(
+        support::wait_exit(&exit, Duration::ZERO),
+        "the stuck successor {stuck} was killed"
+    );
+    assert!(
+        support::zombie_children(server.pid).is_empty(),
+        "and reaped"
+    );
     server.stop();
 }
