@@ -480,12 +480,7 @@ impl Engine {
         };
         let (result, refused) = match checked {
             Err(e) => (Err(e), true),
-            Ok((draining, exec)) => {
-                let started = self.start_successor(draining, &exec, ready);
-                self.lock_quietly().restarting = None;
-                self.changed.notify_all();
-                (started, false)
-            }
+            Ok((draining, exec)) => (self.start_successor(draining, &exec, ready), false),
         };
         let coalesced = coalesce();
         if coalesced > 0 {
@@ -506,6 +501,12 @@ impl Engine {
                 "STATUS=restarted: generation {} serves as pid {successor}",
                 self.generation + 1
             )),
+        }
+        if !refused {
+            // Only now, with the outcome logged: a shutdown waiting for this
+            // restart may end the process at once.
+            self.lock_quietly().restarting = None;
+            self.changed.notify_all();
         }
         result
     }
