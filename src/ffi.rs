@@ -54,6 +54,7 @@ struct UserArg(*mut c_void);
 // SAFETY: the header documents that hooks and loggers run on other threads
 // with this argument; the application is responsible for what it points to.
 unsafe impl Send for UserArg {}
+// SAFETY: as for Send: shared between the threads that run hooks and loggers.
 unsafe impl Sync for UserArg {}
 
 impl UserArg {
@@ -119,11 +120,10 @@ fn open_fd<'a>(fd: c_int) -> io::Result<BorrowedFd<'a>> {
 /// `EEXIST` the name is taken, `ESHUTDOWN` this process is draining.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_register_listener(fd: c_int, name: *const c_char) -> c_int {
-    // SAFETY: `name` per this function's contract.
     call(|| {
-        engine()?
-            .register(open_fd(fd)?, unsafe { text(name, "name") }?)
-            .map(ok)
+        // SAFETY: `name` per this function's contract.
+        let name = unsafe { text(name, "name") }?;
+        engine()?.register(open_fd(fd)?, name).map(ok)
     })
 }
 
@@ -172,6 +172,7 @@ pub unsafe extern "C" fn gr_listen(address: *const c_char, name: *const c_char) 
         let name = if name.is_null() {
             None
         } else {
+            // SAFETY: as above.
             Some(unsafe { text(name, "name") }?)
         };
         Ok(engine()?.listen(address, name)?.into_raw_fd())

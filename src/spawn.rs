@@ -56,7 +56,7 @@ use nix::unistd::Pid;
 use nix::unistd::{SysconfVar, sysconf};
 
 use crate::exec_watch::{ExecWatch, Stage, Why};
-use crate::sys::KernelSigaction;
+use crate::sys::{self, KernelSigaction};
 
 use crate::error::{fail, os_fail, with_context};
 use crate::log::{debug, error, warning};
@@ -463,88 +463,98 @@ fn fork_with_pidfd(plan: &mut Prepared<'_>) -> io::Result<(i32, OwnedFd, &'stati
     Ok((pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, "fork"))
 }
 
-/// The child between fork and exec. Only async-signal-safe system calls.
+/// The child between fork and exec. Only async-signal-safe system calls, and
+/// nothing that can panic (no unwinding in a child that shares our memory).
 ///
 /// # Safety
 /// Must be called only in a freshly forked child, with `plan` built before the fork.
 unsafe fn exec_child(plan: &mut Prepared<'_>) -> ! {
-    unsafe {
-        // Handlers are reset by exec anyway, but ignored signals stay ignored.
-        // The successor starts with the dispositions the first generation was
-        // started with: what was ignored then (SIGPIPE under systemd, SIGHUP
-        // under nohup) is ignored, everything else (what the application
-        // ignored since, the parent's handlers) at its default. And the
-        // restart signal is ignored until the successor's grestart installs
-        // its handler, so that a restart signal sent to every process of the
-        // service cannot kill a successor that is still starting.
-        let default = KernelSigaction::default(); // SIG_DFL, no flags, empty mask
-        let ignore = KernelSigaction {
-            handler: libc::SIG_IGN,
-            ..KernelSigaction::default()
+    // Handlers are reset by exec anyway, but ignored signals stay ignored.
+    // The successor starts with the dispositions the first generation was
+    // started with: what was ignored then (SIGPIPE under systemd, SIGHUP
+    // under nohup) is ignored, everything else (what the application ignored
+    // since, the parent's handlers) at its default. And the restart signal is
+    // ignored until the successor's grestart installs its handler, so that a
+    // restart signal sent to every process of the service cannot kill a
+    // successor that is still starting.
+    let default = KernelSigaction::default(); // SIG_DFL, no flags, empty mask
+    let ignore = KernelSigaction {
+        handler: libc::SIG_IGN,
+        ..KernelSigaction::default()
+    };
+    for signo in sys::SIGNALS.filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP) {
+        let action = if plan.ignored >> (signo - 1) & 1 == 1 {
+            &ignore
+        } else {
+            &default
         };
-        for signo in 1..65 {
-            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                let action = if plan.ignored >> (signo - 1) & 1 == 1 {
-                    &ignore
-                } else {
-                    &default
-                };
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signo,
-                    action as *const KernelSigaction,
-                    ptr::null_mut::<KernelSigaction>(),
-                    8usize,
-                );
-            }
-        }
+        sys::set_disposition(signo, action);
+    }
 
-        // First lift every fd above the target range, so that moving one into
-        // place never overwrites another that is still to be moved; dup2 onto
-        // the target then also clears close-on-exec, which a lifted fd never
-        // equals (dup2 of an fd onto itself would keep the flag).
-        let count = plan.sources.len() as RawFd;
-        let above = FIRST_FD + count;
-        let mut report_fd = *plan.sources.last().unwrap_unchecked();
-        for (i, &source) in plan.sources.iter().enumerate() {
-            let lifted = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above);
-            if lifted < 0 {
-                child_failed(report_fd, STAGE_FDS);
-            }
-            plan.lifted[i] = lifted;
+    // First lift every fd above the target range, so that moving one into
+    // place never overwrites another that is still to be moved; dup2 onto the
+    // target then also clears close-on-exec, which a lifted fd never equals
+    // (dup2 of an fd onto itself would keep the flag). The last source is
+    // the child's end of the channel, where failures are reported.
+    let Some(&(mut report_fd)) = plan.sources.last() else {
+        // SAFETY: _exit ends this child only.
+        unsafe { libc::_exit(127) }
+    };
+    let count = plan.sources.len() as RawFd;
+    let above = FIRST_FD + count;
+    for (lifted, &source) in plan.lifted.iter_mut().zip(&plan.sources) {
+        // SAFETY: fcntl on an fd of the plan.
+        *lifted = unsafe { libc::fcntl(source, libc::F_DUPFD_CLOEXEC, above) };
+        if *lifted < 0 {
+            // SAFETY: report_fd is the channel, open in this child.
+            unsafe { child_failed(report_fd, STAGE_FDS) }
         }
-        for (i, &lifted) in plan.lifted.iter().enumerate() {
-            if libc::dup2(lifted, FIRST_FD + i as RawFd) < 0 {
-                child_failed(report_fd, STAGE_FDS);
-            }
+    }
+    for (target, &lifted) in (FIRST_FD..).zip(&plan.lifted) {
+        // SAFETY: dup2 of an fd we just made onto a number we own in the child.
+        if unsafe { libc::dup2(lifted, target) } < 0 {
+            // SAFETY: as above.
+            unsafe { child_failed(report_fd, STAGE_FDS) }
         }
-        report_fd = above - 1;
-        if !plan.channel_survives_exec {
-            libc::fcntl(report_fd, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    report_fd = above - 1;
+    if !plan.channel_survives_exec {
+        // SAFETY: fcntl on the channel's new number.
+        unsafe { libc::fcntl(report_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // Nothing else of the parent's leaks into the successor.
+    // SAFETY: close_range closes this child's copies of the fds only.
+    if unsafe { libc::syscall(libc::SYS_close_range, above as u32, u32::MAX, 0) } < 0 {
+        for fd in above..plan.fd_limit {
+            // SAFETY: as close_range.
+            unsafe { libc::close(fd) };
         }
-        // Nothing else of the parent's leaks into the successor.
-        if libc::syscall(libc::SYS_close_range, above as u32, u32::MAX, 0) < 0 {
-            for fd in above..plan.fd_limit {
-                libc::close(fd);
-            }
-        }
+    }
 
+    // SAFETY: `listen_pid` holds LISTEN_PID_ENTRY bytes: the name, `=`, and
+    // room for 20 digits and the NUL after them.
+    unsafe {
         write_decimal(
             plan.listen_pid.add(LISTEN_PID.len() + 1),
             libc::getpid() as u32,
-        );
+        )
+    };
 
-        if libc::chdir(plan.cwd.as_ptr()) < 0 {
-            child_failed(report_fd, STAGE_CWD);
-        }
-        // A fork from a thread that blocks signals would otherwise hand the
-        // successor a blocked SIGTERM.
-        let mut empty: libc::sigset_t = mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
-        libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        child_failed(report_fd, STAGE_EXEC)
+    // SAFETY: chdir with the NUL-terminated path the plan borrows.
+    if unsafe { libc::chdir(plan.cwd.as_ptr()) } < 0 {
+        // SAFETY: report_fd is the channel at its new number.
+        unsafe { child_failed(report_fd, STAGE_CWD) }
     }
+    // A fork from a thread that blocks signals would otherwise hand the
+    // successor a blocked SIGTERM.
+    let empty = SigSet::empty();
+    // SAFETY: sigprocmask with a valid set, in this single-threaded child.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), ptr::null_mut()) };
+    // SAFETY: the program's path, and argv and envp as NULL-terminated
+    // arrays of NUL-terminated strings, all built before the fork.
+    unsafe { libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+    // SAFETY: as above.
+    unsafe { child_failed(report_fd, STAGE_EXEC) }
 }
 
 /// Writes `n` in decimal and a NUL at `out`, which has room for 21 bytes.
@@ -566,23 +576,29 @@ unsafe fn write_decimal(out: *mut u8, mut n: u32) {
         // SAFETY: at most 10 digits and the NUL, within the caller's 21 bytes.
         unsafe { *out.add(i) = digits[len - 1 - i] };
     }
+    // SAFETY: as above.
     unsafe { *out.add(len) = 0 };
 }
 
 /// Tells the parent which step failed with which errno, then exits.
+///
+/// # Safety
+/// Only in the child, before exec: it ends the process.
 unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
+    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let mut message = [FAILED_BYTE, stage, 0, 0, 0, 0];
+    message[2..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: send of a local buffer; a closed or broken channel only fails.
     unsafe {
-        let errno = *libc::__errno_location();
-        let mut message = [FAILED_BYTE, stage, 0, 0, 0, 0];
-        message[2..].copy_from_slice(&errno.to_ne_bytes());
         libc::send(
             report_fd,
             message.as_ptr().cast(),
             message.len(),
             libc::MSG_NOSIGNAL,
-        );
-        libc::_exit(127)
-    }
+        )
+    };
+    // SAFETY: _exit ends this child only, running nothing of the parent's.
+    unsafe { libc::_exit(127) }
 }
 
 impl Successor {

@@ -79,6 +79,29 @@ pub(crate) struct KernelSigaction {
     pub mask: u64,
 }
 
+/// The signals, as the kernel numbers them.
+pub(crate) const SIGNALS: std::ops::RangeInclusive<i32> = 1..=64;
+
+/// The size of the kernel's signal set (one bit per signal), which
+/// `rt_sigaction` wants to be told.
+const KERNEL_SIGSET_SIZE: usize = SIGNALS.end().unsigned_abs() as usize / 8;
+
+/// Sets `signo`'s disposition with the raw system call: async-signal-safe,
+/// and no C library wrapper in between (nothing of the parent's runs in a
+/// spawned child).
+pub(crate) fn set_disposition(signo: i32, action: &KernelSigaction) {
+    // SAFETY: rt_sigaction reads a kernel sigaction of the size we pass.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signo,
+            action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            KERNEL_SIGSET_SIZE,
+        )
+    };
+}
+
 /// Whether `signo` is ignored (`SIG_IGN`) in this process now.
 pub(crate) fn is_ignored(signo: i32) -> bool {
     let mut now = KernelSigaction::default();
@@ -90,7 +113,7 @@ pub(crate) fn is_ignored(signo: i32) -> bool {
             signo,
             std::ptr::null::<KernelSigaction>(),
             &mut now as *mut KernelSigaction,
-            8usize,
+            KERNEL_SIGSET_SIZE,
         )
     };
     read == 0 && now.handler == libc::SIG_IGN

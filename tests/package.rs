@@ -49,6 +49,8 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
         "build.rs",
         "include/grestart.h",
         "README.md",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
     ] {
         assert!(
             unpacked.join(needed).exists(),
