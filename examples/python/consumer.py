@@ -75,7 +75,10 @@ def main() -> int:
                                                        block=BLOCK_MS):
                 list(workers.map(work, messages))  # all done and acknowledged, or raises
                 done += len(messages)
-    client.xgroup_delconsumer(STREAM, GROUP, consumer)  # nothing of it pending: the group forgets it
+    # Leave the group, or it keeps a consumer per generation. Only with nothing
+    # pending: deleting a consumer deletes its pending entries, unacknowledged.
+    if not client.xpending_range(STREAM, GROUP, "-", "+", 1, consumername=consumer):
+        client.xgroup_delconsumer(STREAM, GROUP, consumer)
     grestart.shutdown()
     return 0
 
