@@ -16,10 +16,9 @@ pub struct Consumer {
     child: Child,
     /// The pid consuming now.
     pub pid: i32,
-    pub generation: u64,
-    /// Every pid that ever consumed, for cleaning up.
+    /// Every pid that consumed and has not been reaped, for cleaning up.
     pids: Vec<i32>,
-    pub log: Log,
+    log: Log,
 }
 
 impl Consumer {
@@ -40,7 +39,6 @@ impl Consumer {
         let consumer = Consumer {
             child,
             pid,
-            generation: 1,
             pids: vec![pid],
             log,
         };
@@ -65,7 +63,6 @@ impl Consumer {
             .and_then(|rest| rest.split(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("not the hand-over of pid {old}: {ready:?}"));
         self.pid = successor;
-        self.generation += 1;
         self.pids.push(successor);
         self.wait_gone(old, &exit)
     }
@@ -73,7 +70,7 @@ impl Consumer {
     /// Sends the restart signal for a restart that must fail, waits for the
     /// serving generation to say so, and returns that line.
     pub fn failed_restart(&self) -> String {
-        let _exit = self.signal(libc::SIGUSR2);
+        kill(self.pid, libc::SIGUSR2);
         let line = self.log.wait_for("restart failed, still serving", PATIENCE);
         assert!(
             line.starts_with(&format!("grestart[{}] ", self.pid)),
