@@ -195,6 +195,12 @@ pub fn python_venv() -> PathBuf {
 /// virtualenv's python when there is one (the framework examples need it),
 /// else `python3` (enough for the others).
 pub fn python_example(script: &str) -> Command {
+    python_script(&repo().join("examples/python").join(script))
+}
+
+/// [`python_example`] for a script at `path` (a copy that a test replaces
+/// with another version).
+pub fn python_script(path: &Path) -> Command {
     let venv = python_venv();
     let mut command = Command::new(if venv.exists() {
         venv
@@ -202,7 +208,7 @@ pub fn python_example(script: &str) -> Command {
         "python3".into()
     });
     command
-        .arg(repo().join("examples/python").join(script))
+        .arg(path)
         .env("PYTHONPATH", repo().join("bindings/python"))
         .env("GRESTART_LIBRARY", lib_dir().join("libgrestart.so"));
     command

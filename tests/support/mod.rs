@@ -2,17 +2,23 @@
 //! one concern per module: building (`build`), following processes
 //! (`process`), a service in a PID namespace (`container`), a real systemd
 //! booted in a container (`systemd`), a server under test (`server`), the
-//! HTTP client (`http`) and load (`load`).
+//! HTTP client (`http`) and load (`load`), a consumer service under test
+//! (`consumer`) and its broker (`redis`).
 #![allow(dead_code)] // each test binary uses a different part
 
 mod build;
+mod consumer;
 mod container;
 mod http;
 mod load;
 mod process;
+mod redis;
 mod server;
 mod systemd;
 
 // Not every test binary uses every module.
 #[allow(unused_imports)]
-pub use {build::*, container::*, http::*, load::*, process::*, server::*, systemd::*};
+pub use {
+    build::*, consumer::*, container::*, http::*, load::*, process::*, redis::*, server::*,
+    systemd::*,
+};

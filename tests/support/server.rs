@@ -24,9 +24,7 @@ pub struct Server {
     pub generation: u64,
     /// Every pid that ever served, for cleaning up.
     pub pids: Vec<i32>,
-    /// The lines every generation writes to stderr (also echoed to ours),
-    /// with the moment each was read.
-    log: Receiver<(Instant, String)>,
+    log: Log,
 }
 
 impl Server {
@@ -48,21 +46,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        stdout.read_line(&mut line).expect("first line");
-        // Every generation inherits this pipe and prints its own first line:
-        // keep reading, or a successor would die of SIGPIPE.
-        thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        let (sender, log) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-        thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let read = Instant::now();
-                eprintln!("{line}");
-                let _ = sender.send((read, line));
-            }
-        });
+        let (line, log) = follow_output(&mut child);
         let parsed: Option<SocketAddr> =
             line.trim().rsplit(' ').next().and_then(|a| a.parse().ok());
         let Some(mut addr) = parsed else {
@@ -96,64 +80,27 @@ impl Server {
 
     /// Waits for a line of the servers' stderr that contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        self.wait_for_log_at(needle, timeout).1
+        self.log.wait_for(needle, timeout)
     }
 
     /// [`Server::wait_for_log`], with the moment the line was read.
     pub fn wait_for_log_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok((read, line)) if line.contains(needle) => return (read, line),
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
-            }
-        }
+        self.log.wait_for_at(needle, timeout)
     }
 
-    /// Waits for a line with each of `needles`, in any order (lines of two
-    /// generations may come either way); returns them in the order asked.
+    /// [`Log::wait_for_all`] on the servers' stderr.
     pub fn wait_for_logs(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut found: Vec<Option<String>> = vec![None; needles.len()];
-        while found.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok((_, line)) = self.log.recv_timeout(left) else {
-                panic!("no log lines with all of {needles:?} within {timeout:?}");
-            };
-            if let Some(i) =
-                (0..needles.len()).find(|&i| found[i].is_none() && line.contains(needles[i]))
-            {
-                found[i] = Some(line);
-            }
-        }
-        found.into_iter().flatten().collect()
+        self.log.wait_for_all(needles, timeout)
     }
 
-    /// Every line of the servers' stderr read up to the first that contains
-    /// `needle`, that one last (the lines [`Server::wait_for_log`] would skip).
+    /// [`Log::until`] on the servers' stderr.
     pub fn log_until(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok((_, line)) => {
-                    let found = line.contains(needle);
-                    lines.push(line);
-                    if found {
-                        return lines;
-                    }
-                }
-                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
-            }
-        }
+        self.log.until(needle, timeout)
     }
 
     /// The lines of the servers' stderr read so far and not yet looked at.
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.try_iter().map(|(_, line)| line).collect()
+        self.log.lines()
     }
 
     /// One GET on a fresh connection; retried until it works or `timeout` passes.
@@ -283,6 +230,94 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// Starts following `child`, whose generations share its pipes: its first
+/// line on stdout (the rest is read and dropped, or a successor writing its
+/// own first line would die of SIGPIPE), and every line on stderr.
+pub fn follow_output(child: &mut Child) -> (String, Log) {
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    stdout.read_line(&mut line).expect("first line");
+    thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
+    let (sender, log) = mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let read = Instant::now();
+            eprintln!("{line}");
+            let _ = sender.send((read, line));
+        }
+    });
+    (line, Log(log))
+}
+
+/// The lines every generation writes to stderr (also echoed to ours), with
+/// the moment each was read.
+pub struct Log(Receiver<(Instant, String)>);
+
+impl Log {
+    /// Waits for a line that contains `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_at(needle, timeout).1
+    }
+
+    /// [`Log::wait_for`], with the moment the line was read.
+    pub fn wait_for_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok((read, line)) if line.contains(needle) => return (read, line),
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Waits for a line with each of `needles`, in any order (lines of two
+    /// generations may come either way); returns them in the order asked.
+    pub fn wait_for_all(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, line)) = self.0.recv_timeout(left) else {
+                panic!("no log lines with all of {needles:?} within {timeout:?}");
+            };
+            if let Some(i) =
+                (0..needles.len()).find(|&i| found[i].is_none() && line.contains(needles[i]))
+            {
+                found[i] = Some(line);
+            }
+        }
+        found.into_iter().flatten().collect()
+    }
+
+    /// Every line read up to the first that contains `needle`, that one last
+    /// (the lines [`Log::wait_for`] would skip).
+    pub fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok((_, line)) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The lines read so far and not yet looked at.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.try_iter().map(|(_, line)| line).collect()
     }
 }
 
