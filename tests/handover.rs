@@ -141,9 +141,13 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
         );
         assert!(seen.failures.is_empty(), "{name}: {:?}", seen.failures);
         assert!(seen.answered > 0);
+        // Correctness, not speed (the benchmark measures that): an old
+        // generation that closed its idle connections instead of handing them
+        // over would wait for the examples' idle grace of 2 s. Half of it
+        // leaves room for a loaded machine (211 ms seen on two busy cores).
         assert!(
-            gone_after[gone_after.len() - 1] < Duration::from_millis(100),
-            "{name}: the old generation leaves within 100 ms of the hand-over: {gone_after:?}"
+            gone_after[gone_after.len() - 1] < Duration::from_secs(1),
+            "{name}: the old generation leaves without waiting for the idle grace: {gone_after:?}"
         );
         server.stop();
     }
