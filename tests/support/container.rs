@@ -143,6 +143,25 @@ impl Container {
         }
     }
 
+    /// The first answer from `pid`: right after a restart reports its new
+    /// pid, the old generation may still take a connection or two before it
+    /// stops accepting.
+    pub fn answer_from(&self, pid: i32) -> super::http::Response {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.answer();
+            if answer.pid == pid {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} does not answer; {} does",
+                answer.pid
+            );
+            thread::yield_now();
+        }
+    }
+
     /// Sends the restart signal to PID 1 and waits until another process
     /// answers (the next generation, where the service says); returns how
     /// long that took.
