@@ -217,12 +217,15 @@ fn grpc_example_restarts_with_no_failed_call_and_every_stream_finished() {
             stream.pids
         );
     }
-    let answered: Vec<&str> = (report.iter())
-        .filter_map(|l| l.strip_prefix("unary ")?.split(' ').next())
+    let answered: Vec<(&str, u64)> = (report.iter())
+        .filter_map(|l| {
+            let (pid, calls) = l.strip_prefix("unary ")?.split_once(' ')?;
+            Some((pid, calls.parse().ok()?))
+        })
         .collect();
     for pid in &server.pids {
         assert!(
-            answered.contains(&pid.to_string().as_str()),
+            answered.iter().any(|&(p, _)| p == pid.to_string()),
             "generation pid {pid} answered no unary call"
         );
     }
@@ -247,14 +250,7 @@ fn grpc_example_restarts_with_no_failed_call_and_every_stream_finished() {
     println!(
         "{RESTARTS} restarts: {} streams of {TICKS} ticks and {} unary calls answered",
         streams.len(),
-        (report.iter())
-            .filter_map(|l| l
-                .strip_prefix("unary ")?
-                .split(' ')
-                .nth(1)?
-                .parse::<u64>()
-                .ok())
-            .sum::<u64>()
+        answered.iter().map(|&(_, calls)| calls).sum::<u64>()
     );
     server.stop();
 }
