@@ -52,7 +52,8 @@ impl Echo for Service {
         request: Request<TicksRequest>,
     ) -> Result<Response<Self::TicksStream>, Status> {
         let TicksRequest { count, interval_ms } = request.into_inner();
-        let interval = tokio::time::interval(Duration::from_millis(interval_ms.into()));
+        // tokio's interval panics on a zero period, which a client may ask for.
+        let interval = tokio::time::interval(Duration::from_millis(interval_ms.max(1).into()));
         let pid = self.pid;
         let mut n = 0;
         let ticks = IntervalStream::new(interval)
