@@ -130,33 +130,58 @@ pub fn build_asio_example(path: &Path, version: u32) {
 ///
 /// `cargo test` builds examples only as test targets, so the example is built
 /// here, in a target directory of its own (the one running this test is
-/// cargo's), by the same cargo that runs the tests. One build at a time, so
-/// that tests building the same example at once copy the version they asked for.
+/// cargo's), by the same cargo that runs the tests.
 pub fn build_rust_example(name: &str, features: &[&str], path: &Path, version: u32) {
+    let features = features.join(",");
+    let args = ["--example", name, "--features", &features];
+    cargo_build(
+        &args,
+        "example-under-test",
+        &format!("examples/{name}"),
+        path,
+        version,
+    );
+}
+
+/// The gRPC example, a crate of its own (`examples/grpc`: tonic and prost,
+/// which the core does not depend on), built as [`build_rust_example`] builds
+/// the others, in a target directory of its own under `target/`.
+pub fn build_grpc_example(path: &Path, version: u32) {
+    let args = [
+        "--manifest-path",
+        "examples/grpc/Cargo.toml",
+        "--bin",
+        "grpc_server",
+    ];
+    cargo_build(&args, "grpc-example", "grpc_server", path, version);
+}
+
+/// `cargo build ARGS` with `APP_VERSION=version` into `target/TARGET`, and
+/// `BUILT` (a path in the profile's directory) renamed into `path`. One build
+/// at a time, so that tests building the same example at once copy the
+/// version they asked for.
+fn cargo_build(args: &[&str], target: &str, built: &str, path: &Path, version: u32) {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _building = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let target = repo().join("target/example-under-test");
+    let target = repo().join("target").join(target);
     let (profile, flags) = if cfg!(debug_assertions) {
         ("debug", &[][..])
     } else {
         ("release", &["--release"][..])
     };
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--example", name, "--target-dir"])
+        .args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
         .arg(&target)
         .args(flags)
-        .args(["--features", &features.join(",")])
         .env("APP_VERSION", version.to_string())
         .current_dir(repo())
         .status()
         .expect("run cargo");
-    assert!(
-        status.success(),
-        "cargo build of the Rust example {name}, version {version}"
-    );
+    assert!(status.success(), "cargo build {args:?}, version {version}");
     let fresh = path.with_extension("new");
-    let built = target.join(profile).join("examples").join(name);
-    std::fs::copy(built, &fresh).expect("copy the example");
+    std::fs::copy(target.join(profile).join(built), &fresh).expect("copy the example");
     std::fs::rename(&fresh, path).expect("rename the example into place");
 }
 

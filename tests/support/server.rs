@@ -38,7 +38,18 @@ impl Server {
 
     /// [`Server::start`] for a prepared command (working directory, `PATH`...)
     /// whose last argument is the address.
-    pub fn launch(mut command: Command) -> Server {
+    pub fn launch(command: Command) -> Server {
+        let server = Server::spawn(command);
+        let first = server
+            .probe(Duration::from_secs(10))
+            .expect("the server answers");
+        assert_eq!(first.pid, server.pid);
+        server
+    }
+
+    /// [`Server::launch`] for a server that does not speak HTTP/1.1 (gRPC):
+    /// not probed, it serves once it printed its first line.
+    pub fn spawn(mut command: Command) -> Server {
         let program = PathBuf::from(command.get_program());
         let mut child = command
             .stdin(Stdio::null())
@@ -63,19 +74,14 @@ impl Server {
             });
         }
         let pid = child.id() as i32;
-        let server = Server {
+        Server {
             child,
             addr,
             pid,
             generation: 1,
             pids: vec![pid],
             log,
-        };
-        let first = server
-            .probe(Duration::from_secs(10))
-            .expect("the server answers");
-        assert_eq!(first.pid, pid);
-        server
+        }
     }
 
     /// Waits for a line of the servers' stderr that contains `needle`.
