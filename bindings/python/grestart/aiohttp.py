@@ -35,8 +35,9 @@ class _Framing:
     """Where a connection's requests end, found in the bytes as they arrive:
     whether every byte received belongs to a whole request (a head, and the
     body its ``Content-Length`` gives). A chunked body, or anything it cannot
-    frame, counts as never at a boundary: that connection is closed at the
-    drain as without hand-over rather than handed over with bytes lost."""
+    frame, counts as never at a boundary, and so does a connection upgraded
+    to another protocol (a WebSocket): that connection is closed at the drain
+    as without hand-over rather than handed over with bytes lost."""
 
     def __init__(self) -> None:
         self.rest = bytearray()  # received, not yet a whole request
@@ -61,8 +62,10 @@ class _Framing:
                 return
             head = bytes(self.rest[:end]).lower()
             del self.rest[: end + 4]
-            if b"\r\ntransfer-encoding:" in head:
+            if b"\r\ntransfer-encoding:" in head or b"\r\nupgrade:" in head:
+                # A chunked body, or another protocol (a WebSocket) from here on.
                 self.unframed = True
+                self.rest.clear()
                 return
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:

@@ -48,3 +48,13 @@ def test_aiohttp_framing_finds_the_end_of_each_request():
     assert framing.at_boundary()
     framing.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert not framing.at_boundary(), "a chunked body is not framed: never handed over"
+
+
+def test_aiohttp_framing_leaves_an_upgraded_connection_alone():
+    from grestart.aiohttp import _Framing
+
+    framing = _Framing()
+    framing.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    framing.feed(b"\x81\x85" + bytes(9) + b"GET / HTTP/1.1\r\n\r\n")
+    assert not framing.at_boundary(), "WebSocket frames are no HTTP requests: never handed over"
+    assert not framing.rest, "nor kept"
