@@ -25,6 +25,12 @@ def test_a_bad_idle_grace_is_refused_before_anything_listens(grace):
         asyncio.run(grestart.uvicorn.serve(asgi_app, ("127.0.0.1", 0), idle_grace=grace))
 
 
+@pytest.mark.parametrize("window", [-1, "5", None, float("nan")])
+def test_a_bad_websocket_window_is_refused_before_anything_listens(window):
+    with pytest.raises(ValueError, match="websocket_window"):
+        asyncio.run(grestart.aiohttp.serve(web.Application(), ("127.0.0.1", 0), websocket_window=window))
+
+
 def test_a_bad_address_raises_type_error():
     with pytest.raises(TypeError):
         asyncio.run(grestart.aiohttp.serve(web.Application(), 8080))
