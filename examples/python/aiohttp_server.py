@@ -69,8 +69,8 @@ def main() -> int:
     host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"aiohttp_server.py: pid {os.getpid()} generation {grestart.generation()} version {VERSION} "
           f"listening on {host}:{bound[1]}", flush=True)
-    # Ready once it serves; returns drained. Its WebSockets close over 2 s.
-    grestart.aiohttp.run_app(app, listener, websocket_window=2.0)
+    # Ready once it serves; returns drained. Its WebSockets close over 2.5 s.
+    grestart.aiohttp.run_app(app, listener, websocket_window=2.5)
     return 0
 
 
