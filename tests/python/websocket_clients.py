@@ -24,7 +24,7 @@ then exits.
 import asyncio
 import collections
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed

@@ -212,11 +212,10 @@ async def websocket_messages(ws: web.WebSocketResponse) -> AsyncIterator[WSMessa
     Every message it gave is one the handler has answered when it asks for
     the next, since the close frame goes only then; the one message a client
     sends while the close frame is on its way is read by ``ws.close`` and
-    dropped, unanswered, and the client knows which it was. (aiohttp's
-    ``close()`` called from another task while the handler waits in
-    ``receive()`` drops the connection without waiting for the client's
-    close frame: a message the client sends meanwhile makes the kernel reset
-    the connection.)"""
+    dropped, unanswered, and the client knows which it was. (``ws.close()``
+    from another task, while the handler waits in ``receive()``, does not
+    wait for the client's close frame: a message the client sends meanwhile
+    makes the kernel reset the connection.)"""
     sockets = _websockets_of(asyncio.get_running_loop())
     turn = sockets.turn()
     receive: "Optional[asyncio.Future[WSMessage]]" = None
