@@ -33,12 +33,12 @@ def listener(where: Listener) -> socket.socket:
     return grestart.listen(where)
 
 
-def check_grace(idle_grace: float) -> float:
-    """A number of seconds >= 0 (``math.inf``: idle connections stay until
-    their clients close them)."""
-    if not isinstance(idle_grace, (int, float)) or isinstance(idle_grace, bool) or not idle_grace >= 0:
-        raise ValueError(f"idle_grace must be a number of seconds >= 0, not {idle_grace!r}")
-    return float(idle_grace)
+def check_grace(seconds: float, name: str = "idle_grace") -> float:
+    """A number of seconds >= 0 (``math.inf``: idle connections, or
+    WebSockets, stay until their clients close them)."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, not {seconds!r}")
+    return float(seconds)
 
 
 async def stop_accepting(sock: socket.socket) -> None:
@@ -57,14 +57,17 @@ async def stop_accepting(sock: socket.socket) -> None:
 
 
 async def connections_finished(
-    open_connections: Callable[[], int], idle_grace: float, each_turn: Optional[Callable[[], None]] = None
+    open_connections: Callable[[], int],
+    idle_grace: float,
+    each_turn: Optional[Callable[[], None]] = None,
+    hold: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Returns once ``open_connections()`` is 0, or ``idle_grace`` seconds passed,
-    calling ``each_turn()`` (hand idle connections over) meanwhile. Call it
-    once the server stopped accepting."""
+    """Returns once ``open_connections()`` is 0, or ``idle_grace`` seconds passed
+    and ``hold()`` is false, calling ``each_turn()`` (hand idle connections
+    over) meanwhile. Call it once the server stopped accepting."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + idle_grace
-    while open_connections() and loop.time() < deadline:
+    while open_connections() and (loop.time() < deadline or hold()):
         if each_turn is not None:
             each_turn()
         await asyncio.sleep(_PERIOD)

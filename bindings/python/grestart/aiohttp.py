@@ -14,29 +14,43 @@ its last request is answered. Where the successor takes no connections (an
 older grestart), it answers the next request of each connection with
 ``Connection: close`` and closes only connections idle for ``idle_grace``
 seconds instead. Nothing a client sent is lost.
+
+A WebSocket cannot be handed over: it belongs to its handler. A handler that
+reads its messages through :func:`websocket_messages` is told to reconnect
+instead, with close code 1012 ("service restart"), and its client reconnects
+to the successor. Once it has handed over its idle connections, the old
+generation closes its WebSockets one by one, spread evenly over
+``websocket_window`` seconds (a million clients told to reconnect in the same
+instant are a storm), while requests in flight still finish; it waits for the
+last close, ``idle_grace`` or not. The drain deadline
+(:func:`grestart.set_drain_deadline`) bounds it all: keep the window well
+below it, or the WebSockets left when it fires end without a close frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
-from typing import Any, Optional, Set
+import weakref
+from typing import Any, AsyncIterator, Optional, Set
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 import grestart
 
 from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
 
-__all__ = ["serve", "run_app"]
+__all__ = ["serve", "run_app", "websocket_messages"]
 
 
 class _Framing:
     """Where a connection's requests end, found in the bytes as they arrive:
     whether every byte received belongs to a whole request (a head, and the
     body its ``Content-Length`` gives). A chunked body, or anything it cannot
-    frame, counts as never at a boundary: that connection is closed at the
-    drain as without hand-over rather than handed over with bytes lost."""
+    frame, counts as never at a boundary, and so does a connection upgraded
+    to another protocol (a WebSocket): that connection is closed at the drain
+    as without hand-over rather than handed over with bytes lost."""
 
     def __init__(self) -> None:
         self.rest = bytearray()  # received, not yet a whole request
@@ -61,8 +75,10 @@ class _Framing:
                 return
             head = bytes(self.rest[:end]).lower()
             del self.rest[: end + 4]
-            if b"\r\ntransfer-encoding:" in head:
+            if b"\r\ntransfer-encoding:" in head or b"\r\nupgrade:" in head:
+                # A chunked body, or another protocol (a WebSocket) from here on.
                 self.unframed = True
+                self.rest.clear()
                 return
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
@@ -141,13 +157,108 @@ class _Tracked(asyncio.Protocol):
         return True
 
 
-async def serve(app: web.Application, where: Listener, *, idle_grace: float = 2.0, **runner_options: Any) -> None:
+class _WebSockets:
+    """The WebSockets of :func:`websocket_messages` open in one event loop,
+    each with its turn: a future resolved when its handler must close it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.turns: "dict[asyncio.Future[None], None]" = {}  # the oldest first
+        self.closing = False
+
+    def turn(self) -> "asyncio.Future[None]":
+        turn = self.loop.create_future()
+        if self.closing:
+            turn.set_result(None)  # opened while draining: reconnect at once
+        self.turns[turn] = None
+        return turn
+
+    def forget(self, turn: "asyncio.Future[None]") -> None:
+        self.turns.pop(turn, None)
+
+    def spread(self, window: float) -> None:
+        """Gives every open WebSocket its turn, evenly over ``window`` seconds
+        from now, the oldest first (``math.inf``: none is closed)."""
+        if math.isinf(window):
+            return
+        self.closing = True
+        waiting = [turn for turn in self.turns if not turn.done()]
+        for i, turn in enumerate(waiting):
+            self.loop.call_later(window * i / len(waiting), _resolve, turn)
+
+
+def _resolve(turn: "asyncio.Future[None]") -> None:
+    if not turn.done():
+        turn.set_result(None)
+
+
+_websockets: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WebSockets]" = weakref.WeakKeyDictionary()
+
+
+def _websockets_of(loop: asyncio.AbstractEventLoop) -> _WebSockets:
+    sockets = _websockets.get(loop)
+    if sockets is None:
+        sockets = _websockets[loop] = _WebSockets(loop)
+    return sockets
+
+
+async def websocket_messages(ws: web.WebSocketResponse) -> AsyncIterator[WSMessage]:
+    """The messages of the prepared WebSocket ``ws``, as ``async for msg in
+    ws`` gives them, until the client closes it, or until this generation
+    drains and its turn comes: then it closes ``ws`` with 1012 ("service
+    restart"; the client reconnects, to the successor) and ends. Call it from
+    the WebSocket's own handler, its only reader.
+
+    Every message it gave is one the handler has answered when it asks for
+    the next, since the close frame goes only then; the one message a client
+    sends while the close frame is on its way is read by ``ws.close`` and
+    dropped, unanswered, and the client knows which it was. (``ws.close()``
+    from another task, while the handler waits in ``receive()``, does not
+    wait for the client's close frame: a message the client sends meanwhile
+    makes the kernel reset the connection.)"""
+    sockets = _websockets_of(asyncio.get_running_loop())
+    turn = sockets.turn()
+    receive: "Optional[asyncio.Future[WSMessage]]" = None
+    try:
+        while not turn.done():
+            receive = asyncio.ensure_future(ws.receive())
+            await asyncio.wait((receive, turn), return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                # Our turn, no message read: receive() stops with the
+                # message, if any, still in aiohttp's queue, for close().
+                receive.cancel()
+                await asyncio.wait((receive,))
+                if receive.cancelled():
+                    break
+            msg = receive.result()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            yield msg
+        # Sends the close frame, and reads until the client's, so that the
+        # connection ends in order (the server closes first, RFC 6455 7.1.1).
+        await ws.close(code=WSCloseCode.SERVICE_RESTART)
+    finally:
+        if receive is not None:
+            receive.cancel()
+        sockets.forget(turn)
+
+
+async def serve(
+    app: web.Application,
+    where: Listener,
+    *,
+    idle_grace: float = 2.0,
+    websocket_window: float = 5.0,
+    **runner_options: Any,
+) -> None:
     """Serves ``app`` on ``where`` (a socket from :func:`grestart.listen`, or an
     address for it), adopts the connections the previous generation hands
     over, calls :func:`grestart.ready`, and returns once this process has
-    drained: then call :func:`grestart.shutdown`. ``runner_options`` go to
-    ``aiohttp.web.AppRunner``."""
+    drained: then call :func:`grestart.shutdown`. The WebSockets of
+    :func:`websocket_messages` close over ``websocket_window`` seconds once
+    the drain began. ``runner_options`` go to ``aiohttp.web.AppRunner``."""
     idle_grace = check_grace(idle_grace)
+    websocket_window = check_grace(websocket_window, "websocket_window")
     sock: socket.socket = listener(where)
     handing_over = [True]
 
@@ -185,16 +296,31 @@ async def serve(app: web.Application, where: Listener, *, idle_grace: float = 2.
                     handing_over[0] = False  # answer with "Connection: close" from now on
                     return
 
+        hand_over_idle()  # first the idle connections, then the WebSockets
+        websockets = _websockets_of(loop)
+        websockets.spread(websocket_window)
         aiohttp_server = runner.server
+        # Not before the last WebSocket closed: the cleanup makes aiohttp
+        # ignore what any connection receives, a client's close frame too.
         await connections_finished(
-            lambda: len(aiohttp_server.connections) if aiohttp_server else 0, idle_grace, hand_over_idle
+            lambda: len(aiohttp_server.connections) if aiohttp_server else 0,
+            idle_grace,
+            hand_over_idle,
+            hold=lambda: bool(websockets.turns),
         )
     finally:
         loop.remove_reader(adopt)
         await runner.cleanup()  # closes what stayed idle, waits for what is in flight
 
 
-def run_app(app: web.Application, where: Listener, *, idle_grace: float = 2.0, **runner_options: Any) -> None:
+def run_app(
+    app: web.Application,
+    where: Listener,
+    *,
+    idle_grace: float = 2.0,
+    websocket_window: float = 5.0,
+    **runner_options: Any,
+) -> None:
     """:func:`serve` in a new event loop, then :func:`grestart.shutdown`."""
-    asyncio.run(serve(app, where, idle_grace=idle_grace, **runner_options))
+    asyncio.run(serve(app, where, idle_grace=idle_grace, websocket_window=websocket_window, **runner_options))
     grestart.shutdown()

@@ -25,6 +25,12 @@ def test_a_bad_idle_grace_is_refused_before_anything_listens(grace):
         asyncio.run(grestart.uvicorn.serve(asgi_app, ("127.0.0.1", 0), idle_grace=grace))
 
 
+@pytest.mark.parametrize("window", [-1, "5", None, float("nan")])
+def test_a_bad_websocket_window_is_refused_before_anything_listens(window):
+    with pytest.raises(ValueError, match="websocket_window"):
+        asyncio.run(grestart.aiohttp.serve(web.Application(), ("127.0.0.1", 0), websocket_window=window))
+
+
 def test_a_bad_address_raises_type_error():
     with pytest.raises(TypeError):
         asyncio.run(grestart.aiohttp.serve(web.Application(), 8080))
@@ -48,3 +54,13 @@ def test_aiohttp_framing_finds_the_end_of_each_request():
     assert framing.at_boundary()
     framing.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert not framing.at_boundary(), "a chunked body is not framed: never handed over"
+
+
+def test_aiohttp_framing_leaves_an_upgraded_connection_alone():
+    from grestart.aiohttp import _Framing
+
+    framing = _Framing()
+    framing.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    framing.feed(b"\x81\x85" + bytes(9) + b"GET / HTTP/1.1\r\n\r\n")
+    assert not framing.at_boundary(), "WebSocket frames are no HTTP requests: never handed over"
+    assert not framing.rest, "nor kept"
