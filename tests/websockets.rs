@@ -22,11 +22,10 @@ const RESTARTS: usize = 10;
 /// the last ones after its idle grace (2 s) is over.
 const WINDOW: Duration = Duration::from_millis(2500);
 /// How long after the window every client is on the newest generation. The
-/// clients take 0–0.3 s after the window on an idle machine; on two cores
-/// shared with builds a reconnect now and then waits 1.5 s for a core. What
-/// this guards against takes far longer: a close that waits for a close frame
-/// aiohttp no longer reads takes its 10 s timeout, an untold client forever.
-const RECONNECTED: Duration = Duration::from_secs(3);
+/// clients take 0–0.3 s after the window on an idle machine. What this guards
+/// against takes far longer: a close that waits for a close frame aiohttp no
+/// longer reads takes its 10 s timeout, an untold client forever.
+const RECONNECTED: Duration = Duration::from_secs(1);
 
 /// The client process: its stdout lines as they come; ended by pid and
 /// reaped when dropped.
