@@ -145,7 +145,7 @@ fn run(options: Options) -> io::Result<i32> {
     } else {
         crate::signal::bit(options.restart_signal as i32)
     };
-    let pid = supervisor.start(&exe, &argv, ignored)?;
+    let pid = supervisor.start(&exe, &argv, ignored, None)?;
     info!(
         "started {} as pid {pid}{}",
         exe.to_string_lossy(),

@@ -32,6 +32,7 @@ use nix::unistd::{Pid, geteuid};
 
 use crate::control::{Control, Reply, Request};
 use crate::error::with_context;
+use crate::exec_watch::ExecWatch;
 use crate::log::{debug, error, info, warning};
 use crate::notify::{self, Message};
 use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, VARIABLES};
@@ -166,7 +167,16 @@ impl Supervisor {
     /// the listeners at fds 3.., our notification socket, an empty signal
     /// mask, and the dispositions we were started with (what systemd ignores
     /// stays ignored, as if it had started the program) plus `also_ignored`.
-    pub(crate) fn start(&self, exe: &CStr, argv: &[CString], also_ignored: u64) -> io::Result<i32> {
+    /// With `exec_timeout`, a program whose exec has not ended by then (on a
+    /// hung mount) is killed and the start fails, instead of holding the
+    /// supervisor.
+    pub(crate) fn start(
+        &self,
+        exe: &CStr,
+        argv: &[CString],
+        also_ignored: u64,
+        exec_timeout: Option<Duration>,
+    ) -> io::Result<i32> {
         let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
         let mut env: Vec<CString> = std::env::vars_os()
             .filter(|(key, _)| {
@@ -192,6 +202,7 @@ impl Supervisor {
         }
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
         let ignored = crate::signal::started_ignoring() | also_ignored;
+        let watch = exec_timeout.map(ExecWatch::new);
         let instance = spawn::spawn(
             exe,
             argv,
@@ -200,7 +211,7 @@ impl Supervisor {
             &fds,
             ignored,
             Channel::ExecReport,
-            None,
+            watch.as_ref(),
         )?;
         match instance.exec_error(exe) {
             Some(e) => Err(e),
@@ -387,17 +398,20 @@ impl Supervisor {
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()
         ));
-        match self.start(&restarter.exe, &restarter.argv, 0) {
+        let started = Instant::now();
+        match self.start(
+            &restarter.exe,
+            &restarter.argv,
+            0,
+            Some(restarter.ready_timeout),
+        ) {
             Ok(pid) => {
                 info!(
                     "new instance {pid} started, waiting up to {:?} for it to be ready",
                     restarter.ready_timeout
                 );
                 let restarter = self.restarter.as_mut().expect("checked above");
-                restarter.pending = Some(Pending {
-                    pid,
-                    started: Instant::now(),
-                });
+                restarter.pending = Some(Pending { pid, started });
             }
             Err(e) => {
                 error!("restart failed, {} serves on: {e}", self.describe_serving());

@@ -12,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use support::{Container, Load, TempDir};
+use support::{Container, HungMount, Load, TempDir};
 
 const RESTARTS: usize = 20;
 
@@ -159,6 +159,56 @@ fn a_new_instance_that_fails_leaves_the_old_one_serving() {
 
     // Nothing of the failures is left: the next restart works.
     std::fs::write(&mode, "serve").unwrap();
+    container.restart();
+    container.settles_to(2, false);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
+    assert!(container.stop().success());
+}
+
+/// A deploy flips `current` onto a network mount that hangs: the new
+/// instance's exec never ends. The launcher (PID 1) kills it at the ready
+/// timeout instead of hanging with it, the old instance serves on, and after
+/// the flip back the restart works.
+#[test]
+fn a_new_instance_whose_exec_hangs_is_killed_at_the_ready_timeout() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let dir = TempDir::new("launcher-hung");
+    let release = dir.join("releases/v1");
+    std::fs::create_dir_all(&release).unwrap();
+    let server = release.join("server");
+    std::fs::copy(
+        support::repo().join("tests/python/listen_fds_server.py"),
+        &server,
+    )
+    .unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let flip_to = |target: &str| {
+        let fresh = dir.join("current.new");
+        symlink(target, &fresh).unwrap();
+        std::fs::rename(&fresh, dir.join("current")).unwrap();
+    };
+    flip_to("releases/v1");
+    let _hung = HungMount::new(&dir.join("hung"));
+    let program = [dir.join("current/server").into_os_string()];
+    let options = ["--listen", "127.0.0.1:0", "--ready-timeout", "1"];
+    let mut container = start(&run(&options, &program), None);
+    let serving = container.pid;
+    let load = Load::start(container.addr, 2, 2);
+
+    flip_to("hung");
+    support::kill(container.init, libc::SIGUSR2);
+    container
+        .log
+        .wait_for("had not finished its exec", 1, Duration::from_secs(20));
+    container.settles_to(2, false);
+    assert_eq!(
+        container.answer().pid,
+        serving,
+        "the old instance serves on"
+    );
+
+    flip_to("releases/v1");
     container.restart();
     container.settles_to(2, false);
     let stats = load.finish();

@@ -3,7 +3,7 @@
 //! (`process`), a service in a PID namespace (`container`), a real systemd
 //! booted in a container (`systemd`), a server under test (`server`), the
 //! HTTP client (`http`) and load (`load`), a consumer service under test
-//! (`consumer`) and its broker (`redis`).
+//! (`consumer`) and its broker (`redis`), a file system that hangs (`mount`).
 #![allow(dead_code)] // each test binary uses a different part
 
 mod build;
@@ -11,6 +11,7 @@ mod consumer;
 mod container;
 mod http;
 mod load;
+mod mount;
 mod process;
 mod redis;
 mod server;
@@ -19,6 +20,6 @@ mod systemd;
 // Not every test binary uses every module.
 #[allow(unused_imports)]
 pub use {
-    build::*, consumer::*, container::*, http::*, load::*, process::*, redis::*, server::*,
-    systemd::*,
+    build::*, consumer::*, container::*, http::*, load::*, mount::*, process::*, redis::*,
+    server::*, systemd::*,
 };
