@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use once_cell::sync::OnceCell;
 use crate::address::Address;
 use crate::control::{Control, Reply};
 use crate::error::{fail, with_context};
-use crate::exec_watch::{ExecWatch, Why};
+use crate::exec_watch::ExecWatch;
 use crate::handover::{Adoption, Handed, Heir};
 use crate::link::Predecessor;
 use crate::log::{self, debug, error, info, warning};
@@ -80,15 +80,9 @@ struct State {
     predecessor: Option<Predecessor>,
     hooks: Hooks,
     settings: Settings,
-    /// The restart under way, if one is: `shutdown` stops it and waits for
-    /// it, so that no successor starts serving after we were told to stop.
-    restarting: Option<Restarting>,
-}
-
-struct Restarting {
-    thread: ThreadId,
-    /// Kills the successor if it is still executing (a hung mount).
-    exec: Arc<ExecWatch>,
+    /// The thread running a restart, if one runs: `shutdown` waits for it,
+    /// so that no successor starts serving after we were told to stop.
+    restarting_on: Option<ThreadId>,
 }
 
 pub(crate) struct Engine {
@@ -319,7 +313,7 @@ impl Engine {
                 registry: Registry::new(parts.inherited),
                 predecessor: parts.predecessor,
                 hooks: Hooks::Pending(Vec::new()),
-                restarting: None,
+                restarting_on: None,
                 settings: Settings {
                     ready_timeout: Duration::from_secs(60),
                     drain_deadline: None,
@@ -466,21 +460,17 @@ impl Engine {
         // draining) is not a failure: nothing was tried.
         let checked = {
             let mut state = self.lock();
-            let timeout = state.settings.ready_timeout;
-            self.check_may_restart(&mut state).map(|draining| {
+            let checked = self.check_may_restart(&mut state);
+            if checked.is_ok() {
                 // Under the same lock as the check: a shutdown either refuses
-                // this restart or stops it and waits for it.
-                let exec = ExecWatch::new(timeout);
-                state.restarting = Some(Restarting {
-                    thread: thread::current().id(),
-                    exec: Arc::clone(&exec),
-                });
-                (draining, exec)
-            })
+                // this restart or waits for it.
+                state.restarting_on = Some(thread::current().id());
+            }
+            checked
         };
         let (result, refused) = match checked {
             Err(e) => (Err(e), true),
-            Ok((draining, exec)) => (self.start_successor(draining, &exec, ready), false),
+            Ok(draining) => (self.start_successor(draining, ready), false),
         };
         let coalesced = coalesce();
         if coalesced > 0 {
@@ -505,26 +495,21 @@ impl Engine {
         if !refused {
             // Only now, with the outcome logged: a shutdown waiting for this
             // restart may end the process at once.
-            self.lock_quietly().restarting = None;
+            self.lock_quietly().restarting_on = None;
             self.changed.notify_all();
         }
         result
     }
 
     /// `draining`: how many older generations (we included) may drain while
-    /// the successor serves; `exec` bounds the restart by the ready timeout,
-    /// the successor's exec included.
-    fn start_successor(
-        &'static self,
-        draining: u32,
-        exec: &Arc<ExecWatch>,
-        ready: impl FnOnce(i32),
-    ) -> io::Result<i32> {
+    /// the successor serves. The ready timeout bounds it all, the successor's
+    /// exec included; a stop (the shutdown fd, the stop signal) ends it.
+    fn start_successor(&'static self, draining: u32, ready: impl FnOnce(i32)) -> io::Result<i32> {
         let started = Instant::now();
         // Copied under the lock, which every setter, `gr_shutdown` and the
         // hand-over take: nothing that can block (an exec from a hung mount,
         // a notification) runs under it.
-        let (exe, argv, cwd, names, fds) = {
+        let (exe, argv, cwd, names, fds, timeout) = {
             let state = self.lock();
             let (exe, argv, cwd) = self.successor_command(&state.settings)?;
             let (names, fds) = state.registry.handed_over();
@@ -533,8 +518,13 @@ impl Engine {
                 .collect::<io::Result<Vec<_>>>()
                 .map_err(|e| with_context(e, "cannot duplicate a listener for the successor"))?;
             let names = names.into_iter().map(String::from).collect::<Vec<_>>();
-            (exe, argv, cwd, names, fds)
+            (exe, argv, cwd, names, fds, state.settings.ready_timeout)
         };
+        let abandon: Vec<BorrowedFd<'static>> = [self.shutdown_event.as_fd()]
+            .into_iter()
+            .chain(signal::stopped_fd())
+            .collect();
+        let exec = ExecWatch::new(timeout, abandon.clone())?;
         let listeners = (names.iter().zip(&fds))
             .map(|(name, fd)| {
                 let bound = nix::sys::socket::getsockname(fd.as_raw_fd()).ok();
@@ -564,17 +554,16 @@ impl Engine {
             &fds.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
             self.ignoring | signal::bit(restart_signal),
             spawn::Channel::Readiness,
-            Some(exec),
+            Some(&exec),
         )
         .inspect_err(|_| self.notify_serving())?;
         drop(fds);
-        let timeout = exec.timeout();
         info!(
             "successor {} started as generation {}, waiting up to {timeout:?} for it to be ready",
             successor.pid,
             self.generation + 1
         );
-        match successor.wait_ready(&exe, exec.deadline(), self.shutdown_event.as_fd()) {
+        match successor.wait_ready(&exe, exec.deadline(), &abandon) {
             Ok(said) => {
                 let heir = Heir::new(successor.channel, successor.pid, listeners, &said);
                 info!(
@@ -793,16 +782,10 @@ impl Engine {
         }
         self.begin_drain();
         // A successor still starting sees the drain and is stopped (see
-        // `start_successor`), and one whose exec hangs is killed; wait for
-        // that, unless we are that restart.
+        // `start_successor`), also one whose exec hangs; wait for that, unless
+        // we are that restart.
         let here = thread::current().id();
-        let starting = (self.lock().restarting.as_ref())
-            .filter(|r| r.thread != here)
-            .map(|r| Arc::clone(&r.exec));
-        if let Some(exec) = starting {
-            exec.kill(Why::Abandoned);
-        }
-        self.wait_until(|s| s.restarting.as_ref().is_none_or(|r| r.thread == here));
+        self.wait_until(|s| s.restarting_on.is_none_or(|t| t == here));
         let in_flight = self.in_flight.load(Ordering::SeqCst);
         if in_flight > 0 {
             info!("waiting for {in_flight} pieces of work in flight");

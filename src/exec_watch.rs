@@ -4,17 +4,24 @@
 //! `spawn.rs`), and the exec of a program on a hung mount (an NFS server gone,
 //! a FUSE daemon stuck) does not end: the restarting thread would wait for
 //! ever, a shutdown would wait for that restart, and the ready timeout would
-//! never start. An [`ExecWatch`] lets another thread kill such a child: its
-//! watchdog once the restart's deadline has passed, or a shutdown that
-//! abandons the restart. Those waits in the kernel end on `SIGKILL`, and once
-//! the child is gone the spawn returns and reports why.
+//! never start. An [`ExecWatch`] kills such a child from a thread of its own,
+//! the watchdog: once the restart's deadline has passed, or at once when one
+//! of its `abandon` fds turns readable (this process was told to stop). Those
+//! waits in the kernel end on `SIGKILL`, and once the child is gone the spawn
+//! returns and reports why.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::error::with_context;
 use crate::signal;
 
 /// Why the child was killed before its exec ended.
@@ -39,7 +46,9 @@ pub(crate) struct ExecWatch {
     /// thread owns the fd once it has ended the stage.
     pidfd: AtomicI32,
     stage: Mutex<Stage>,
-    changed: Condvar,
+    /// Readable once the stage is over: the watchdog leaves.
+    ended: EventFd,
+    abandon: Vec<BorrowedFd<'static>>,
     /// The restart's deadline, and the timeout it was computed from (for the
     /// message).
     deadline: Instant,
@@ -47,15 +56,22 @@ pub(crate) struct ExecWatch {
 }
 
 impl ExecWatch {
-    /// A watch for a spawn that must have exec'd within `timeout` from now.
-    pub(crate) fn new(timeout: Duration) -> Arc<ExecWatch> {
-        Arc::new(ExecWatch {
+    /// A watch for a spawn that must have exec'd within `timeout` from now,
+    /// and is given up as soon as one of `abandon` turns readable.
+    pub(crate) fn new(
+        timeout: Duration,
+        abandon: Vec<BorrowedFd<'static>>,
+    ) -> io::Result<Arc<ExecWatch>> {
+        let ended = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| with_context(e.into(), "cannot create the exec watch's eventfd"))?;
+        Ok(Arc::new(ExecWatch {
             pidfd: AtomicI32::new(-1),
             stage: Mutex::new(Stage::Execing),
-            changed: Condvar::new(),
+            ended,
+            abandon,
             deadline: Instant::now() + timeout,
             timeout,
-        })
+        }))
     }
 
     pub(crate) fn deadline(&self) -> Instant {
@@ -72,30 +88,48 @@ impl ExecWatch {
     }
 
     /// Starts the watchdog: a thread that kills the child if its exec has not
-    /// ended by the deadline, and leaves as soon as it has.
+    /// ended by the deadline or the spawn is abandoned, and leaves as soon as
+    /// the exec has ended.
     pub(crate) fn start_watchdog(self: &Arc<Self>) -> io::Result<()> {
         let watch = Arc::clone(self);
-        signal::spawn_thread("grestart-exec", move || {
-            let mut stage = watch.lock();
-            while *stage == Stage::Execing {
-                let left = watch.deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    watch.kill_locked(&mut stage, Why::TimedOut);
-                    return;
-                }
-                stage = (watch.changed.wait_timeout(stage, left))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+        signal::spawn_thread("grestart-exec", move || watch.watchdog())
+    }
+
+    fn watchdog(&self) {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.kill(Why::TimedOut);
             }
-        })
+            let wait = PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds: Vec<PollFd<'_>> = [self.ended.as_fd()]
+                .into_iter()
+                .chain(self.abandon.iter().copied())
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, wait) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    // We cannot wait for the exec: kill at the deadline only.
+                    crate::log::warning!("the exec watchdog cannot poll: {e}");
+                    drop(fds);
+                    std::thread::sleep(left);
+                    continue;
+                }
+            }
+            if fds[0].any() == Some(true) {
+                return;
+            }
+            if fds[1..].iter().any(|fd| fd.any() == Some(true)) {
+                return self.kill(Why::Abandoned);
+            }
+        }
     }
 
     /// Kills the child if its exec has not ended yet; nothing otherwise.
-    pub(crate) fn kill(&self, why: Why) {
-        self.kill_locked(&mut self.lock(), why);
-    }
-
-    fn kill_locked(&self, stage: &mut Stage, why: Why) {
+    fn kill(&self, why: Why) {
+        let mut stage = self.lock();
         if *stage != Stage::Execing {
             return;
         }
@@ -124,7 +158,10 @@ impl ExecWatch {
     /// leaves, and the pidfd is the caller's. What happened meanwhile.
     pub(crate) fn end(&self) -> Stage {
         let stage = std::mem::replace(&mut *self.lock(), Stage::Over);
-        self.changed.notify_all();
+        if let Err(e) = self.ended.write(1) {
+            // The watchdog then leaves at the deadline, its kill a no-op.
+            crate::log::warning!("cannot tell the exec watchdog the exec ended: {e}");
+        }
         stage
     }
 

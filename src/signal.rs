@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{pipe2, read};
 
@@ -49,8 +50,13 @@ const RETUNE_BYTE: u8 = 2;
 /// ... or the stop signal, from the handler.
 const STOP_BYTE: u8 = 3;
 
-/// The write end of the self-pipe; the handler's only state with [`OWNER`].
+/// The write end of the self-pipe; the handler's only state with [`OWNER`]
+/// and [`STOPPED`].
 static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// An eventfd the handler makes readable when the stop signal arrives: a
+/// restart under way gives up for it at once (the watcher, which reads the
+/// pipe, is busy with that very restart).
+static STOPPED: AtomicI32 = AtomicI32::new(-1);
 /// The process that installed the handler. A process it forks (a prefork
 /// worker) inherits the handler and the pipe, but a signal sent to a worker is
 /// not a request to restart its master.
@@ -114,6 +120,11 @@ extern "C" fn on_signal(signo: c_int) {
         let errno = *libc::__errno_location();
         let byte = if stop { STOP_BYTE } else { RESTART_BYTE };
         libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+        let stopped = STOPPED.load(Ordering::Relaxed);
+        if stop && stopped >= 0 {
+            let one: u64 = 1;
+            libc::write(stopped, (&one as *const u64).cast(), mem::size_of::<u64>());
+        }
         *libc::__errno_location() = errno;
     }
 }
@@ -201,6 +212,11 @@ pub(crate) fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// grestart (see the module comment). Either way, an ignore that was ours
 /// (the parent's, or [`at_start`]'s) gives back the default, not "ignored".
 pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()> {
+    if STOPPED.load(Ordering::Relaxed) < 0 {
+        let stopped = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| with_context(e.into(), "cannot create the stop eventfd"))?;
+        STOPPED.store(OwnedFd::from(stopped).into_raw_fd(), Ordering::Relaxed);
+    }
     // The write end lives as long as the process: the handler may run at any time.
     WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
     OWNER.store(std::process::id() as i32, Ordering::Relaxed);
@@ -223,6 +239,13 @@ pub(crate) fn current() -> c_int {
     installed
         .as_ref()
         .map_or(libc::SIGUSR2, |(signo, _)| *signo)
+}
+
+/// Readable once the stop signal has arrived (see [`STOPPED`]).
+pub(crate) fn stopped_fd() -> Option<BorrowedFd<'static>> {
+    let fd = STOPPED.load(Ordering::Relaxed);
+    // SAFETY: once made, the eventfd is never closed.
+    (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// The stop signal, 0 when there is none.

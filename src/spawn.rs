@@ -603,7 +603,7 @@ unsafe fn child_failed(report_fd: RawFd, stage: u8) -> ! {
 
 impl Successor {
     /// Waits until the successor reports ready, exits, or `deadline` passes,
-    /// or `abandon` turns readable (this process must stop: a successor that
+    /// or one of `abandon` turns readable (this process must stop: a successor that
     /// becomes ready now would serve on after its parent was told to stop).
     /// Ready, what it said after "ready" (that it adopts handed-over
     /// connections, `handover.rs`).
@@ -611,7 +611,7 @@ impl Successor {
         &self,
         exe: &CStr,
         deadline: Instant,
-        abandon: BorrowedFd<'_>,
+        abandon: &[BorrowedFd<'_>],
     ) -> Result<Vec<u8>, NotReady> {
         let mut listening = true;
         loop {
@@ -621,14 +621,16 @@ impl Successor {
             }
             let wait = PollTimeout::try_from(left.max(Duration::from_millis(1)))
                 .unwrap_or(PollTimeout::MAX);
-            let mut fds = [
-                PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(abandon, PollFlags::POLLIN),
-                PollFd::new(self.channel.as_fd(), PollFlags::POLLIN),
-            ];
-            // Once the channel can no longer say "ready", only the exit counts.
-            let watched = if listening { 3 } else { 2 };
-            match poll(&mut fds[..watched], wait) {
+            // The exit, the stop, and the channel while it can still say
+            // "ready" (after that only the exit counts).
+            let mut fds: Vec<PollFd<'_>> = [self.pidfd.as_fd()]
+                .into_iter()
+                .chain(abandon.iter().copied())
+                .chain(listening.then(|| self.channel.as_fd()))
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
+            let stops = 1..1 + abandon.len();
+            match poll(&mut fds, wait) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
                     // We can no longer tell whether it becomes ready: it must
@@ -644,12 +646,12 @@ impl Successor {
                 }
             }
             let exited = fds[0].any() == Some(true);
-            if fds[1].any() == Some(true) {
+            if fds[stops.clone()].iter().any(|fd| fd.any() == Some(true)) {
                 // Before "ready": the stop wins even over a successor that
                 // says it at the same moment.
                 return Err(NotReady::Abandoned);
             }
-            if listening && fds[2].any() == Some(true) {
+            if listening && fds[stops.end].any() == Some(true) {
                 // The channel speaks first: the child may report an exec error and
                 // exit at once, and its message is better than its exit status.
                 let mut message = [0u8; 6];

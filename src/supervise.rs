@@ -202,7 +202,9 @@ impl Supervisor {
         }
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
         let ignored = crate::signal::started_ignoring() | also_ignored;
-        let watch = exec_timeout.map(ExecWatch::new);
+        let watch = exec_timeout
+            .map(|timeout| ExecWatch::new(timeout, Vec::new()))
+            .transpose()?;
         let instance = spawn::spawn(
             exe,
             argv,

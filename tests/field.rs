@@ -318,3 +318,37 @@ fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
     );
     server.stop();
 }
+
+/// The operator's stop (SIGTERM, the example's stop signal: `docker stop`,
+/// `systemctl stop`) while the successor's exec hangs on such a mount, with
+/// the default ready timeout of a minute: the restart gives up at once, the
+/// stuck successor is killed and reaped, and the server drains and exits 0,
+/// well within `docker stop`'s 10 s.
+#[test]
+fn a_stop_signal_is_not_held_up_by_a_successor_whose_exec_hangs() {
+    let dir = releases("deploy-hung-sigterm", "srv", c_example);
+    let _hung = HungMount::new(&dir.join("hung"));
+    support::become_subreaper();
+    let mut command = Command::new(current(&dir).join("srv"));
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "info");
+    let mut server = Server::launch(command);
+
+    flip_to(&dir, "hung");
+    support::kill(server.pid, libc::SIGUSR2);
+    let stuck = stuck_successor(server.pid);
+    let stuck_exit = support::pidfd(stuck).unwrap();
+    let exit = support::pidfd(server.pid).unwrap();
+    support::kill(server.pid, libc::SIGTERM);
+    assert!(
+        support::wait_exit(&exit, Duration::from_secs(5)),
+        "the server stopped while its successor's exec hung"
+    );
+    let status = server.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    server.wait_for_log("told to stop while successor", Duration::from_secs(5));
+    assert!(
+        support::wait_exit(&stuck_exit, Duration::ZERO),
+        "the stuck successor {stuck} was killed"
+    );
+    server.pids.clear();
+}
