@@ -12,7 +12,6 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -137,19 +136,11 @@ impl ExecWatch {
         // sees the stage and kills the child itself.
         let pidfd = self.pidfd.load(Ordering::SeqCst);
         if pidfd >= 0 {
-            // SAFETY: pidfd_send_signal with the pidfd the clone made; the
-            // spawning thread does not own it (nor close it) before it has
-            // ended the stage, which our lock holds back. A pidfd cannot
-            // reach a recycled pid.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd,
-                    libc::SIGKILL,
-                    ptr::null::<()>(),
-                    0,
-                )
-            };
+            // SAFETY: the pidfd the clone made: the spawning thread does not
+            // own it (nor close it) before it has ended the stage, which our
+            // lock holds back.
+            let pidfd = unsafe { BorrowedFd::borrow_raw(pidfd) };
+            let _ = crate::sys::pidfd_signal(pidfd, libc::SIGKILL);
         }
         *stage = Stage::Killed(why);
     }

@@ -731,16 +731,8 @@ impl Successor {
 
     /// Kills a successor that will never be ready, and reaps it.
     pub(crate) fn kill(&self) -> String {
-        // SAFETY: pidfd_send_signal with a pidfd we own; it cannot hit a recycled pid.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                ptr::null::<()>(),
-                0,
-            )
-        };
+        // Already gone (ESRCH) is fine: the reap follows either way.
+        let _ = sys::pidfd_signal(self.pidfd.as_fd(), libc::SIGKILL);
         self.reap()
     }
 

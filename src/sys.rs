@@ -119,6 +119,24 @@ pub(crate) fn is_ignored(signo: i32) -> bool {
     read == 0 && now.handler == libc::SIG_IGN
 }
 
+/// Sends `signo` to the process `pidfd` refers to (never a recycled pid).
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signo: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal on a pidfd the caller holds, no siginfo.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            signo,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends `SIGTERM` to `pid` and waits up to `timeout` for it to exit (a
 /// pidfd: the pid cannot be recycled under us); `false` if it is still there.
 /// A process already gone counts as stopped.
@@ -134,18 +152,7 @@ pub(crate) fn terminate_and_wait(pid: i32, timeout: std::time::Duration) -> std:
     }
     // SAFETY: a new fd that only we hold.
     let pidfd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) };
-    // SAFETY: pidfd_send_signal on our pidfd, no siginfo.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-            libc::SIGTERM,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        let err = std::io::Error::last_os_error();
+    if let Err(err) = pidfd_signal(pidfd.as_fd(), libc::SIGTERM) {
         if err.raw_os_error() != Some(libc::ESRCH) {
             return Err(err);
         }

@@ -237,6 +237,25 @@ fn stuck_successor(parent: i32) -> i32 {
     }
 }
 
+/// `DIR/current/NAME 127.0.0.1:0`, logging at info, with `env`.
+fn launch_current(dir: &TempDir, name: &str, env: &[(&str, &str)]) -> Server {
+    support::become_subreaper();
+    let mut command = Command::new(current(dir).join(name));
+    command
+        .arg("127.0.0.1:0")
+        .env("GRESTART_LOG", "info")
+        .envs(env.iter().copied());
+    Server::launch(command)
+}
+
+/// Flips `current` onto the hung mount and asks for a restart; returns the
+/// successor whose exec is stuck there.
+fn restart_onto_hung(dir: &TempDir, server: &Server) -> i32 {
+    flip_to(dir, "hung");
+    support::kill(server.pid, libc::SIGUSR2);
+    stuck_successor(server.pid)
+}
+
 /// Points `DIR/current` at `target`, as a deploy does.
 fn flip_to(dir: &TempDir, target: &str) {
     let fresh = dir.join("current.new");
@@ -253,13 +272,7 @@ fn flip_to(dir: &TempDir, target: &str) {
 fn a_release_on_a_hung_mount_is_bounded_by_the_ready_timeout() {
     let dir = releases("deploy-hung", "flaky", flaky_example);
     let _hung = HungMount::new(&dir.join("hung"));
-    support::become_subreaper();
-    let mut command = Command::new(current(&dir).join("flaky"));
-    command
-        .arg("127.0.0.1:0")
-        .env("GR_TEST_READY_TIMEOUT_MS", "1000")
-        .env("GRESTART_LOG", "info");
-    let mut server = Server::launch(command);
+    let mut server = launch_current(&dir, "flaky", &[("GR_TEST_READY_TIMEOUT_MS", "1000")]);
     let load = Load::start(server.addr, 2, 2);
 
     flip_to(&dir, "hung");
@@ -288,14 +301,8 @@ fn a_release_on_a_hung_mount_is_bounded_by_the_ready_timeout() {
 fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
     let dir = releases("deploy-hung-stop", "flaky", flaky_example);
     let _hung = HungMount::new(&dir.join("hung"));
-    support::become_subreaper();
-    let mut command = Command::new(current(&dir).join("flaky"));
-    command.arg("127.0.0.1:0").env("GRESTART_LOG", "info");
-    let server = Server::launch(command);
-
-    flip_to(&dir, "hung");
-    support::kill(server.pid, libc::SIGUSR2);
-    let stuck = stuck_successor(server.pid);
+    let server = launch_current(&dir, "flaky", &[]);
+    let stuck = restart_onto_hung(&dir, &server);
     let exit = support::pidfd(stuck).unwrap();
     {
         use std::io::{Read, Write};
@@ -328,14 +335,8 @@ fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
 fn a_stop_signal_is_not_held_up_by_a_successor_whose_exec_hangs() {
     let dir = releases("deploy-hung-sigterm", "srv", c_example);
     let _hung = HungMount::new(&dir.join("hung"));
-    support::become_subreaper();
-    let mut command = Command::new(current(&dir).join("srv"));
-    command.arg("127.0.0.1:0").env("GRESTART_LOG", "info");
-    let mut server = Server::launch(command);
-
-    flip_to(&dir, "hung");
-    support::kill(server.pid, libc::SIGUSR2);
-    let stuck = stuck_successor(server.pid);
+    let mut server = launch_current(&dir, "srv", &[]);
+    let stuck = restart_onto_hung(&dir, &server);
     let stuck_exit = support::pidfd(stuck).unwrap();
     let exit = support::pidfd(server.pid).unwrap();
     support::kill(server.pid, libc::SIGTERM);
