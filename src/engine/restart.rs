@@ -1,0 +1,132 @@
+//! A restart's rules (one at a time, not before ready, not while draining,
+//! a bounded number of generations draining) and its outcome, logged and
+//! told to systemd.
+
+use std::io;
+use std::sync::TryLockError;
+use std::thread;
+
+use super::{Engine, Phase, State};
+use crate::error::fail;
+use crate::log::{error, info, warning};
+
+/// How many generations may drain at once behind the serving one. Each holds
+/// its memory and its connections until they end; past this a restart is
+/// refused (and the refusal reported), never queued or dropped silently.
+pub(crate) const MAX_DRAINING: u32 = 8;
+
+impl Engine {
+    /// Starts a successor and, once it is ready, begins to drain. Errors leave
+    /// this process serving exactly as before.
+    pub(crate) fn restart(&'static self) -> io::Result<i32> {
+        self.restart_coalescing(|| 0, |_| ())
+    }
+
+    /// [`Engine::restart`] for the signal watcher: `coalesce` swallows the
+    /// restart signals that arrived during the restart, and runs before the
+    /// outcome is logged, so that a signal sent once the operator has read
+    /// "restart failed" starts a new restart instead of being swallowed.
+    ///
+    /// `ready` hears the new pid once the successor is ready, before this
+    /// process begins to drain: whoever waits for the outcome must hear it
+    /// before the application, done draining, exits.
+    pub(super) fn restart_coalescing(
+        &'static self,
+        coalesce: impl FnOnce() -> usize,
+        ready: impl FnOnce(i32),
+    ) -> io::Result<i32> {
+        let _one_at_a_time = match self.restarting.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let err = fail(libc::EALREADY, "a restart is already in progress");
+                info!("restart requested: {err}");
+                return Err(err);
+            }
+        };
+        info!("restart requested");
+        // Refused by the rules (not ready, draining, too many generations
+        // draining) is not a failure: nothing was tried.
+        let checked = {
+            let mut state = self.lock();
+            let checked = self.check_may_restart(&mut state);
+            if checked.is_ok() {
+                // Under the same lock as the check: a shutdown either refuses
+                // this restart or waits for it.
+                state.restarting_on = Some(thread::current().id());
+            }
+            checked
+        };
+        let (result, refused) = match checked {
+            Err(e) => (Err(e), true),
+            Ok(draining) => (self.start_successor(draining, ready), false),
+        };
+        let coalesced = coalesce();
+        if coalesced > 0 {
+            info!("{coalesced} restart signals arrived during the restart; coalesced into it");
+        }
+        let pid = std::process::id();
+        // `systemctl status` shows the last restart's outcome.
+        match &result {
+            Err(e) if refused => {
+                warning!("restart refused: {e}");
+                self.notify(&format!("STATUS=restart refused: {e}; pid {pid} serves on"));
+            }
+            Err(e) => {
+                error!("restart failed, still serving: {e}");
+                self.notify(&format!("STATUS=restart failed: {e}; pid {pid} serves on"));
+            }
+            Ok(successor) => self.notify(&format!(
+                "STATUS=restarted: generation {} serves as pid {successor}",
+                self.generation + 1
+            )),
+        }
+        if !refused {
+            // Only now, with the outcome logged: a shutdown waiting for this
+            // restart may end the process at once.
+            self.lock_quietly().restarting_on = None;
+            self.restart_ended.notify_all();
+        }
+        result
+    }
+
+    /// Refuses a restart that would make two hand-overs overlap, or more than
+    /// [`MAX_DRAINING`] generations drain at once; otherwise says how many
+    /// older generations (this one included) may drain once the successor
+    /// serves.
+    pub(super) fn check_may_restart(&self, state: &mut State) -> io::Result<u32> {
+        match state.phase {
+            Phase::Starting => {
+                return Err(fail(
+                    libc::EAGAIN,
+                    "this process is not ready yet (call gr_ready first)",
+                ));
+            }
+            Phase::Draining => {
+                return Err(fail(
+                    libc::ESHUTDOWN,
+                    "this process is draining; its successor serves",
+                ));
+            }
+            Phase::Serving => {}
+        }
+        // Older generations still draining (a long-lived connection, a slow
+        // client, two deploys a second apart) do not hold up a restart: they
+        // drain beside us. What we know of them is an upper bound: the count
+        // we were started with, while our predecessor lives.
+        let older = match &state.predecessor {
+            Some(predecessor) if !predecessor.has_exited() => self.older_draining,
+            _ => 0,
+        };
+        if older + 1 > MAX_DRAINING {
+            return Err(fail(
+                libc::EAGAIN,
+                format!(
+                    "{older} older generations may still be draining, and at most {MAX_DRAINING} \
+                     drain at once; try again when one has exited"
+                ),
+            ));
+        }
+        Ok(older + 1)
+    }
+}

@@ -1,0 +1,92 @@
+//! The links that carry connections between generations: to the ready
+//! successor (the heir), which idle connections are handed to, and from the
+//! predecessor, whose connections this process adopts.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use super::{Engine, Phase};
+use crate::error::fail;
+use crate::handover::{Adoption, Handed, Heir};
+use crate::log;
+
+impl Engine {
+    pub(super) fn heir_lock(&self) -> MutexGuard<'_, Option<Heir>> {
+        self.heir.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the idle `connection`, accepted on the listener `name` (`None`:
+    /// the one its address belongs to), to the ready successor; `ESRCH` when
+    /// there is none that takes connections.
+    pub(crate) fn hand_over(
+        &self,
+        connection: BorrowedFd<'_>,
+        name: Option<&str>,
+    ) -> io::Result<()> {
+        // What the hand-over logs goes out after the lock is released.
+        let _defer = log::Defer::new();
+        let mut heir = self.heir_lock();
+        let heir = heir.as_mut().ok_or_else(|| {
+            fail(
+                libc::ESRCH,
+                "no successor to hand the connection to (not restarting, or the restart failed): close it",
+            )
+        })?;
+        heir.hand_over(connection, name)
+    }
+
+    /// Waits (within the bound) for the successor to take what was handed to it.
+    pub(super) fn finish_hand_overs(&self) {
+        let _defer = log::Defer::new();
+        if let Some(heir) = self.heir_lock().as_mut() {
+            heir.finish();
+        }
+    }
+
+    /// The fd readable while handed-over connections wait; asking for it says
+    /// we adopt them (to the predecessor now, or with "ready").
+    pub(crate) fn adopt_fd(&'static self) -> io::Result<BorrowedFd<'static>> {
+        self.start_adoption().map(|a| a.fd())
+    }
+
+    /// The adoption, started (its thread and all) on the first call.
+    fn start_adoption(&'static self) -> io::Result<&'static Adoption> {
+        if let Some(adoption) = self.adoption.get() {
+            return Ok(adoption);
+        }
+        let state = self.lock();
+        let adoption = self.adoption.get_or_try_init(|| {
+            let link = (state.predecessor.as_ref()).map(|p| (p.channel(), p.pid));
+            Adoption::start(link)
+        })?;
+        if state.phase != Phase::Starting {
+            // Already ready: say it now. A predecessor gone has nothing to hand over.
+            if let Some(predecessor) = &state.predecessor {
+                let _ = predecessor.tell_adopting();
+            }
+        }
+        Ok(adoption)
+    }
+
+    /// The next connection handed over by the predecessor, waiting up to
+    /// `timeout`; `ERANGE` (and it stays queued) when its name does not `fit`.
+    pub(crate) fn adopt(
+        &'static self,
+        timeout: Option<Duration>,
+        fits: impl Fn(&str) -> bool,
+    ) -> io::Result<Option<Handed>> {
+        self.start_adoption()?.adopt(timeout, fits)
+    }
+
+    /// Once the successor is ready: what our predecessor, still draining,
+    /// hands us from now on goes on to it.
+    pub(super) fn relay_adopted(&'static self) {
+        if let Some(adoption) = self.adoption.get() {
+            adoption.relay(Box::new(|connection, name| {
+                self.hand_over(connection, Some(name)).is_ok()
+            }));
+        }
+    }
+}
