@@ -15,6 +15,48 @@ use crate::log::{error, info, warning};
 /// refused (and the refusal reported), never queued or dropped silently.
 pub(crate) const MAX_DRAINING: u32 = 8;
 
+/// Why a restart was refused: nothing was tried, this process serves on
+/// exactly as before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `ready()` was not called yet.
+    NotReady,
+    /// This process drains: its successor serves, and restarts.
+    Draining,
+    /// Another restart is running: its outcome is the answer.
+    AlreadyRestarting,
+    /// `older` generations may still drain, and at most [`MAX_DRAINING`] do.
+    TooManyDraining { older: u32 },
+}
+
+impl Refusal {
+    /// The errno each refusal is reported with, in every language: the one
+    /// place that says it (the header's `gr_restart` documents the same).
+    pub(crate) fn errno(self) -> i32 {
+        match self {
+            Refusal::NotReady => libc::EAGAIN,
+            Refusal::Draining => libc::ESHUTDOWN,
+            Refusal::AlreadyRestarting => libc::EALREADY,
+            Refusal::TooManyDraining { .. } => libc::EBUSY,
+        }
+    }
+}
+
+impl From<Refusal> for io::Error {
+    fn from(refusal: Refusal) -> io::Error {
+        let why = match refusal {
+            Refusal::NotReady => "this process is not ready yet (call gr_ready first)".into(),
+            Refusal::Draining => "this process is draining; its successor serves".into(),
+            Refusal::AlreadyRestarting => "a restart is already in progress".into(),
+            Refusal::TooManyDraining { older } => format!(
+                "{older} older generations may still be draining, and at most {MAX_DRAINING} \
+                 drain at once; try again when one has exited"
+            ),
+        };
+        fail(refusal.errno(), why)
+    }
+}
+
 impl Engine {
     /// Starts a successor and, once it is ready, begins to drain. Errors leave
     /// this process serving exactly as before.
@@ -39,7 +81,7 @@ impl Engine {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                let err = fail(libc::EALREADY, "a restart is already in progress");
+                let err = io::Error::from(Refusal::AlreadyRestarting);
                 info!("restart requested: {err}");
                 return Err(err);
             }
@@ -58,7 +100,7 @@ impl Engine {
             checked
         };
         let (result, refused) = match checked {
-            Err(e) => (Err(e), true),
+            Err(refusal) => (Err(refusal.into()), true),
             Ok(draining) => (self.start_successor(draining, ready), false),
         };
         let coalesced = coalesce();
@@ -94,20 +136,10 @@ impl Engine {
     /// [`MAX_DRAINING`] generations drain at once; otherwise says how many
     /// older generations (this one included) may drain once the successor
     /// serves.
-    pub(super) fn check_may_restart(&self, state: &mut State) -> io::Result<u32> {
+    pub(super) fn check_may_restart(&self, state: &mut State) -> Result<u32, Refusal> {
         match state.phase {
-            Phase::Starting => {
-                return Err(fail(
-                    libc::EAGAIN,
-                    "this process is not ready yet (call gr_ready first)",
-                ));
-            }
-            Phase::Draining => {
-                return Err(fail(
-                    libc::ESHUTDOWN,
-                    "this process is draining; its successor serves",
-                ));
-            }
+            Phase::Starting => return Err(Refusal::NotReady),
+            Phase::Draining => return Err(Refusal::Draining),
             Phase::Serving => {}
         }
         // Older generations still draining (a long-lived connection, a slow
@@ -119,13 +151,7 @@ impl Engine {
             _ => 0,
         };
         if older + 1 > MAX_DRAINING {
-            return Err(fail(
-                libc::EAGAIN,
-                format!(
-                    "{older} older generations may still be draining, and at most {MAX_DRAINING} \
-                     drain at once; try again when one has exited"
-                ),
-            ));
+            return Err(Refusal::TooManyDraining { older });
         }
         Ok(older + 1)
     }
