@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{Engine, Fork, Parts, watcher};
+use super::{Engine, Fork, Parts, Work, watcher};
 use crate::control::Control;
 use crate::error::with_context;
 use crate::link::Predecessor;
@@ -32,6 +32,7 @@ impl Engine {
         let shutdown_event =
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
+        let work = Work::new()?;
         let (signal_pipe, wake) = signal::self_pipe()?;
         let control = Control::bind()
             .inspect_err(|e| warning!("`grestart restart` cannot reach this process: {e}"))
@@ -97,6 +98,7 @@ impl Engine {
                 launch: Box::new(Fork),
             },
             shutdown_event,
+            work,
         );
         match &engine.origin {
             Err(e) => warning!("restarts will fail: cannot tell how this process was started: {e}"),

@@ -210,7 +210,7 @@ struct Parts {
 }
 
 impl Engine {
-    fn new(parts: Parts, shutdown_event: EventFd) -> Engine {
+    fn new(parts: Parts, shutdown_event: EventFd, work: Work) -> Engine {
         Engine {
             generation: parts.generation,
             origin: parts.origin,
@@ -234,7 +234,7 @@ impl Engine {
             restarting: Mutex::new(()),
             launch: parts.launch,
             hooks: Hooks::new(),
-            work: Work::new(),
+            work,
             heir: Mutex::new(None),
             adoption: OnceCell::new(),
             watch: parts.watch,

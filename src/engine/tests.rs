@@ -194,7 +194,7 @@ fn engine_from(
         launch,
     };
     let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
-    Box::leak(Box::new(Engine::new(parts, event)))
+    Box::leak(Box::new(Engine::new(parts, event, Work::new().unwrap())))
 }
 
 /// A serving engine whose successors do what `then` says.
@@ -389,4 +389,37 @@ fn a_zero_drain_deadline_is_none() {
         engine.lock().settings.drain_deadline,
         Some(Duration::from_millis(5))
     );
+}
+
+fn idle(engine: &'static Engine) -> bool {
+    let mut fds = [PollFd::new(engine.idle_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+}
+
+#[test]
+fn the_idle_fd_is_readable_exactly_while_no_work_is_in_flight() {
+    let (_, engine) = serving(Then::Ready);
+    assert!(idle(engine));
+    engine.begin_work();
+    engine.begin_work();
+    assert!(!idle(engine));
+    engine.end_work().unwrap();
+    assert!(!idle(engine));
+    engine.end_work().unwrap();
+    assert!(idle(engine));
+    // Threads racing through zero: the fd ends as the count does.
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                for _ in 0..10_000 {
+                    engine.begin_work();
+                    engine.end_work().unwrap();
+                }
+            })
+        })
+        .collect();
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    assert!(idle(engine));
+    engine.begin_work();
+    assert!(!idle(engine));
 }
