@@ -574,6 +574,24 @@ impl Adoption {
         }
     }
 
+    /// The first connection waiting that was accepted on the listener `name`
+    /// (`None`: on any), taken without waiting; the predecessor is told.
+    pub(crate) fn take_on(&self, name: Option<&str>) -> Option<Handed> {
+        let handed = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let at = queue
+                .iter()
+                .position(|h| name.is_none_or(|name| h.listener == name))?;
+            let handed = queue.remove(at);
+            if queue.is_empty() {
+                let _ = self.waiting.read(); // not readable until the next one
+            }
+            handed?
+        };
+        self.acknowledge(handed.id);
+        Some(handed)
+    }
+
     /// The first connection waiting, if any; `ERANGE` (and it stays) when
     /// its listener's name does not `fit`.
     fn pop(&self, fits: impl Fn(&str) -> bool) -> io::Result<Option<Handed>> {

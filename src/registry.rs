@@ -97,6 +97,15 @@ impl Registry {
             .unzip()
     }
 
+    /// The name `fd` is registered under: the same socket as one of ours
+    /// (the application holds its own fd, we a duplicate).
+    pub(crate) fn name_of(&self, fd: BorrowedFd<'_>) -> Option<&str> {
+        let socket = identity(fd)?;
+        (self.registered.iter())
+            .find(|(_, ours)| identity(ours.as_fd()) == Some(socket))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Drops our duplicates once a successor holds its own. Closing them
     /// never shuts the sockets down.
     pub(crate) fn release(&mut self) {
@@ -108,6 +117,12 @@ impl Registry {
         add(&mut self.registered, self.inherited[index].1.as_fd(), name)?;
         Ok(self.inherited.remove(index).1)
     }
+}
+
+/// What makes two fds the same socket: its inode.
+fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    let stat = nix::sys::stat::fstat(fd).ok()?;
+    Some((stat.st_dev as u64, stat.st_ino as u64))
 }
 
 /// Registers our own duplicate of `fd` as `name`.

@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -37,12 +37,25 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
         fcntl(listener, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
             .map_err(|e| with_context(e.into(), "cannot make the listener non-blocking"))?;
     }
+    // Adopted connections come with the accepted ones once this process
+    // adopts. When those waiting belong to other listeners, their fd stays
+    // readable: it is left out of the poll a moment, not spun on.
+    let adoption = engine.adoption_fd();
+    let mut others_until: Option<Instant> = None;
     loop {
-        let mut fds = [
-            PollFd::new(engine.shutdown_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        let now = Instant::now();
+        let adopting = adoption.filter(|_| others_until.is_none_or(|t| now >= t));
+        let mut fds: Vec<PollFd<'_>> = [engine.shutdown_fd(), listener.as_fd()]
+            .into_iter()
+            .chain(adopting)
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        let timeout = match (adopting, others_until) {
+            (None, Some(until)) => PollTimeout::try_from(until.saturating_duration_since(now))
+                .unwrap_or(PollTimeout::MAX),
+            _ => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(with_context(e.into(), "waiting for a connection")),
@@ -52,6 +65,18 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
                 libc::ESHUTDOWN,
                 "this process is draining: its successor accepts the connections now",
             ));
+        }
+        if fds.get(2).and_then(PollFd::any) == Some(true) {
+            match engine.adopt_on(listener) {
+                Some(adopted) => {
+                    engine.begin_work();
+                    return Ok(adopted);
+                }
+                None => others_until = Some(now + OTHERS_WAIT),
+            }
+        }
+        if fds[1].any() != Some(true) {
+            continue;
         }
         if fds[1]
             .revents()
@@ -78,6 +103,10 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
         }
     }
 }
+
+/// How long an accept leaves connections handed over on other listeners to
+/// their own accepts before it looks again.
+const OTHERS_WAIT: Duration = Duration::from_millis(10);
 
 /// The first wait after an accept ran out of resources, doubled at each
 /// failure in a row up to [`MAX_BACKOFF`].

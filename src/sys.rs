@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{SockType, getsockopt, sockopt};
 
@@ -64,6 +64,16 @@ pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
 /// not hold it.
 pub(crate) fn set_cloexec(fd: &OwnedFd) {
     let _ = fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+}
+
+/// Clears `O_NONBLOCK` on `fd` (a flag of the open file, which every
+/// process holding it shares).
+pub(crate) fn set_blocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    if flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
 }
 
 /// The kernel's `struct sigaction` (not the C library's, which is laid out

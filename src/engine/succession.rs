@@ -3,7 +3,7 @@
 //! predecessor, whose connections this process adopts.
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use super::{Engine, Phase};
 use crate::error::fail;
 use crate::handover::{Adoption, Handed, Heir};
 use crate::log;
+use crate::sys;
 
 impl Engine {
     pub(super) fn heir_lock(&self) -> MutexGuard<'_, Option<Heir>> {
@@ -78,6 +79,22 @@ impl Engine {
         fits: impl Fn(&str) -> bool,
     ) -> io::Result<Option<Handed>> {
         self.start_adoption()?.adopt(timeout, fits)
+    }
+
+    /// The adoption's fd, if this process adopts (it asked for the fd).
+    pub(crate) fn adoption_fd(&'static self) -> Option<BorrowedFd<'static>> {
+        self.adoption.get().map(|a| a.fd())
+    }
+
+    /// For an accept on `listener`: a connection handed over on it (on any
+    /// listener, when `listener` is not one we registered), if one waits.
+    /// Blocking, as an accepted one.
+    pub(crate) fn adopt_on(&'static self, listener: BorrowedFd<'_>) -> Option<OwnedFd> {
+        let adoption = self.adoption.get()?;
+        let name = self.lock().registry.name_of(listener).map(String::from);
+        let handed = adoption.take_on(name.as_deref())?;
+        let _ = sys::set_blocking(handed.connection.as_fd());
+        Some(handed.connection)
     }
 
     /// Once the successor is ready: what our predecessor, still draining,
