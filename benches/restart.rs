@@ -19,9 +19,6 @@
 //! runs it; the ratios are what carries over. `GRESTART_BENCH_RESTARTS`
 //! (default 1000) sets the restarts under load per implementation.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io;
@@ -38,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::signal::unix::SignalKind;
 
-use support::{Load, Server, Summary, summarize};
+use testkit::{Load, Server, Summary, summarize};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -279,7 +276,7 @@ fn restarts(
     signal: i32,
     count: usize,
     load: Option<(usize, usize)>,
-) -> (Vec<Duration>, support::LoadStats) {
+) -> (Vec<Duration>, testkit::LoadStats) {
     let mut server = start(binary, mode, 0);
     let load = load.map(|(keep_alive, close)| Load::start(server.addr, keep_alive, close));
     let latencies = (0..count).map(|_| server.restart(signal).latency).collect();
@@ -300,7 +297,7 @@ fn throughput(binary: &Path, mode: &str, seconds: u64) -> f64 {
 }
 
 fn benchmark() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let binary = std::env::current_exe().expect("current_exe");
     let count: usize = std::env::var("GRESTART_BENCH_RESTARTS")
         .ok()
@@ -784,7 +781,7 @@ fn timelines(binary: &Path) -> String {
     let (naive_stats, naive_marks) = timeline(addr, || {
         // Stop it (SIGTERM, as a service manager would), then start it again.
         if let Some(old) = naive.take() {
-            support::kill(old.pid, libc::SIGTERM);
+            testkit::kill(old.pid, libc::SIGTERM);
             old.stop();
         }
         let args = [OsStr::new("serve"), OsStr::new("plain")];
@@ -846,7 +843,7 @@ fn timelines(binary: &Path) -> String {
 fn timeline(
     addr: std::net::SocketAddr,
     mut restart: impl FnMut(),
-) -> (support::LoadStats, Vec<Duration>) {
+) -> (testkit::LoadStats, Vec<Duration>) {
     let load = Load::start(addr, 4, 4);
     let mut marks = Vec::new();
     for _ in 0..8 {

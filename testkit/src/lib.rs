@@ -1,10 +1,13 @@
-//! The test kit every process-level test, the demo and the benchmark share,
+//! The test kit every process-level test, the benchmarks and the demo share
+//! (an unpublished crate of the workspace, a dev-dependency of `grestart`),
 //! one concern per module: building (`build`), following processes
 //! (`process`), a service in a PID namespace (`container`), a real systemd
 //! booted in a container (`systemd`), a server under test (`server`), the
 //! HTTP client (`http`) and load (`load`), a consumer service under test
 //! (`consumer`) and its broker (`redis`), a file system that hangs (`mount`).
-#![allow(dead_code)] // each test binary uses a different part
+//!
+//! It drives processes and sockets and never links grestart itself: a kit
+//! that depended on the crate it tests would be a second copy of it.
 
 mod build;
 mod consumer;
@@ -17,8 +20,6 @@ mod redis;
 mod server;
 mod systemd;
 
-// Not every test binary uses every module.
-#[allow(unused_imports)]
 pub use {
     build::*, consumer::*, container::*, http::*, load::*, mount::*, process::*, redis::*,
     server::*, systemd::*,

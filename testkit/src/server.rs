@@ -11,9 +11,9 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::http::{Response, get};
-use super::load::Load;
-use super::process::{children, kill, pidfd, reap, wait_exit, zombie_children};
+use crate::http::{Response, get};
+use crate::load::Load;
+use crate::process::{become_subreaper, children, kill, pidfd, reap, wait_exit, zombie_children};
 
 /// A server under test: its first generation is our child.
 pub struct Server {
@@ -357,7 +357,7 @@ pub struct Restart {
 /// version on disk changes halfway when `swap_in_v2` is given. Nothing may
 /// fail, every old generation must exit, no zombie may be left.
 pub fn restarts_of(command: Command, restarts: usize, swap_in_v2: Option<impl FnOnce()>) {
-    super::become_subreaper();
+    become_subreaper();
     let mut server = Server::launch(command);
     let load = Load::start(server.addr, 4, 4);
     let versioned = swap_in_v2.is_some();
