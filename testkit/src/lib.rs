@@ -2,18 +2,21 @@
 //! (an unpublished crate of the workspace, a dev-dependency of `grestart`),
 //! one concern per module: building (`build`), following processes
 //! (`process`), a service in a PID namespace (`container`), a real systemd
-//! booted in a container (`systemd`), a server under test (`server`), the
-//! HTTP client (`http`) and load (`load`), a consumer service under test
-//! (`consumer`) and its broker (`redis`), a file system that hangs (`mount`).
+//! booted in a container (`systemd`), a server under test (`server`) and
+//! the output of its generations (`log`), the HTTP client (`http`) and load
+//! (`load`), a consumer service under test (`consumer`) and its broker
+//! (`redis`), a file system that hangs (`mount`).
 //!
-//! It drives processes and sockets and never links grestart itself: a kit
-//! that depended on the crate it tests would be a second copy of it.
+//! It drives processes and sockets and does not depend on `grestart`: with
+//! that cycle, grestart's unit tests would be one copy of the crate and the
+//! kit would link another, whose types differ.
 
 mod build;
 mod consumer;
 mod container;
 mod http;
 mod load;
+mod log;
 mod mount;
 mod process;
 mod redis;
@@ -21,6 +24,6 @@ mod server;
 mod systemd;
 
 pub use {
-    build::*, consumer::*, container::*, http::*, load::*, mount::*, process::*, redis::*,
+    build::*, consumer::*, container::*, http::*, load::*, log::*, mount::*, process::*, redis::*,
     server::*, systemd::*,
 };
