@@ -10,16 +10,13 @@
 //! Needs what `scripts/test` installs: libasio-dev and the virtualenv of
 //! `scripts/python-venv`. Writes `target/bench/frameworks-table.txt`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Load, Server, Summary, TempDir, summarize};
+use testkit::{Load, Server, Summary, TempDir, summarize};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -27,25 +24,25 @@ fn main() {
         println!("frameworks benchmark: run it with `cargo bench --bench frameworks`");
         return;
     }
-    support::become_subreaper();
+    testkit::become_subreaper();
     let restarts: usize = std::env::var("GRESTART_BENCH_RESTARTS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(200);
     let dir = TempDir::new("bench-frameworks");
     let c = dir.join("http_server");
-    support::build_c_example(&c, 1);
+    testkit::build_c_example(&c, 1);
     let axum = dir.join("axum_server");
-    support::build_rust_example("axum_server", &["axum"], &axum, 1);
+    testkit::build_rust_example("axum_server", &["axum"], &axum, 1);
     let asio = dir.join("asio_server");
-    support::build_asio_example(&asio, 1);
+    testkit::build_asio_example(&asio, 1);
     let binary = |path: &std::path::Path| {
         let mut command = Command::new(path);
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
         command
     };
     let python = |script: &str| {
-        let mut command = support::python_example(script);
+        let mut command = testkit::python_example(script);
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
         command
     };
@@ -114,7 +111,7 @@ fn main() {
         );
     }
     println!("\n{table}");
-    let out = support::repo().join("target/bench");
+    let out = testkit::repo().join("target/bench");
     std::fs::create_dir_all(&out).expect("target/bench");
     std::fs::write(out.join("frameworks-table.txt"), &table).expect("write the table");
 }
@@ -137,8 +134,8 @@ fn measure(command: Command, restarts: usize) -> (Summary, Summary, u64, u64) {
 /// Spawn to first answer of `benches/python/plain_server.py FRAMEWORK`.
 fn plain_start(framework: &str) -> Duration {
     let started = Instant::now();
-    let mut child = Command::new(support::python_venv())
-        .arg(support::repo().join("benches/python/plain_server.py"))
+    let mut child = Command::new(testkit::python_venv())
+        .arg(testkit::repo().join("benches/python/plain_server.py"))
         .arg(framework)
         .stdout(Stdio::piped())
         .spawn()
@@ -148,7 +145,7 @@ fn plain_start(framework: &str) -> Duration {
         .read_line(&mut port)
         .expect("its port");
     let addr = SocketAddr::from(([127, 0, 0, 1], port.trim().parse().expect("a port")));
-    while support::get(addr, true).is_err() {
+    while testkit::get(addr, true).is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "{framework} never answered"
@@ -172,13 +169,13 @@ fn timed_imports(framework: &str, adapter: &str) -> String {
 /// Runs `python -c CODE` (with the package on its path): its wall time, and
 /// the durations it printed (seconds, separated by spaces).
 fn python_run(code: &str) -> (Duration, Vec<Duration>) {
-    let mut command = Command::new(support::python_venv());
+    let mut command = Command::new(testkit::python_venv());
     command
         .args(["-c", code])
-        .env("PYTHONPATH", support::repo().join("bindings/python"))
+        .env("PYTHONPATH", testkit::repo().join("bindings/python"))
         .env(
             "GRESTART_LIBRARY",
-            support::lib_dir().join("libgrestart.so"),
+            testkit::lib_dir().join("libgrestart.so"),
         );
     let started = Instant::now();
     let out = command.output().expect("run python");

@@ -7,9 +7,6 @@
 //! the hand-over's cost per connection. Needs `ulimit -n` above 10000.
 //! Writes `target/bench/handover-table.txt`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RUNS: usize = 5;
 
@@ -27,13 +24,13 @@ fn main() {
         println!("hand-over benchmark: run it with `cargo bench --bench handover`");
         return;
     }
-    support::become_subreaper();
+    testkit::become_subreaper();
     let dir = TempDir::new("bench-handover");
     let server = dir.join("http_server");
     let flaky = dir.join("flaky_server");
-    support::compile(
+    testkit::compile(
         "cc",
-        &[&support::repo().join("tests/c/flaky_server.c")],
+        &[&testkit::repo().join("tests/c/flaky_server.c")],
         &flaky,
         &["-std=c99", "-pthread", "-O2"],
     );
@@ -70,7 +67,7 @@ fn main() {
         println!("{count} connections: done");
     }
     println!("\n{table}");
-    let out = support::repo().join("target/bench");
+    let out = testkit::repo().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("handover-table.txt"), &table).unwrap();
 }
@@ -89,7 +86,7 @@ struct Phases {
 /// Without `adopting`, the successor is the flaky test server, which never
 /// asks for connections.
 fn exit_time(server: &Path, flaky: &Path, mode: &Path, count: usize, adopting: bool) -> Phases {
-    support::build_c_example(server, 1);
+    testkit::build_c_example(server, 1);
     let mut command = Command::new(server);
     command
         .arg("127.0.0.1:0")

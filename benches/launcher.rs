@@ -7,14 +7,11 @@
 //! Latency is from the signal to the first answer from the new generation.
 //! Writes `target/bench/launcher-table.txt`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use support::{Container, Server, TempDir};
+use testkit::{Container, Server, TempDir};
 
 const ROUNDS: usize = 6;
 const PER_ROUND: usize = 10;
@@ -25,10 +22,10 @@ fn main() {
         println!("launcher benchmark: run it with `cargo bench --bench launcher`");
         return;
     }
-    support::become_subreaper();
+    testkit::become_subreaper();
     let dir = TempDir::new("bench-launcher");
     let server = dir.join("http_server");
-    support::build_c_example(&server, 1);
+    testkit::build_c_example(&server, 1);
     let quiet = [("GRESTART_LOG", "warn")];
 
     let mut plain = Vec::new();
@@ -53,7 +50,7 @@ fn main() {
         ));
     }
 
-    let plain = support::summarize(plain);
+    let plain = testkit::summarize(plain);
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -63,8 +60,8 @@ fn main() {
     let floor = plain.median;
     for (name, summary) in [
         ("plain process", plain),
-        ("PID 1 of a namespace (the stub)", support::summarize(pid_1)),
-        ("under grestart run", support::summarize(launched)),
+        ("PID 1 of a namespace (the stub)", testkit::summarize(pid_1)),
+        ("under grestart run", testkit::summarize(launched)),
     ] {
         let _ = writeln!(
             table,
@@ -80,7 +77,7 @@ fn main() {
         ROUNDS * PER_ROUND
     );
     print!("{table}");
-    let out = support::repo().join("target/bench");
+    let out = testkit::repo().join("target/bench");
     std::fs::create_dir_all(&out).expect("target/bench");
     std::fs::write(out.join("launcher-table.txt"), table).expect("write the table");
 }

@@ -6,13 +6,10 @@
 //! cargo run --release --example demo
 //! ```
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
-use support::{Load, Server, TempDir};
+use testkit::{Load, Server, TempDir};
 
 const RESTARTS: usize = 10;
 
@@ -20,8 +17,8 @@ fn main() {
     let dir = TempDir::new("demo");
     let binary = dir.join("http_server");
     println!("building examples/c/http_server.c (version 1) against libgrestart.so ...");
-    support::build_c_example(&binary, 1);
-    support::become_subreaper();
+    testkit::build_c_example(&binary, 1);
+    testkit::become_subreaper();
     let mut server = Server::start(
         &binary,
         &[] as &[&OsStr],
@@ -41,7 +38,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(300));
         if i == RESTARTS / 2 {
             println!("replacing the binary on disk with version 2 ...");
-            support::build_c_example(&binary, 2);
+            testkit::build_c_example(&binary, 2);
         }
         let restart = server.restart(libc::SIGUSR2);
         rows.push((

@@ -1,17 +1,15 @@
 //! The C ABI from a C program: bad input gets -1, errno and a message, never
 //! a crash; hooks, signals and the lifecycle behave as the header says.
 
-mod support;
-
 use std::process::Command;
 
 /// Builds tests/c/abi_test.c with `flags`, runs it, and returns its exit
 /// status with what it printed on stdout and stderr.
 fn run_abi_test(tag: &str, flags: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let dir = support::TempDir::new(tag);
+    let dir = testkit::TempDir::new(tag);
     let binary = dir.join("abi_test");
-    let source = support::repo().join("tests/c/abi_test.c");
-    support::compile("cc", &[&source], &binary, flags);
+    let source = testkit::repo().join("tests/c/abi_test.c");
+    testkit::compile("cc", &[&source], &binary, flags);
     let out = Command::new(&binary).output().expect("run abi_test");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -41,13 +39,13 @@ fn c_program_is_clean_under_address_sanitizer() {
 
 #[test]
 fn c_example_restarts_clean_under_address_sanitizer() {
-    let dir = support::TempDir::new("server-asan");
+    let dir = testkit::TempDir::new("server-asan");
     let binary = dir.join("http_server");
-    support::build_c_example_with_asan(&binary);
-    support::become_subreaper();
+    testkit::build_c_example_with_asan(&binary);
+    testkit::become_subreaper();
     let mut server =
-        support::Server::start(&binary, &[], "127.0.0.1:0", &[("GRESTART_LOG", "warn")]);
-    let load = support::Load::start(server.addr, 2, 2);
+        testkit::Server::start(&binary, &[], "127.0.0.1:0", &[("GRESTART_LOG", "warn")]);
+    let load = testkit::Load::start(server.addr, 2, 2);
     for _ in 0..5 {
         let restart = server.restart(libc::SIGUSR2);
         // LeakSanitizer or AddressSanitizer findings make the exit status non-zero.

@@ -7,8 +7,6 @@
 //! restart onto a successor that fails before ready leaves the old generation
 //! consuming.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::{Consumer, Redis, Resp, TempDir, Value};
+use testkit::{Consumer, Redis, Resp, TempDir, Value};
 
 const RESTARTS: usize = 20;
 const RESTART_EVERY: Duration = Duration::from_millis(500);
@@ -65,7 +63,7 @@ fn a_successor_that_fails_before_ready_leaves_the_old_one_consuming() {
     let redis = Redis::start();
     let dir = TempDir::new("consumer");
     let script = dir.join("consumer.py");
-    std::fs::copy(support::repo().join("examples/python/consumer.py"), &script).unwrap();
+    std::fs::copy(testkit::repo().join("examples/python/consumer.py"), &script).unwrap();
     let consumer = Consumer::launch(example(&redis, Some(&script)));
     let first = consumer.pid;
     let producer = Producer::start(&redis, 300);
@@ -98,15 +96,15 @@ fn a_successor_that_fails_before_ready_leaves_the_old_one_consuming() {
 /// The consumer example on `redis`, from `script` (default: the one in
 /// examples/python).
 fn example(redis: &Redis, script: Option<&Path>) -> Command {
-    let venv = support::python_venv();
+    let venv = testkit::python_venv();
     assert!(
         venv.exists(),
         "{} is missing: scripts/python-venv makes it, with redis-py",
         venv.display()
     );
     let mut command = match script {
-        Some(script) => support::python_script(script),
-        None => support::python_example("consumer.py"),
+        Some(script) => testkit::python_script(script),
+        None => testkit::python_example("consumer.py"),
     };
     command.arg(redis.url());
     command

@@ -5,14 +5,12 @@
 //! is left in it, and SIGTERM to PID 1 drains the serving generation, runs its
 //! hooks and ends the namespace with status 0.
 
-mod support;
-
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{Container, Load, TempDir};
+use testkit::{Container, Load, TempDir};
 
 const RESTARTS: usize = 20;
 
@@ -106,7 +104,7 @@ fn c_example() -> Vec<OsString> {
     let (_, binary) = BUILT.get_or_init(|| {
         let dir = TempDir::new("containers-c");
         let binary = dir.join("http_server");
-        support::build_c_example(&binary, 1);
+        testkit::build_c_example(&binary, 1);
         (dir, binary)
     });
     vec![binary.into()]
@@ -117,14 +115,14 @@ fn rust_example() -> Vec<OsString> {
     let (_, binary) = BUILT.get_or_init(|| {
         let dir = TempDir::new("containers-rust");
         let binary = dir.join("http_server");
-        support::build_rust_example("http_server", &[], &binary, 1);
+        testkit::build_rust_example("http_server", &[], &binary, 1);
         (dir, binary)
     });
     vec![binary.into()]
 }
 
 fn python_example() -> Vec<OsString> {
-    let command = support::python_example("http_server.py");
+    let command = testkit::python_example("http_server.py");
     let mut args = vec![command.get_program().to_owned()];
     args.extend(command.get_args().map(OsStr::to_owned));
     // The environment the kit sets travels through env(1), which execs the rest.
@@ -207,7 +205,7 @@ fn python_example_under_the_launcher() {
 #[test]
 fn the_dockerfile_runs_as_printed() {
     let dockerfile =
-        std::fs::read_to_string(support::repo().join("examples/container/Dockerfile")).unwrap();
+        std::fs::read_to_string(testkit::repo().join("examples/container/Dockerfile")).unwrap();
     let line = |instruction: &str| {
         (dockerfile.lines())
             .find_map(|l| l.strip_prefix(instruction))

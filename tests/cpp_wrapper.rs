@@ -1,16 +1,14 @@
 //! The header-only C++ wrapper: compiles alone and from two translation units
 //! with every warning an error, and behaves as documented.
 
-mod support;
-
 use std::process::Command;
 
 #[test]
 fn wrapper_from_two_translation_units() {
-    let dir = support::TempDir::new("cpp");
+    let dir = testkit::TempDir::new("cpp");
     let binary = dir.join("wrapper");
-    let tests = support::repo().join("tests/cpp");
-    support::compile(
+    let tests = testkit::repo().join("tests/cpp");
+    testkit::compile(
         "c++",
         &[&tests.join("wrapper_a.cpp"), &tests.join("wrapper_b.cpp")],
         &binary,
@@ -33,10 +31,10 @@ fn wrapper_from_two_translation_units() {
 
 #[test]
 fn wrapper_header_compiles_alone() {
-    let dir = support::TempDir::new("cpp-alone");
+    let dir = testkit::TempDir::new("cpp-alone");
     let source = dir.join("alone.cpp");
     std::fs::write(&source, "#include \"grestart.hpp\"\n#include \"grestart.hpp\"\nint main() { return grestart::version().empty(); }\n").unwrap();
-    support::compile(
+    testkit::compile(
         "c++",
         &[&source],
         &dir.join("alone"),

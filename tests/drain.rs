@@ -4,22 +4,20 @@
 //! every restart makes a new generation, nothing fails, and every old
 //! generation still finishes what it accepted and exits.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use support::{Load, Server, TempDir};
+use testkit::{Load, Server, TempDir};
 
 const RESTARTS: usize = 10;
 
 /// Restarts `command` every 0.2 s under load, without waiting for the old
 /// generation to exit; then waits for all of them.
 fn restarts_a_fifth_of_a_second_apart(command: Command) {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = Server::launch(command);
     let load = Load::start(server.addr, 4, 4);
     let mut leaving = Vec::new();
@@ -46,7 +44,7 @@ fn quiet(mut command: Command) -> Command {
 fn the_c_example_restarts_while_older_generations_drain() {
     let dir = TempDir::new("drain-c");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     restarts_a_fifth_of_a_second_apart(quiet(Command::new(&binary)));
 }
 
@@ -54,18 +52,18 @@ fn the_c_example_restarts_while_older_generations_drain() {
 fn the_prefork_example_restarts_while_older_generations_drain() {
     let dir = TempDir::new("drain-prefork");
     let binary = dir.join("prefork_server");
-    support::build_prefork_example(&binary, 1);
+    testkit::build_prefork_example(&binary, 1);
     restarts_a_fifth_of_a_second_apart(quiet(Command::new(&binary)));
 }
 
 #[test]
 fn the_aiohttp_example_restarts_while_older_generations_drain() {
-    restarts_a_fifth_of_a_second_apart(quiet(support::python_example("aiohttp_server.py")));
+    restarts_a_fifth_of_a_second_apart(quiet(testkit::python_example("aiohttp_server.py")));
 }
 
 #[test]
 fn the_uvicorn_example_restarts_while_older_generations_drain() {
-    restarts_a_fifth_of_a_second_apart(quiet(support::python_example("uvicorn_server.py")));
+    restarts_a_fifth_of_a_second_apart(quiet(testkit::python_example("uvicorn_server.py")));
 }
 
 /// A client holds a half-sent request on generation 1 while five restarts
@@ -75,8 +73,8 @@ fn the_uvicorn_example_restarts_while_older_generations_drain() {
 fn a_half_sent_request_on_the_first_generation_holds_up_no_restart() {
     let dir = TempDir::new("drain-half");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
-    support::become_subreaper();
+    testkit::build_c_example(&binary, 1);
+    testkit::become_subreaper();
     let mut server = Server::launch(quiet(Command::new(&binary)));
     let mut slow = TcpStream::connect(server.addr).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -120,10 +118,10 @@ fn a_half_sent_request_on_the_first_generation_holds_up_no_restart() {
 fn the_pid_file_names_the_serving_generation_while_older_ones_drain() {
     let dir = TempDir::new("drain-pidfile");
     let binary = dir.join("flaky_server");
-    let source = support::repo().join("tests/c/flaky_server.c");
-    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    let source = testkit::repo().join("tests/c/flaky_server.c");
+    testkit::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
     let pid_file = dir.join("server.pid");
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut command = Command::new(&binary);
     command
         .arg("127.0.0.1:0")

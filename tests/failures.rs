@@ -2,13 +2,11 @@
 //! serving under load, leaves no zombie, and a later restart still works.
 //! Driven with tests/c/flaky_server.c, whose successors misbehave on request.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{Load, Server, TempDir};
+use testkit::{Load, Server, TempDir};
 
 const LOG_WAIT: Duration = Duration::from_secs(20);
 
@@ -22,8 +20,8 @@ impl Flaky {
     fn new(tag: &str) -> Flaky {
         let dir = TempDir::new(tag);
         let binary = dir.join("flaky_server");
-        let source = support::repo().join("tests/c/flaky_server.c");
-        support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+        let source = testkit::repo().join("tests/c/flaky_server.c");
+        testkit::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
         let mode_file = dir.join("mode");
         std::fs::write(&mode_file, "serve").unwrap();
         Flaky {
@@ -38,7 +36,7 @@ impl Flaky {
     }
 
     fn command(&self, env: &[(&str, &str)]) -> Command {
-        support::become_subreaper();
+        testkit::become_subreaper();
         let mut command = Command::new(&self.binary);
         command
             .envs(env.iter().copied())
@@ -55,13 +53,13 @@ impl Flaky {
 
 /// Signals a restart that must fail, and returns the parent's log line for it.
 fn failed_restart(server: &Server) -> String {
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     let line = server.wait_for_log("restart failed, still serving", LOG_WAIT);
     let answer = server
         .probe(Duration::from_secs(5))
         .expect("the parent still serves");
     assert_eq!(answer.pid, server.pid, "nobody took over");
-    let zombies = support::zombie_children(server.pid);
+    let zombies = testkit::zombie_children(server.pid);
     assert!(
         zombies.is_empty(),
         "the failed successor was reaped: {zombies:?}"
@@ -122,7 +120,7 @@ fn a_working_directory_gone_fails_the_restart_clearly() {
     let flaky = Flaky::new("cwd");
     let start_dir = flaky.dir.join("wd");
     std::fs::create_dir(&start_dir).unwrap();
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut command = std::process::Command::new(&flaky.binary);
     command
         .arg("127.0.0.1:0")
@@ -171,13 +169,13 @@ fn a_storm_of_signals_is_one_restart() {
     let mut server = flaky.start(&[]);
     let load = Load::start(server.addr, 0, 2);
     for _ in 0..50 {
-        support::kill(server.pid, libc::SIGUSR2);
+        testkit::kill(server.pid, libc::SIGUSR2);
     }
-    let old_exit = support::pidfd(server.pid).unwrap();
+    let old_exit = testkit::pidfd(server.pid).unwrap();
     server.wait_for_log("ready after", LOG_WAIT);
     let answer = server.follow_hand_over(&old_exit);
     assert_eq!(answer.generation, 2, "exactly one hand-over");
-    assert!(support::zombie_children(answer.pid).is_empty());
+    assert!(testkit::zombie_children(answer.pid).is_empty());
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.failures);
     server.stop();
@@ -191,8 +189,8 @@ fn a_restart_while_the_parent_drains_goes_ahead_and_the_deadline_ends_the_drain(
     // A client that connects and never sends holds the first generation's
     // single-threaded loop: it cannot finish draining.
     let holder = std::net::TcpStream::connect(server.addr).unwrap();
-    let exited = support::pidfd(first).unwrap();
-    support::kill(first, libc::SIGUSR2);
+    let exited = testkit::pidfd(first).unwrap();
+    testkit::kill(first, libc::SIGUSR2);
     server.wait_for_log("ready after", LOG_WAIT);
     let heir = server.probe(Duration::from_secs(5)).unwrap();
     server.pid = heir.pid;
@@ -202,17 +200,17 @@ fn a_restart_while_the_parent_drains_goes_ahead_and_the_deadline_ends_the_drain(
     // Not refused: generation 3 serves while generation 1 still drains.
     let second = server.hand_over(libc::SIGUSR2);
     assert!(
-        !support::wait_exit(&exited, Duration::ZERO),
+        !testkit::wait_exit(&exited, Duration::ZERO),
         "generation 1 still drains"
     );
 
     // The drain deadline ends the first generation although the client stays.
     assert!(
-        support::wait_exit(&exited, Duration::from_secs(10)),
+        testkit::wait_exit(&exited, Duration::from_secs(10)),
         "the deadline ended the drain"
     );
     server.wait_for_log("drain deadline", LOG_WAIT);
-    support::reap(first);
+    testkit::reap(first);
     drop(holder);
     server.wait_gone(&second, Duration::from_secs(20));
     server.restart(libc::SIGUSR2);
@@ -249,13 +247,13 @@ fn the_heir_starts_with_a_clean_signal_state_and_dies_of_sigterm() {
         0,
         "the heir ignores no signal"
     );
-    let heir = support::pidfd(server.pid).unwrap();
-    support::kill(server.pid, libc::SIGTERM);
+    let heir = testkit::pidfd(server.pid).unwrap();
+    testkit::kill(server.pid, libc::SIGTERM);
     assert!(
-        support::wait_exit(&heir, Duration::from_secs(5)),
+        testkit::wait_exit(&heir, Duration::from_secs(5)),
         "SIGTERM kills the heir"
     );
-    let status = support::reap(server.pid).unwrap();
+    let status = testkit::reap(server.pid).unwrap();
     assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGTERM);
     server.stop();
 }
@@ -401,7 +399,7 @@ fn concurrent_restart_calls_make_one_hand_over() {
 
     let flaky = Flaky::new("concurrent");
     let mut server = flaky.start(&[]);
-    let old_exit = support::pidfd(server.pid).unwrap();
+    let old_exit = testkit::pidfd(server.pid).unwrap();
     let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
     admin.write_all(b"GET /restart HTTP/1.1\r\n\r\n").unwrap();
     let mut ignored = Vec::new();
@@ -476,22 +474,22 @@ fn a_shutdown_during_a_restart_stops_the_starting_successor() {
     let flaky = Flaky::new("stop-during-restart");
     let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
     flaky.set_mode("hang");
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
     server.pids.push(successor); // ended by stop() whatever happens
-    let successor_exit = support::pidfd(successor).unwrap();
-    let parent_exit = support::pidfd(server.pid).unwrap();
+    let successor_exit = testkit::pidfd(successor).unwrap();
+    let parent_exit = testkit::pidfd(server.pid).unwrap();
     ask_shutdown(&server);
     assert!(
-        support::wait_exit(&parent_exit, Duration::from_secs(10)),
+        testkit::wait_exit(&parent_exit, Duration::from_secs(10)),
         "the old generation exits"
     );
     assert!(
-        support::wait_exit(&successor_exit, Duration::ZERO),
+        testkit::wait_exit(&successor_exit, Duration::ZERO),
         "the successor was stopped before its parent exited"
     );
     assert_eq!(
-        support::reap(successor),
+        testkit::reap(successor),
         None,
         "and reaped by it, not left to us"
     );
@@ -514,11 +512,11 @@ fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
     assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
     let mut server = flaky.start(&[("GR_TEST_FIFO", fifo.to_str().unwrap())]);
     flaky.set_mode("readydie");
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     let successor = successor_pid(&server.wait_for_log("waiting up to", LOG_WAIT));
     server.pids.push(successor);
-    let successor_exit = support::pidfd(successor).unwrap();
-    support::kill(server.pid, libc::SIGSTOP);
+    let successor_exit = testkit::pidfd(successor).unwrap();
+    testkit::kill(server.pid, libc::SIGSTOP);
     let mut status = 0;
     // SAFETY: waitpid on our own child, the first generation.
     let stopped = unsafe { libc::waitpid(server.pid, &mut status, libc::WUNTRACED) };
@@ -533,10 +531,10 @@ fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
         .and_then(|mut go| std::io::Write::write_all(&mut go, b"g"))
         .unwrap();
     assert!(
-        support::wait_exit(&successor_exit, Duration::from_secs(10)),
+        testkit::wait_exit(&successor_exit, Duration::from_secs(10)),
         "the successor said ready and exited"
     );
-    support::kill(server.pid, libc::SIGCONT);
+    testkit::kill(server.pid, libc::SIGCONT);
     let line = server.wait_for_log("restart failed", LOG_WAIT);
     assert!(
         line.contains("said it was ready, then exited with status 0"),
@@ -544,7 +542,7 @@ fn a_successor_that_says_ready_and_dies_is_not_taken_for_ready() {
     );
     let answer = server.probe(Duration::from_secs(5)).unwrap();
     assert_eq!(answer.pid, server.pid, "the old generation serves on");
-    assert!(support::zombie_children(server.pid).is_empty());
+    assert!(testkit::zombie_children(server.pid).is_empty());
     flaky.set_mode("serve");
     server.restart(libc::SIGUSR2);
     server.stop();
@@ -559,13 +557,13 @@ fn an_heir_whose_predecessor_died_early_serves_on() {
     let mut server = flaky.start(&[("GR_TEST_READY_TIMEOUT_MS", "30000")]);
     let first = server.pid;
     flaky.set_mode("orphan");
-    support::kill(first, libc::SIGUSR2);
+    testkit::kill(first, libc::SIGUSR2);
     let lines = server.wait_for_logs(&["waiting up to", "orphan waiting"], LOG_WAIT);
     let heir = successor_pid(&lines[0]);
     server.pids.push(heir);
     flaky.set_mode("serve");
-    support::kill(first, libc::SIGKILL);
-    support::reap(first);
+    testkit::kill(first, libc::SIGKILL);
+    testkit::reap(first);
     let line = server.wait_for_log("generation 2 started by pid", LOG_WAIT);
     assert!(
         line.contains(&format!("started by pid {first}, which has exited already")),
@@ -631,7 +629,7 @@ fn signals_ignored_at_start_stay_ignored_in_every_heir() {
             "generation {} ignores what the first was started ignoring",
             restart + 1
         );
-        assert!(support::catches(server.pid, libc::SIGUSR2));
+        assert!(testkit::catches(server.pid, libc::SIGUSR2));
     }
     server.stop();
 }
@@ -653,8 +651,8 @@ fn a_restart_signal_before_grestart_is_set_up_never_kills() {
     // Opening the FIFO returns once the program has opened it: it is in
     // main, before any grestart call, its library's constructor run.
     let mut hold = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    support::kill(child.id() as i32, libc::SIGUSR2);
-    support::kill(child.id() as i32, libc::SIGUSR2);
+    testkit::kill(child.id() as i32, libc::SIGUSR2);
+    testkit::kill(child.id() as i32, libc::SIGUSR2);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the early restart signal did not kill the program"
@@ -672,7 +670,7 @@ fn a_restart_signal_before_grestart_is_set_up_never_kills() {
         child.try_wait().unwrap().is_none(),
         "still alive once set up"
     );
-    support::kill(child.id() as i32, libc::SIGKILL);
+    testkit::kill(child.id() as i32, libc::SIGKILL);
     child.wait().unwrap();
 }
 
@@ -695,7 +693,7 @@ fn an_heir_started_ignoring_sigpipe_survives_a_client_gone_mid_response() {
     for _ in 0..2 {
         server.restart(libc::SIGUSR2);
     }
-    let heir = support::pidfd(server.pid).unwrap();
+    let heir = testkit::pidfd(server.pid).unwrap();
     for _ in 0..20 {
         use std::io::Write;
         let mut gone = std::net::TcpStream::connect(server.addr).unwrap();
@@ -720,7 +718,7 @@ fn an_heir_started_ignoring_sigpipe_survives_a_client_gone_mid_response() {
     let answer = server.probe(Duration::from_secs(5)).unwrap();
     assert_eq!(answer.pid, server.pid, "generation 3 serves on");
     assert!(
-        !support::wait_exit(&heir, Duration::ZERO),
+        !testkit::wait_exit(&heir, Duration::ZERO),
         "no SIGPIPE killed the heir"
     );
     server.stop();

@@ -3,14 +3,12 @@
 //! after the flip), an application that changes directory and argv before it
 //! calls grestart, and a container's seccomp profile refusing `clone3`.
 
-mod support;
-
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{HungMount, Load, Server, TempDir};
+use testkit::{HungMount, Load, Server, TempDir};
 
 /// `DIR/releases/v1/NAME` and `DIR/releases/v2/NAME`, built by `build` with
 /// those versions, and `DIR/current -> releases/v1`.
@@ -39,7 +37,7 @@ fn current(dir: &TempDir) -> PathBuf {
 /// Restarts once on v1, flips, restarts again (optionally after deleting the
 /// old release): the successor must run v2. All under load, nothing failing.
 fn deploy(dir: &TempDir, command: Command, delete_v1: bool) {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = Server::launch(command);
     let load = Load::start(server.addr, 2, 2);
     assert_eq!(
@@ -62,14 +60,14 @@ fn deploy(dir: &TempDir, command: Command, delete_v1: bool) {
 }
 
 fn c_example(path: &Path, version: u32) {
-    support::build_c_example(path, version);
+    testkit::build_c_example(path, version);
 }
 
 /// tests/c/flaky_server.c, which has more knobs than the example.
 fn flaky_example(path: &Path, version: u32) {
-    let source = support::repo().join("tests/c/flaky_server.c");
+    let source = testkit::repo().join("tests/c/flaky_server.c");
     let define = format!("-DAPP_VERSION=\"{version}\"");
-    support::compile("cc", &[&source], path, &["-std=c99", "-pthread", &define]);
+    testkit::compile("cc", &[&source], path, &["-std=c99", "-pthread", &define]);
 }
 
 #[test]
@@ -138,14 +136,14 @@ fn every_spawn_method_restarts_under_load() {
     ] {
         let dir = TempDir::new(&format!("spawn-{method}"));
         let binary = dir.join("http_server");
-        support::build_c_example(&binary, 1);
-        support::become_subreaper();
+        testkit::build_c_example(&binary, 1);
+        testkit::become_subreaper();
         let mut server = match filter {
             None => Server::start(&binary, &[], "127.0.0.1:0", &[("GRESTART_LOG", "debug")]),
             Some(option) => {
                 let wrapper = dir.join("seccomp_exec");
-                let source = support::repo().join("tests/c/seccomp_exec.c");
-                support::compile("cc", &[&source], &wrapper, &["-std=c99"]);
+                let source = testkit::repo().join("tests/c/seccomp_exec.c");
+                testkit::compile("cc", &[&source], &wrapper, &["-std=c99"]);
                 let mut args = vec![binary.as_os_str()];
                 if option == "--no-vfork" {
                     args.insert(0, std::ffi::OsStr::new(option));
@@ -176,18 +174,18 @@ fn every_spawn_method_restarts_under_load() {
 /// until its grestart has installed the handler; it must survive and serve.
 #[test]
 fn a_restart_signal_to_every_process_spares_a_starting_successor() {
-    support::become_subreaper();
-    let mut command = support::python_example("http_server.py");
+    testkit::become_subreaper();
+    let mut command = testkit::python_example("http_server.py");
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     let mut server = Server::launch(command);
     let old = server.pid;
-    support::kill(old, libc::SIGUSR2);
+    testkit::kill(old, libc::SIGUSR2);
     let started = std::time::Instant::now();
     let mut signalled_while_starting = std::collections::HashSet::new();
     let answer = loop {
-        for pid in support::children(old, false) {
-            if !support::catches(pid, libc::SIGUSR2) {
-                support::kill(pid, libc::SIGUSR2);
+        for pid in testkit::children(old, false) {
+            if !testkit::catches(pid, libc::SIGUSR2) {
+                testkit::kill(pid, libc::SIGUSR2);
                 signalled_while_starting.insert(pid);
             }
         }
@@ -207,11 +205,11 @@ fn a_restart_signal_to_every_process_spares_a_starting_successor() {
         "the successor was signalled while it started: {signalled_while_starting:?}"
     );
     assert_eq!(answer.generation, 2);
-    let old_exit = support::pidfd(old).ok();
+    let old_exit = testkit::pidfd(old).ok();
     if let Some(fd) = &old_exit {
-        assert!(support::wait_exit(fd, std::time::Duration::from_secs(40)));
+        assert!(testkit::wait_exit(fd, std::time::Duration::from_secs(40)));
     }
-    support::reap(old);
+    testkit::reap(old);
     server.pid = answer.pid;
     server.pids.push(answer.pid);
     let again = server
@@ -226,7 +224,7 @@ fn a_restart_signal_to_every_process_spares_a_starting_successor() {
 fn stuck_successor(parent: i32) -> i32 {
     let started = Instant::now();
     loop {
-        if let Some(&pid) = support::children(parent, false).first() {
+        if let Some(&pid) = testkit::children(parent, false).first() {
             return pid;
         }
         assert!(
@@ -239,7 +237,7 @@ fn stuck_successor(parent: i32) -> i32 {
 
 /// `DIR/current/NAME 127.0.0.1:0`, logging at info, with `env`.
 fn launch_current(dir: &TempDir, name: &str, env: &[(&str, &str)]) -> Server {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut command = Command::new(current(dir).join(name));
     command
         .arg("127.0.0.1:0")
@@ -252,7 +250,7 @@ fn launch_current(dir: &TempDir, name: &str, env: &[(&str, &str)]) -> Server {
 /// successor whose exec is stuck there.
 fn restart_onto_hung(dir: &TempDir, server: &Server) -> i32 {
     flip_to(dir, "hung");
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     stuck_successor(server.pid)
 }
 
@@ -276,7 +274,7 @@ fn a_release_on_a_hung_mount_is_bounded_by_the_ready_timeout() {
     let load = Load::start(server.addr, 2, 2);
 
     flip_to(&dir, "hung");
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     let line = server.wait_for_log("restart failed, still serving", Duration::from_secs(20));
     assert!(
         line.contains("had not finished its exec") && line.contains("killed it"),
@@ -284,7 +282,7 @@ fn a_release_on_a_hung_mount_is_bounded_by_the_ready_timeout() {
     );
     let answer = server.probe(Duration::from_secs(5)).expect("v1 serves on");
     assert_eq!((answer.pid, answer.version.as_str()), (server.pid, "1"));
-    assert!(support::zombie_children(server.pid).is_empty());
+    assert!(testkit::zombie_children(server.pid).is_empty());
 
     flip_to(&dir, "releases/v2");
     assert_eq!(server.restart(libc::SIGUSR2).version, "2");
@@ -303,7 +301,7 @@ fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
     let _hung = HungMount::new(&dir.join("hung"));
     let server = launch_current(&dir, "flaky", &[]);
     let stuck = restart_onto_hung(&dir, &server);
-    let exit = support::pidfd(stuck).unwrap();
+    let exit = testkit::pidfd(stuck).unwrap();
     {
         use std::io::{Read, Write};
         let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
@@ -316,11 +314,11 @@ fn a_shutdown_is_not_held_up_by_a_successor_whose_exec_hangs() {
     );
     assert!(lines[1].ends_with("shutdown returned 0"), "{lines:?}");
     assert!(
-        support::wait_exit(&exit, Duration::ZERO),
+        testkit::wait_exit(&exit, Duration::ZERO),
         "the stuck successor {stuck} was killed"
     );
     assert!(
-        support::zombie_children(server.pid).is_empty(),
+        testkit::zombie_children(server.pid).is_empty(),
         "and reaped"
     );
     server.stop();
@@ -337,18 +335,18 @@ fn a_stop_signal_is_not_held_up_by_a_successor_whose_exec_hangs() {
     let _hung = HungMount::new(&dir.join("hung"));
     let mut server = launch_current(&dir, "srv", &[]);
     let stuck = restart_onto_hung(&dir, &server);
-    let stuck_exit = support::pidfd(stuck).unwrap();
-    let exit = support::pidfd(server.pid).unwrap();
-    support::kill(server.pid, libc::SIGTERM);
+    let stuck_exit = testkit::pidfd(stuck).unwrap();
+    let exit = testkit::pidfd(server.pid).unwrap();
+    testkit::kill(server.pid, libc::SIGTERM);
     assert!(
-        support::wait_exit(&exit, Duration::from_secs(5)),
+        testkit::wait_exit(&exit, Duration::from_secs(5)),
         "the server stopped while its successor's exec hung"
     );
     let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
     server.wait_for_log("told to stop while successor", Duration::from_secs(5));
     assert!(
-        support::wait_exit(&stuck_exit, Duration::ZERO),
+        testkit::wait_exit(&stuck_exit, Duration::ZERO),
         "the stuck successor {stuck} was killed"
     );
     server.pids.clear();

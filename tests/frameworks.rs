@@ -7,15 +7,13 @@
 //! while the old generation waits out its grace, and close them in order (a
 //! FIN, not a reset) when the client stays idle past it.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RESTARTS: usize = 20;
 /// The examples' idle grace: how long a draining generation keeps a
@@ -36,14 +34,14 @@ struct Example {
 fn axum_example(version: u32) -> (TempDir, PathBuf) {
     let dir = TempDir::new("axum");
     let binary = dir.join("axum_server");
-    support::build_rust_example("axum_server", &["axum"], &binary, version);
+    testkit::build_rust_example("axum_server", &["axum"], &binary, version);
     (dir, binary)
 }
 
 fn asio_example() -> (TempDir, PathBuf) {
     let dir = TempDir::new("asio");
     let binary = dir.join("asio_server");
-    support::build_asio_example(&binary, 1);
+    testkit::build_asio_example(&binary, 1);
     (dir, binary)
 }
 
@@ -59,14 +57,14 @@ fn compiled(name: &'static str, (dir, binary): (TempDir, PathBuf)) -> Example {
 }
 
 fn python(script: &'static str) -> Example {
-    let venv = support::python_venv();
+    let venv = testkit::python_venv();
     assert!(
         venv.exists(),
         "{} is missing: scripts/python-venv makes it (scripts/test runs it first), \
          with the frameworks the Python adapters serve",
         venv.display()
     );
-    let mut command = support::python_example(script);
+    let mut command = testkit::python_example(script);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     Example {
         name: script,
@@ -90,21 +88,21 @@ fn axum_example_restarts_under_load() {
     let (_dir, binary) = axum_example(1);
     let mut command = Command::new(&binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    support::restarts_of(
+    testkit::restarts_of(
         command,
         RESTARTS,
-        Some(|| support::build_rust_example("axum_server", &["axum"], &binary, 2)),
+        Some(|| testkit::build_rust_example("axum_server", &["axum"], &binary, 2)),
     );
 }
 
 #[test]
 fn aiohttp_example_restarts_under_load() {
-    support::restarts_of(python("aiohttp_server.py").command, RESTARTS, None::<fn()>);
+    testkit::restarts_of(python("aiohttp_server.py").command, RESTARTS, None::<fn()>);
 }
 
 #[test]
 fn uvicorn_example_restarts_under_load() {
-    support::restarts_of(python("uvicorn_server.py").command, RESTARTS, None::<fn()>);
+    testkit::restarts_of(python("uvicorn_server.py").command, RESTARTS, None::<fn()>);
 }
 
 #[test]
@@ -112,10 +110,10 @@ fn asio_example_restarts_under_load() {
     let (_dir, binary) = asio_example();
     let mut command = Command::new(&binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    support::restarts_of(
+    testkit::restarts_of(
         command,
         RESTARTS,
-        Some(|| support::build_asio_example(&binary, 2)),
+        Some(|| testkit::build_asio_example(&binary, 2)),
     );
 }
 
@@ -126,7 +124,7 @@ fn idle_connection(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let answer = support::request(&mut stream, &mut reader, false).expect("first answer");
+    let answer = testkit::request(&mut stream, &mut reader, false).expect("first answer");
     assert_eq!(answer.pid, server.pid);
     assert!(!answer.closes, "a keep-alive connection before the restart");
     (stream, reader)
@@ -140,14 +138,14 @@ fn idle_connection(server: &Server) -> (TcpStream, BufReader<TcpStream>) {
 /// without waiting out its grace.
 #[test]
 fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     for example in examples() {
         let name = example.name;
         let mut server = Server::launch(example.command);
         let (mut stream, mut reader) = idle_connection(&server);
         let leaving = server.hand_over(libc::SIGUSR2);
         let sent = Instant::now();
-        let answer = support::request(&mut stream, &mut reader, false)
+        let answer = testkit::request(&mut stream, &mut reader, false)
             .unwrap_or_else(|e| panic!("{name}: the idle client's request: {e}"));
         // Well within the grace: nothing is left to wait for.
         server.wait_gone(&leaving, IDLE_GRACE / 2);
@@ -165,7 +163,7 @@ fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
             // connection over: it answers it, then hands the connection over
             // or closes it in order.
             if !answer.closes {
-                let next = support::request(&mut stream, &mut reader, false)
+                let next = testkit::request(&mut stream, &mut reader, false)
                     .unwrap_or_else(|e| panic!("{name}: the next request: {e}"));
                 assert_eq!(
                     next.pid, server.pid,
@@ -186,7 +184,7 @@ fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
                 "{name}: the connection ends with a FIN"
             );
         }
-        assert_eq!(support::get(server.addr, true).unwrap().pid, server.pid);
+        assert_eq!(testkit::get(server.addr, true).unwrap().pid, server.pid);
         server.stop();
     }
 }
@@ -197,7 +195,7 @@ fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
 /// then, not later.
 #[test]
 fn an_old_generation_with_only_idle_connections_exits_after_its_grace() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     for example in examples() {
         let name = example.name;
         let mut server = Server::launch(example.command);
@@ -212,7 +210,7 @@ fn an_old_generation_with_only_idle_connections_exits_after_its_grace() {
                 "{name}: no idle connection holds it ({gone:?})"
             );
             for (stream, reader) in &mut idle {
-                let answer = support::request(stream, reader, false)
+                let answer = testkit::request(stream, reader, false)
                     .unwrap_or_else(|e| panic!("{name}: a handed-over connection: {e}"));
                 assert_eq!(answer.pid, server.pid, "{name}: served by the successor");
             }
@@ -230,7 +228,7 @@ fn an_old_generation_with_only_idle_connections_exits_after_its_grace() {
                 );
             }
         }
-        assert_eq!(support::get(server.addr, true).unwrap().pid, server.pid);
+        assert_eq!(testkit::get(server.addr, true).unwrap().pid, server.pid);
         server.stop();
     }
 }
@@ -238,7 +236,7 @@ fn an_old_generation_with_only_idle_connections_exits_after_its_grace() {
 /// The framework examples read a request's body and answer a POST like a GET.
 #[test]
 fn framework_examples_answer_a_post_with_a_body() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     for example in examples() {
         let server = Server::launch(example.command);
         let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -263,7 +261,7 @@ fn framework_examples_answer_a_post_with_a_body() {
 /// restart, the second request is answered, by either generation.
 #[test]
 fn aiohttp_a_half_pipelined_request_is_answered_after_the_hand_over() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = Server::launch(python("aiohttp_server.py").command);
     let (mut stream, mut reader) = idle_connection(&server);
     stream
@@ -271,11 +269,11 @@ fn aiohttp_a_half_pipelined_request_is_answered_after_the_hand_over() {
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET / HTTP/1.1\r\nHost: 127.0.0.1\r\n",
         )
         .unwrap();
-    let first = support::read_response(&mut reader).expect("the whole request");
+    let first = testkit::read_response(&mut reader).expect("the whole request");
     assert_eq!(first.pid, server.pid);
     let leaving = server.hand_over(libc::SIGUSR2);
     stream.write_all(b"\r\n").unwrap(); // the second request's end
-    let second = support::read_response(&mut reader)
+    let second = testkit::read_response(&mut reader)
         .unwrap_or_else(|e| panic!("the half-sent request, completed after the restart: {e}"));
     println!(
         "the half-sent request answered by the {}",

@@ -7,15 +7,13 @@
 //! counts), every stream gets all its ticks, in order, from one pid, and
 //! every old generation exits once its streams ended.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::Duration;
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RESTARTS: usize = 20;
 const UNARY_CLIENTS: usize = 8;
@@ -49,14 +47,14 @@ struct Client {
 
 impl Client {
     fn start(server: &Server, stubs: &TempDir) -> Client {
-        let venv = support::python_venv();
+        let venv = testkit::python_venv();
         assert!(
             venv.exists(),
             "{} is missing: scripts/python-venv makes it (scripts/test runs it first), with grpcio",
             venv.display()
         );
         let mut child = Command::new(venv)
-            .arg(support::repo().join("tests/python/grpc_client.py"))
+            .arg(testkit::repo().join("tests/python/grpc_client.py"))
             .arg(server.addr.to_string())
             .arg(&stubs.0)
             .args([UNARY_CLIENTS.to_string(), STREAMS.to_string()])
@@ -135,7 +133,7 @@ struct Leaving {
 /// counts as draining every predecessor still alive at a restart.)
 fn restart(server: &mut Server) -> Leaving {
     let pid = server.pid;
-    let exit = support::pidfd(pid).expect("pidfd of the serving generation");
+    let exit = testkit::pidfd(pid).expect("pidfd of the serving generation");
     let out = Command::new(env!("CARGO_BIN_EXE_grestart"))
         .args(["restart", "--pid", &pid.to_string(), "--timeout", "20"])
         .output()
@@ -150,8 +148,8 @@ fn restart(server: &mut Server) -> Leaving {
     server.pid = said.trim().parse().expect("the successor's pid");
     server.pids.push(server.pid);
     server.generation += 1;
-    let exited = support::wait_exit(&exit, Duration::from_secs(40)).then(monotonic);
-    support::reap(pid);
+    let exited = testkit::wait_exit(&exit, Duration::from_secs(40)).then(monotonic);
+    testkit::reap(pid);
     Leaving {
         pid,
         handed_over,
@@ -180,17 +178,17 @@ fn parse_stream(line: &str) -> Option<Stream> {
 
 #[test]
 fn grpc_example_restarts_with_no_failed_call_and_every_stream_finished() {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let dir = TempDir::new("grpc");
     let binary = dir.join("grpc_server");
-    support::build_grpc_example(&binary, 1);
-    support::run(
-        Command::new(support::python_venv())
+    testkit::build_grpc_example(&binary, 1);
+    testkit::run(
+        Command::new(testkit::python_venv())
             .args(["-m", "grpc_tools.protoc", "-I"])
-            .arg(support::repo().join("examples/grpc"))
+            .arg(testkit::repo().join("examples/grpc"))
             .arg(format!("--python_out={}", dir.0.display()))
             .arg(format!("--grpc_python_out={}", dir.0.display()))
-            .arg(support::repo().join("examples/grpc/echo.proto")),
+            .arg(testkit::repo().join("examples/grpc/echo.proto")),
     );
     let mut command = Command::new(&binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");

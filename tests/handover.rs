@@ -4,8 +4,6 @@
 //! very moment of the hand-over; a successor that takes none leaves the
 //! clients an orderly close, never a reset or a hang.
 
-mod support;
-
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -15,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RESTARTS: usize = 10;
 
@@ -33,16 +31,16 @@ fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
 /// adapter's), built in `dir`, ready to start.
 fn examples(dir: &TempDir) -> Vec<(&'static str, Command)> {
     let c = dir.join("http_server");
-    support::build_c_example(&c, 1);
+    testkit::build_c_example(&c, 1);
     let cpp = dir.join("http_server_cpp");
-    support::build_cpp_example(&cpp, 1);
+    testkit::build_cpp_example(&cpp, 1);
     let rust = dir.join("http_server_rust");
-    support::build_rust_example("http_server", &[], &rust, 1);
+    testkit::build_rust_example("http_server", &[], &rust, 1);
     let mut examples: Vec<_> = [("C", c), ("C++", cpp), ("Rust", rust)]
         .into_iter()
         .map(|(name, binary)| (name, Command::new(binary)))
         .collect();
-    examples.push(("aiohttp", support::python_example("aiohttp_server.py")));
+    examples.push(("aiohttp", testkit::python_example("aiohttp_server.py")));
     for (_, command) in &mut examples {
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     }
@@ -76,7 +74,7 @@ struct Seen {
 #[test]
 fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
     let dir = TempDir::new("pool");
-    support::become_subreaper();
+    testkit::become_subreaper();
     for (name, command) in examples(&dir) {
         let mut server = Server::launch(command);
         let stop = Arc::new(AtomicBool::new(false));
@@ -89,7 +87,7 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
                     let mut random = Random(i + 1);
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        let result = support::request(&mut stream, &mut reader, false);
+                        let result = testkit::request(&mut stream, &mut reader, false);
                         let mut seen = seen.lock().unwrap();
                         match result {
                             Ok(answer) if !answer.closes => seen.answered += 1,
@@ -123,7 +121,7 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
         assert_sockets_close_on_exec(server.pid, name);
         // Every connection is still open, and its next request is the newest generation's.
         for (mut stream, mut reader) in connections {
-            let answer = support::request(&mut stream, &mut reader, false)
+            let answer = testkit::request(&mut stream, &mut reader, false)
                 .unwrap_or_else(|e| panic!("{name}: a pooled connection after the restarts: {e}"));
             assert_eq!(
                 answer.pid, server.pid,
@@ -190,13 +188,13 @@ fn assert_sockets_close_on_exec(pid: i32, name: &str) {
 #[test]
 fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
     let dir = TempDir::new("moment");
-    support::become_subreaper();
+    testkit::become_subreaper();
     for (name, command) in examples(&dir) {
         let mut server = Server::launch(command);
         let answered = AtomicU64::new(0);
         for _ in 0..RESTARTS {
             let old = server.pid;
-            let old_exit = support::pidfd(old).unwrap();
+            let old_exit = testkit::pidfd(old).unwrap();
             let mut connections: Vec<_> = (0..16).map(|_| connect(server.addr)).collect();
             thread::scope(|scope| {
                 for (stream, reader) in &mut connections {
@@ -205,7 +203,7 @@ fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
                         let deadline = Instant::now() + Duration::from_secs(20);
                         loop {
                             let answer =
-                                support::request(stream, reader, false).unwrap_or_else(|e| {
+                                testkit::request(stream, reader, false).unwrap_or_else(|e| {
                                     panic!("{name}: back to back across the hand-over: {e}")
                                 });
                             answered.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +215,7 @@ fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
                         }
                     });
                 }
-                support::kill(old, libc::SIGUSR2);
+                testkit::kill(old, libc::SIGUSR2);
             });
             server.follow_hand_over(&old_exit);
         }
@@ -232,8 +230,8 @@ fn a_request_sent_at_the_moment_of_the_hand_over_is_answered() {
 /// Builds the flaky test server over `path`, as a deploy would replace the binary.
 fn install_flaky(path: &Path) {
     let fresh = path.with_extension("flaky");
-    let source = support::repo().join("tests/c/flaky_server.c");
-    support::compile("cc", &[&source], &fresh, &["-std=c99", "-pthread"]);
+    let source = testkit::repo().join("tests/c/flaky_server.c");
+    testkit::compile("cc", &[&source], &fresh, &["-std=c99", "-pthread"]);
     std::fs::rename(&fresh, path).unwrap();
 }
 
@@ -267,10 +265,10 @@ fn a_successor_that_never_adopts_cannot_strand_a_client() {
 fn successor_that_does_not_adopt(mode: &str, bound: Duration) {
     let dir = TempDir::new(&format!("no-adoption-{mode}"));
     let binary = dir.join("server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     let mode_file = dir.join("mode");
     std::fs::write(&mode_file, mode).unwrap();
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut command = Command::new(&binary);
     command
         .arg("127.0.0.1:0")
@@ -279,7 +277,7 @@ fn successor_that_does_not_adopt(mode: &str, bound: Duration) {
     let mut server = Server::launch(command);
     let mut idle: Vec<_> = (0..8).map(|_| connect(server.addr)).collect();
     for (stream, reader) in &mut idle {
-        support::request(stream, reader, false).expect("before the restart");
+        testkit::request(stream, reader, false).expect("before the restart");
     }
     install_flaky(&binary);
     let leaving = server.hand_over(libc::SIGUSR2);
@@ -327,7 +325,7 @@ fn adopted_ports(lines: &[String]) -> Vec<u16> {
 fn heir_answers(server: &Server, old: i32, bound: Duration, what: &str) -> i32 {
     let deadline = Instant::now() + bound;
     loop {
-        if let Ok(answer) = support::get(server.addr, true) {
+        if let Ok(answer) = testkit::get(server.addr, true) {
             if answer.pid != old {
                 return answer.pid;
             }
@@ -350,18 +348,18 @@ fn heir_answers(server: &Server, old: i32, bound: Duration, what: &str) -> i32 {
 fn a_late_heir_adopts_500_connections_from_a_busy_generation_without_freezing() {
     const IDLE: usize = 500;
     let dir = TempDir::new("late-heir");
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = keepalive_server(&dir, &[("GR_TEST_READY_DELAY_MS", "300")]);
     let mut idle: Vec<_> = (0..IDLE).map(|_| connect(server.addr)).collect();
     for (stream, reader) in &mut idle {
-        support::request(stream, reader, false).expect("before the restart");
+        testkit::request(stream, reader, false).expect("before the restart");
     }
     let (mut busy, mut busy_reader) = connect(server.addr);
     busy.write_all(b"GET /busy HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap(); // the head's end comes later
     let old = server.pid;
-    let old_exit = support::pidfd(old).unwrap();
-    support::kill(old, libc::SIGUSR2);
+    let old_exit = testkit::pidfd(old).unwrap();
+    testkit::kill(old, libc::SIGUSR2);
     let heir = heir_answers(&server, old, Duration::from_secs(10), "once ready");
     // Every connection adopted (each logged as the heir takes it)...
     let mut lines = Vec::new();
@@ -371,12 +369,12 @@ fn a_late_heir_adopts_500_connections_from_a_busy_generation_without_freezing() 
     // ...while the old generation, busy, still reads no receipt: the heir serves on.
     heir_answers(&server, old, Duration::from_secs(3), "after adopting");
     for (i, (stream, reader)) in idle.iter_mut().enumerate() {
-        let answer = support::request(stream, reader, false)
+        let answer = testkit::request(stream, reader, false)
             .unwrap_or_else(|e| panic!("idle connection {i} after the hand-over: {e}"));
         assert_eq!(answer.pid, heir, "idle connection {i} is the heir's");
     }
     busy.write_all(b"\r\n").unwrap();
-    let answer = support::read_response(&mut busy_reader).expect("the busy request");
+    let answer = testkit::read_response(&mut busy_reader).expect("the busy request");
     assert_eq!(answer.pid, old, "the busy request is the old generation's");
     server.follow_hand_over(&old_exit);
     server.stop();
@@ -392,11 +390,11 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     const FIRST: usize = 150; // more than the heir has fds for
     const LATER: usize = 30;
     let dir = TempDir::new("emfile-heir");
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = keepalive_server(&dir, &[("GR_TEST_NOFILE", "64")]);
     let mut first: Vec<_> = (0..FIRST).map(|_| connect(server.addr)).collect();
     for (stream, reader) in &mut first {
-        support::request(stream, reader, false).expect("before the restart");
+        testkit::request(stream, reader, false).expect("before the restart");
     }
     // Busy with a request half sent: handed over only once answered, later.
     let mut later: Vec<_> = (0..LATER).map(|_| connect(server.addr)).collect();
@@ -406,15 +404,15 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
             .unwrap();
     }
     let old = server.pid;
-    let old_exit = support::pidfd(old).unwrap();
-    support::kill(old, libc::SIGUSR2);
+    let old_exit = testkit::pidfd(old).unwrap();
+    testkit::kill(old, libc::SIGUSR2);
     let mut lines = server.log_until("lost: out of file descriptors", Duration::from_secs(10));
-    let heir = support::children(old, false)[0]; // the old generation's only child
-    support::kill(heir, libc::SIGUSR1); // fds are free again
+    let heir = testkit::children(old, false)[0]; // the old generation's only child
+    testkit::kill(heir, libc::SIGUSR1); // fds are free again
     for (i, (stream, reader)) in later.iter_mut().enumerate() {
         stream.write_all(b"\r\n").unwrap();
         let answer =
-            support::read_response(reader).unwrap_or_else(|e| panic!("busy connection {i}: {e}"));
+            testkit::read_response(reader).unwrap_or_else(|e| panic!("busy connection {i}: {e}"));
         assert_eq!(
             answer.pid, old,
             "answered by the old generation, then handed over"
@@ -428,7 +426,7 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     for (i, (stream, reader)) in first.iter_mut().chain(later.iter_mut()).enumerate() {
         let port = stream.local_addr().unwrap().port();
         if adopted.contains(&port) {
-            let answer = support::request(stream, reader, false)
+            let answer = testkit::request(stream, reader, false)
                 .unwrap_or_else(|e| panic!("connection {i}, adopted by the heir, was cut: {e}"));
             assert_eq!(answer.pid, heir);
             served += 1;
@@ -458,20 +456,20 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
 #[test]
 fn an_adopted_connection_counted_as_work_holds_the_hooks_back() {
     let dir = TempDir::new("adopt-counted");
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = keepalive_server(&dir, &[]);
     let (mut stream, mut reader) = connect(server.addr);
-    support::request(&mut stream, &mut reader, false).expect("before the restarts");
+    testkit::request(&mut stream, &mut reader, false).expect("before the restarts");
     // The next generations serve a thread per connection.
     std::fs::write(dir.join("mode"), "threads").unwrap();
     let first = server.restart(libc::SIGUSR2);
     let heir = server.pid;
-    let answer = support::request(&mut stream, &mut reader, false).expect("adopted");
+    let answer = testkit::request(&mut stream, &mut reader, false).expect("adopted");
     assert_eq!(answer.pid, heir, "the heir adopted the connection");
     assert!(first.old_status.is_some());
     // The heir drains: its adopted connection is work in flight.
     let leaving = server.hand_over(libc::SIGUSR2);
-    let answer = support::request(&mut stream, &mut reader, false)
+    let answer = testkit::request(&mut stream, &mut reader, false)
         .unwrap_or_else(|e| panic!("the adopted connection while its server drains: {e}"));
     assert_eq!(answer.pid, heir, "still served by the draining heir");
     drop((stream, reader));

@@ -2,15 +2,13 @@
 //! and it compiles on its own as C and as C++ with every warning an error.
 //! Refresh it with `GRESTART_BLESS=1 cargo test --test header`.
 
-mod support;
-
 use std::path::Path;
 
 const FRESH: &str = include_str!(concat!(env!("OUT_DIR"), "/grestart.h"));
 
 #[test]
 fn committed_header_is_fresh() {
-    let committed_path = support::repo().join("include/grestart.h");
+    let committed_path = testkit::repo().join("include/grestart.h");
     if std::env::var_os("GRESTART_BLESS").is_some() {
         std::fs::write(&committed_path, FRESH).expect("write include/grestart.h");
     }
@@ -23,7 +21,7 @@ fn committed_header_is_fresh() {
 
 #[test]
 fn header_compiles_alone_as_c_and_cpp() {
-    let dir = support::TempDir::new("header");
+    let dir = testkit::TempDir::new("header");
     for (compiler, standard, file) in [
         ("cc", "-std=c99", "alone.c"),
         ("cc", "-std=c11", "alone11.c"),
@@ -33,7 +31,7 @@ fn header_compiles_alone_as_c_and_cpp() {
         std::fs::write(&source, "#include \"grestart.h\"\n#include \"grestart.h\"\nint main(void) { return gr_version()[0] == 0; }\n")
             .unwrap();
         let flags = [standard, "-pedantic"];
-        support::compile(compiler, &[Path::new(&source)], &dir.join("alone"), &flags);
+        testkit::compile(compiler, &[Path::new(&source)], &dir.join("alone"), &flags);
     }
 }
 

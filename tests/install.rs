@@ -3,24 +3,22 @@
 //! pkg-config file with which both examples build, link and run; a patch
 //! release installed over it in place, under a running server; uninstalling.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
 fn install_to_a_prefix_and_build_with_pkg_config() {
-    let dir = support::TempDir::new("install");
+    let dir = testkit::TempDir::new("install");
     let prefix = dir.join("prefix");
-    support::run(
-        Command::new(support::repo().join("scripts/install"))
+    testkit::run(
+        Command::new(testkit::repo().join("scripts/install"))
             .arg("--prefix")
             .arg(&prefix),
     );
 
     let lib = prefix.join("lib");
     let major = env!("CARGO_PKG_VERSION_MAJOR");
-    let dynamic = support::run(
+    let dynamic = testkit::run(
         Command::new("readelf")
             .arg("-d")
             .arg(lib.join("libgrestart.so")),
@@ -29,7 +27,7 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
         dynamic.contains(&format!("[libgrestart.so.{major}]")),
         "soname: {dynamic}"
     );
-    let exports = support::run(
+    let exports = testkit::run(
         Command::new("nm")
             .args(["-D", "--defined-only"])
             .arg(lib.join("libgrestart.so")),
@@ -41,7 +39,7 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
         .collect();
     assert!(foreign.is_empty(), "exports other than gr_*: {foreign:?}");
 
-    let flags = support::run(
+    let flags = testkit::run(
         Command::new("pkg-config")
             .args(["--cflags", "--libs", "grestart"])
             .env("PKG_CONFIG_PATH", lib.join("pkgconfig")),
@@ -52,24 +50,24 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
         ("cc", "examples/c/http_server.c", "server_c"),
         ("c++", "examples/cpp/http_server.cpp", "server_cpp"),
     ] {
-        support::run(
+        testkit::run(
             Command::new(compiler)
-                .arg(support::repo().join(source))
+                .arg(testkit::repo().join(source))
                 .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
                 .arg(dir.join(binary))
                 .args(&flags)
                 .arg(&rpath),
         );
     }
-    let linked = support::run(Command::new("ldd").arg(dir.join("server_cpp")));
+    let linked = testkit::run(Command::new("ldd").arg(dir.join("server_cpp")));
     assert!(
         linked.contains(&format!("libgrestart.so.{major} => {}", lib.display())),
         "{linked}"
     );
 
     // The installed C example serves and restarts.
-    support::become_subreaper();
-    let mut server = support::Server::start(
+    testkit::become_subreaper();
+    let mut server = testkit::Server::start(
         &dir.join("server_c"),
         &[],
         "127.0.0.1:0",
@@ -82,14 +80,14 @@ fn install_to_a_prefix_and_build_with_pkg_config() {
 /// The C example built against the copy installed under `prefix`.
 fn build_against(prefix: &Path, binary: &Path) {
     let lib = prefix.join("lib");
-    let flags = support::run(
+    let flags = testkit::run(
         Command::new("pkg-config")
             .args(["--cflags", "--libs", "grestart"])
             .env("PKG_CONFIG_PATH", lib.join("pkgconfig")),
     );
-    support::run(
+    testkit::run(
         Command::new("cc")
-            .arg(support::repo().join("examples/c/http_server.c"))
+            .arg(testkit::repo().join("examples/c/http_server.c"))
             .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
             .arg(binary)
             .args(flags.split_whitespace())
@@ -101,7 +99,7 @@ fn build_against(prefix: &Path, binary: &Path) {
 /// what `scripts/install` builds from, with the patch version raised.
 fn next_patch_release(dir: &Path) -> (PathBuf, String) {
     let next = dir.join("next");
-    let repo = support::repo();
+    let repo = testkit::repo();
     // What cargo reads of the manifest (its examples and benchmarks) and
     // what scripts/install builds and installs.
     for part in [
@@ -116,7 +114,7 @@ fn next_patch_release(dir: &Path) -> (PathBuf, String) {
     ] {
         let to = next.join(part);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        support::run(Command::new("cp").arg("-r").arg(repo.join(part)).arg(&to));
+        testkit::run(Command::new("cp").arg("-r").arg(repo.join(part)).arg(&to));
     }
     let version = format!(
         "{}.{}.{}",
@@ -137,34 +135,34 @@ fn next_patch_release(dir: &Path) -> (PathBuf, String) {
 
 #[test]
 fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_removes_it() {
-    let dir = support::TempDir::new("upgrade");
+    let dir = testkit::TempDir::new("upgrade");
     let prefix = dir.join("prefix");
     let lib = prefix.join("lib");
-    support::run(
-        Command::new(support::repo().join("scripts/install"))
+    testkit::run(
+        Command::new(testkit::repo().join("scripts/install"))
             .arg("--prefix")
             .arg(&prefix),
     );
     let server_c = dir.join("server_c");
     build_against(&prefix, &server_c);
-    let launcher = support::run(Command::new(prefix.join("bin/grestart")).arg("--version"));
+    let launcher = testkit::run(Command::new(prefix.join("bin/grestart")).arg("--version"));
     assert_eq!(
         launcher.trim(),
         format!("grestart {}", env!("CARGO_PKG_VERSION")),
         "the launcher is installed"
     );
 
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server =
-        support::Server::start(&server_c, &[], "127.0.0.1:0", &[("GRESTART_LOG", "warn")]);
-    let load = support::Load::start(server.addr, 4, 4);
+        testkit::Server::start(&server_c, &[], "127.0.0.1:0", &[("GRESTART_LOG", "warn")]);
+    let load = testkit::Load::start(server.addr, 4, 4);
     let (next, version) = next_patch_release(&dir.0);
     // The same build directory: only grestart itself is compiled again.
-    support::run(
+    testkit::run(
         Command::new(next.join("scripts/install"))
             .arg("--prefix")
             .arg(&prefix)
-            .env("CARGO_TARGET_DIR", support::repo().join("target/install")),
+            .env("CARGO_TARGET_DIR", testkit::repo().join("target/install")),
     );
     let major = env!("CARGO_PKG_VERSION_MAJOR");
     assert_eq!(
@@ -189,18 +187,18 @@ fn a_patch_release_installed_in_place_keeps_servers_running_and_uninstall_remove
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.failures);
     server.stop();
 
-    support::run(
-        Command::new(support::repo().join("scripts/uninstall"))
+    testkit::run(
+        Command::new(testkit::repo().join("scripts/uninstall"))
             .arg("--prefix")
             .arg(&prefix),
     );
-    let left = support::run(
+    let left = testkit::run(
         Command::new("find")
             .arg(&prefix)
             .args(["-not", "-type", "d"]),
     );
     assert!(left.is_empty(), "left behind by uninstall:\n{left}");
-    let again = Command::new(support::repo().join("scripts/uninstall"))
+    let again = Command::new(testkit::repo().join("scripts/uninstall"))
         .arg("--prefix")
         .arg(&prefix)
         .output()

@@ -6,13 +6,11 @@
 //! nothing fails; a new instance that fails leaves the old one serving; a
 //! storm of restart signals is one restart at a time.
 
-mod support;
-
 use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use support::{Container, HungMount, Load, TempDir};
+use testkit::{Container, HungMount, Load, TempDir};
 
 const RESTARTS: usize = 20;
 
@@ -33,7 +31,7 @@ fn run(options: &[&str], program: &[OsString]) -> Vec<OsString> {
 fn listen_fds_server(args: &[&str]) -> Vec<OsString> {
     let mut command: Vec<OsString> = vec![
         "python3".into(),
-        support::repo()
+        testkit::repo()
             .join("tests/python/listen_fds_server.py")
             .into(),
     ];
@@ -103,7 +101,7 @@ fn a_server_that_never_notifies_restarts_after_the_ready_delay() {
 
 #[test]
 fn gunicorn_restarts_under_load() {
-    let gunicorn = support::python_venv().with_file_name("gunicorn");
+    let gunicorn = testkit::python_venv().with_file_name("gunicorn");
     assert!(
         gunicorn.exists(),
         "scripts/python-venv installs gunicorn into {}",
@@ -120,7 +118,7 @@ fn gunicorn_restarts_under_load() {
         "2".into(),
         "--no-control-socket".into(),
         "--chdir".into(),
-        support::repo().join("tests/python").into(),
+        testkit::repo().join("tests/python").into(),
         "wsgi_app:app".into(),
     ];
     // The launcher, gunicorn's master and its two workers.
@@ -145,7 +143,7 @@ fn a_new_instance_that_fails_leaves_the_old_one_serving() {
     // A new instance started in `what` mode fails as `logged` says; the old one serves on.
     let fails = |what: &str, logged: &str| {
         std::fs::write(&mode, what).unwrap();
-        support::kill(container.init, libc::SIGUSR2);
+        testkit::kill(container.init, libc::SIGUSR2);
         container.log.wait_for(logged, 1, Duration::from_secs(20));
         container.settles_to(2, false);
         assert_eq!(
@@ -178,7 +176,7 @@ fn a_new_instance_whose_exec_hangs_is_killed_at_the_ready_timeout() {
     std::fs::create_dir_all(&release).unwrap();
     let server = release.join("server");
     std::fs::copy(
-        support::repo().join("tests/python/listen_fds_server.py"),
+        testkit::repo().join("tests/python/listen_fds_server.py"),
         &server,
     )
     .unwrap();
@@ -197,7 +195,7 @@ fn a_new_instance_whose_exec_hangs_is_killed_at_the_ready_timeout() {
     let load = Load::start(container.addr, 2, 2);
 
     flip_to("hung");
-    support::kill(container.init, libc::SIGUSR2);
+    testkit::kill(container.init, libc::SIGUSR2);
     container
         .log
         .wait_for("had not finished its exec", 1, Duration::from_secs(20));
@@ -233,13 +231,13 @@ fn a_storm_of_restart_signals_is_one_restart_at_a_time() {
     // that the second storm certainly meets it.
     std::fs::write(&mode, "hang").unwrap();
     for _ in 0..25 {
-        support::kill(container.init, libc::SIGUSR2);
+        testkit::kill(container.init, libc::SIGUSR2);
     }
     container
         .log
         .wait_for("started, waiting", 1, Duration::from_secs(20));
     for _ in 0..25 {
-        support::kill(container.init, libc::SIGUSR2);
+        testkit::kill(container.init, libc::SIGUSR2);
     }
     container
         .log
@@ -291,7 +289,7 @@ fn under_a_service_manager_the_launcher_relays_readiness_not_pids() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     let mut notify_socket = OsString::from("NOTIFY_SOCKET=");
     notify_socket.push(&path);
     let mut command = vec!["env".into(), notify_socket];
@@ -306,7 +304,7 @@ fn under_a_service_manager_the_launcher_relays_readiness_not_pids() {
     assert!(seen[1].contains("RELOADING=1"), "{seen:?}");
     assert!(seen[2].contains("READY=1"), "{seen:?}");
     container.settles_to(2, false);
-    support::kill(container.init, libc::SIGTERM);
+    testkit::kill(container.init, libc::SIGTERM);
     // STATUS= lines (the restart's outcome) may come first.
     while !seen.last().unwrap().contains("STOPPING=1") {
         seen.push(receive());
@@ -351,12 +349,12 @@ fn set_mode_bits(path: &std::path::Path, mode: u32) {
 fn grestart_restart_reports_the_outcome() {
     let dir = TempDir::new("restart-command");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
-    support::become_subreaper();
-    let mut server = support::Server::start(&binary, &[], "127.0.0.1:0", &[]);
+    testkit::build_c_example(&binary, 1);
+    testkit::become_subreaper();
+    let mut server = testkit::Server::start(&binary, &[], "127.0.0.1:0", &[]);
     let load = Load::start(server.addr, 2, 2);
 
-    let old = support::pidfd(server.pid).unwrap();
+    let old = testkit::pidfd(server.pid).unwrap();
     let (status, stdout, stderr) = grestart_restart(&["--pid", &server.pid.to_string()], None);
     assert_eq!(status, 0, "{stderr}");
     let answer = server.follow_hand_over(&old);
@@ -403,7 +401,7 @@ fn grestart_restart_reports_the_outcome() {
 fn grestart_restart_through_the_launcher() {
     let dir = TempDir::new("restart-through");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     let mut command = run(&[], &[binary.clone().into()]);
     command.push("127.0.0.1:0".into());
     let mut linked = start(&command, None);

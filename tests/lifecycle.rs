@@ -6,8 +6,6 @@
 //! means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
 //! through this very binary run again as a child for the Rust API.
 
-mod support;
-
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,10 +14,10 @@ use std::time::Duration;
 /// lines after checking the program passed: exit status 0, no failed
 /// expectation, and (unless the drain deadline ends it first) its summary.
 fn run_scenario(scenario: &str) -> Vec<String> {
-    let dir = support::TempDir::new(&format!("lifecycle-{scenario}"));
+    let dir = testkit::TempDir::new(&format!("lifecycle-{scenario}"));
     let binary = dir.join("lifecycle");
-    let source = support::repo().join("tests/c/lifecycle.c");
-    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    let source = testkit::repo().join("tests/c/lifecycle.c");
+    testkit::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
     let scratch = dir.join("scratch");
     let out = Command::new(&binary)
         .arg(scenario)

@@ -3,12 +3,10 @@
 //! and the README's Rust quick start builds from it in a scratch project,
 //! offline, and restarts under load.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::TempDir;
+use testkit::TempDir;
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -17,8 +15,8 @@ fn cargo() -> Command {
 #[test]
 fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     let dir = TempDir::new("package");
-    let target = support::repo().join("target/package-test");
-    support::run(
+    let target = testkit::repo().join("target/package-test");
+    testkit::run(
         cargo()
             .args([
                 "package",
@@ -29,11 +27,11 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
             ])
             .arg("--target-dir")
             .arg(&target)
-            .current_dir(support::repo()),
+            .current_dir(testkit::repo()),
     );
     let name = format!("grestart-{}", env!("CARGO_PKG_VERSION"));
     let crate_file = target.join("package").join(format!("{name}.crate"));
-    support::run(
+    testkit::run(
         Command::new("tar")
             .arg("-xzf")
             .arg(&crate_file)
@@ -42,7 +40,7 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     );
     let unpacked = dir.join(&name);
 
-    let listing = support::run(Command::new("tar").arg("-tzf").arg(&crate_file));
+    let listing = testkit::run(Command::new("tar").arg("-tzf").arg(&crate_file));
     for needed in [
         "src/lib.rs",
         "src/ffi.rs",
@@ -85,12 +83,12 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     )
     .unwrap();
     std::fs::copy(
-        support::repo().join("examples/quickstart.rs"),
+        testkit::repo().join("examples/quickstart.rs"),
         scratch.join("src/main.rs"),
     )
     .unwrap();
-    let scratch_target = support::repo().join("target/package-scratch");
-    support::run(
+    let scratch_target = testkit::repo().join("target/package-scratch");
+    testkit::run(
         cargo()
             .args(["build", "--offline", "--quiet", "--target-dir"])
             .arg(&scratch_target)
@@ -102,5 +100,5 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
 
     let mut command = Command::new(&binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    support::restarts_of(command, 3, None::<fn()>);
+    testkit::restarts_of(command, 3, None::<fn()>);
 }

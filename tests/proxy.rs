@@ -7,14 +7,12 @@
 //!
 //! Needs nginx and wrk (Debian's packages; `scripts/test` installs them).
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RESTARTS: usize = 10;
 
@@ -44,12 +42,12 @@ fn start_nginx(dir: &Path, port: u16, backend: std::net::SocketAddr) -> Child {
     // Up when it answers through to the backend.
     let addr = ([127, 0, 0, 1], port).into();
     for _ in 0..500 {
-        if support::get(addr, true).is_ok() {
+        if testkit::get(addr, true).is_ok() {
             return child;
         }
         thread::sleep(Duration::from_millis(10)); // nginx gives no readiness signal
     }
-    support::kill(child.id() as i32, libc::SIGTERM);
+    testkit::kill(child.id() as i32, libc::SIGTERM);
     let _ = child.wait();
     panic!("nginx did not answer on port {port}");
 }
@@ -58,7 +56,7 @@ fn start_nginx(dir: &Path, port: u16, backend: std::net::SocketAddr) -> Child {
 fn behind_nginx_the_c_example_sees_no_502_across_restarts() {
     let dir = TempDir::new("proxy-c");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     behind_nginx(&dir, Command::new(&binary));
 }
 
@@ -67,14 +65,14 @@ fn behind_nginx_the_c_example_sees_no_502_across_restarts() {
 #[test]
 fn behind_nginx_the_aiohttp_adapter_sees_no_502_across_restarts() {
     let dir = TempDir::new("proxy-aiohttp");
-    behind_nginx(&dir, support::python_example("aiohttp_server.py"));
+    behind_nginx(&dir, testkit::python_example("aiohttp_server.py"));
 }
 
 fn behind_nginx(dir: &TempDir, mut command: Command) {
-    support::become_subreaper();
+    testkit::become_subreaper();
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     let mut server = Server::launch(command);
-    let port = support::free_port();
+    let port = testkit::free_port();
     let mut nginx = start_nginx(&dir.0, port, server.addr);
     std::fs::write(
         dir.join("post.lua"),
@@ -116,7 +114,7 @@ fn behind_nginx(dir: &TempDir, mut command: Command) {
     let report = String::from_utf8_lossy(&out.stdout);
     println!("{report}");
     // SIGTERM: the master stops its workers (SIGKILL would orphan them).
-    support::kill(nginx.id() as i32, libc::SIGTERM);
+    testkit::kill(nginx.id() as i32, libc::SIGTERM);
     let _ = nginx.wait();
     let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
     server.stop();

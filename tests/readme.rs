@@ -6,8 +6,6 @@
 //! the unit files (tests/systemd_units.rs). (Shell commands and output samples
 //! are not programs.)
 
-mod support;
-
 const READMES: [&str; 2] = ["README.md", "bindings/python/README.md"];
 const PROGRAMS: [&str; 6] = ["c", "cpp", "rust", "python", "dockerfile", "ini"];
 
@@ -15,7 +13,7 @@ const PROGRAMS: [&str; 6] = ["c", "cpp", "rust", "python", "dockerfile", "ini"];
 fn every_program_in_a_readme_is_a_tested_file() {
     let mut checked = 0;
     for readme in READMES {
-        let text = std::fs::read_to_string(support::repo().join(readme)).unwrap();
+        let text = std::fs::read_to_string(testkit::repo().join(readme)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let mut i = 0;
         while i < lines.len() {
@@ -42,7 +40,7 @@ fn every_program_in_a_readme_is_a_tested_file() {
                             i + 1
                         )
                     });
-                let file = std::fs::read_to_string(support::repo().join(path))
+                let file = std::fs::read_to_string(testkit::repo().join(path))
                     .unwrap_or_else(|e| panic!("{readme}:{}: {path}: {e}", i + 1));
                 let block: String = lines[i + 1..end].iter().map(|l| format!("{l}\n")).collect();
                 if whole {

@@ -3,13 +3,11 @@
 //! request), halfway onto a rebuilt binary with another version. Nothing may
 //! fail, every old generation must exit, and nothing may be left behind.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Server, TempDir};
+use testkit::{Server, TempDir};
 
 const RESTARTS: usize = 20;
 
@@ -27,35 +25,35 @@ fn quick_start_restarts_under_load(binary: &Path) {
 fn restarts_under_load_checking(binary: &Path, swap_in_v2: Option<impl FnOnce()>) {
     let mut command = Command::new(binary);
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    support::restarts_of(command, RESTARTS, swap_in_v2);
+    testkit::restarts_of(command, RESTARTS, swap_in_v2);
 }
 
 #[test]
 fn c_example_restarts_under_load() {
     let dir = TempDir::new("restart-c");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
-    restarts_under_load(&binary, || support::build_c_example(&binary, 2));
+    testkit::build_c_example(&binary, 1);
+    restarts_under_load(&binary, || testkit::build_c_example(&binary, 2));
 }
 
 #[test]
 fn prefork_example_restarts_under_load() {
     let dir = TempDir::new("restart-prefork");
     let binary = dir.join("prefork_server");
-    support::build_prefork_example(&binary, 1);
-    restarts_under_load(&binary, || support::build_prefork_example(&binary, 2));
+    testkit::build_prefork_example(&binary, 1);
+    restarts_under_load(&binary, || testkit::build_prefork_example(&binary, 2));
 }
 
 #[test]
 fn prefork_workers_answer_for_their_master() {
     let dir = TempDir::new("prefork-workers");
     let binary = dir.join("prefork_server");
-    support::build_prefork_example(&binary, 1);
-    support::become_subreaper();
+    testkit::build_prefork_example(&binary, 1);
+    testkit::become_subreaper();
     let mut server = Server::start(&binary, &[] as &[&OsStr], "127.0.0.1:0", &[]);
     let mut workers = std::collections::HashSet::new();
     for _ in 0..40 {
-        let answer = support::get(server.addr, true).expect("an answer");
+        let answer = testkit::get(server.addr, true).expect("an answer");
         assert_eq!(answer.pid, server.pid, "X-Pid names the master");
         assert!(answer.worker_pid > 0 && answer.worker_pid != server.pid);
         workers.insert(answer.worker_pid);
@@ -64,7 +62,7 @@ fn prefork_workers_answer_for_their_master() {
     let old_workers = workers.clone();
     let restart = server.restart(libc::SIGUSR2);
     // The old master exited after its workers: none of them answers or lives.
-    let answer = support::get(server.addr, true).expect("an answer");
+    let answer = testkit::get(server.addr, true).expect("an answer");
     assert_eq!(answer.pid, restart.pid);
     assert!(!old_workers.contains(&answer.worker_pid));
     for worker in old_workers {
@@ -80,17 +78,17 @@ fn prefork_workers_answer_for_their_master() {
 fn cpp_example_restarts_under_load() {
     let dir = TempDir::new("restart-cpp");
     let binary = dir.join("http_server_cpp");
-    support::build_cpp_example(&binary, 1);
-    restarts_under_load(&binary, || support::build_cpp_example(&binary, 2));
+    testkit::build_cpp_example(&binary, 1);
+    restarts_under_load(&binary, || testkit::build_cpp_example(&binary, 2));
 }
 
 #[test]
 fn rust_example_restarts_under_load() {
     let dir = TempDir::new("restart-rust");
     let binary = dir.join("http_server");
-    support::build_rust_example("http_server", &[], &binary, 1);
+    testkit::build_rust_example("http_server", &[], &binary, 1);
     restarts_under_load(&binary, || {
-        support::build_rust_example("http_server", &[], &binary, 2)
+        testkit::build_rust_example("http_server", &[], &binary, 2)
     });
 }
 
@@ -110,8 +108,8 @@ fn cpp_quick_start_restarts_under_load() {
 fn compiled_quick_start_restarts_under_load(compiler: &str, source: &str, standard: &str) {
     let dir = TempDir::new(&format!("quickstart-{compiler}"));
     let binary = dir.join("quickstart");
-    let source = support::repo().join(source);
-    support::compile(compiler, &[&source], &binary, &[standard, "-pthread"]);
+    let source = testkit::repo().join(source);
+    testkit::compile(compiler, &[&source], &binary, &[standard, "-pthread"]);
     quick_start_restarts_under_load(&binary);
 }
 
@@ -119,15 +117,15 @@ fn compiled_quick_start_restarts_under_load(compiler: &str, source: &str, standa
 fn rust_quick_start_restarts_under_load() {
     let dir = TempDir::new("quickstart-rust");
     let binary = dir.join("quickstart");
-    support::build_rust_example("quickstart", &[], &binary, 1);
+    testkit::build_rust_example("quickstart", &[], &binary, 1);
     quick_start_restarts_under_load(&binary);
 }
 
 #[test]
 fn python_examples_restart_under_load() {
     for script in ["http_server.py", "asyncio_server.py", "quickstart.py"] {
-        let mut command = support::python_example(script);
+        let mut command = testkit::python_example(script);
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-        support::restarts_of(command, RESTARTS, None::<fn()>);
+        testkit::restarts_of(command, RESTARTS, None::<fn()>);
     }
 }

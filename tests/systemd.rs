@@ -2,19 +2,17 @@
 //! file across restarts and failed restarts, and socket activation by
 //! systemd-socket-activate followed by restarts under load.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{Load, Server, TempDir};
+use testkit::{Load, Server, TempDir};
 
 fn flaky(dir: &TempDir) -> PathBuf {
     let binary = dir.join("flaky_server");
-    let source = support::repo().join("tests/c/flaky_server.c");
-    support::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
+    let source = testkit::repo().join("tests/c/flaky_server.c");
+    testkit::compile("cc", &[&source], &binary, &["-std=c99", "-pthread"]);
     binary
 }
 
@@ -41,7 +39,7 @@ fn systemd_follows_the_new_main_pid() {
     let dir = TempDir::new("notify");
     let binary = flaky(&dir);
     let (path, notify) = notify_socket(&dir);
-    support::become_subreaper();
+    testkit::become_subreaper();
     let mut server = Server::start(
         &binary,
         &[],
@@ -75,7 +73,7 @@ fn after_a_failed_restart_systemd_follows_the_parent_again() {
     let (path, notify) = notify_socket(&dir);
     let mode = dir.join("mode");
     std::fs::write(&mode, "serve").unwrap();
-    support::become_subreaper();
+    testkit::become_subreaper();
     let server = Server::start(
         &binary,
         &[],
@@ -90,7 +88,7 @@ fn after_a_failed_restart_systemd_follows_the_parent_again() {
     let parent = server.pid;
     assert_eq!(next_message(&notify), format!("MAINPID={parent}\nREADY=1"));
     std::fs::write(&mode, "lost").unwrap();
-    support::kill(parent, libc::SIGUSR2);
+    testkit::kill(parent, libc::SIGUSR2);
     assert!(next_message(&notify).starts_with("RELOADING=1\n"));
     let heir = next_message(&notify);
     assert!(
@@ -109,7 +107,7 @@ fn the_pid_file_names_the_serving_generation() {
     let pid_file = dir.join("server.pid");
     let mode = dir.join("mode");
     std::fs::write(&mode, "serve").unwrap();
-    support::become_subreaper();
+    testkit::become_subreaper();
     let env = [
         ("GR_TEST_PID_FILE", pid_file.to_str().unwrap()),
         ("GR_TEST_MODE_FILE", mode.to_str().unwrap()),
@@ -132,25 +130,25 @@ fn the_pid_file_names_the_serving_generation() {
         "the heir wrote it; the drained parent left it"
     );
     std::fs::write(&mode, "exit").unwrap();
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     server.wait_for_log("restart failed", Duration::from_secs(20));
     assert_eq!(read(), server.pid, "a failed successor never wrote it");
     // A successor that wrote it (gr_ready) but never told the parent, and was
     // killed after the ready timeout: the file names the parent again.
     std::fs::write(&mode, "lost").unwrap();
-    support::kill(server.pid, libc::SIGUSR2);
+    testkit::kill(server.pid, libc::SIGUSR2);
     server.wait_for_log("ready, generation 3", Duration::from_secs(20));
     server.wait_for_log("restart failed", Duration::from_secs(20));
     assert_eq!(read(), server.pid, "the serving generation is named again");
     // A clean stop removes the file that names the stopping process.
-    let exit = support::pidfd(server.pid).unwrap();
+    let exit = testkit::pidfd(server.pid).unwrap();
     {
         use std::io::{Read, Write};
         let mut admin = std::net::TcpStream::connect(server.addr).unwrap();
         admin.write_all(b"GET /shutdown HTTP/1.1\r\n\r\n").unwrap();
         admin.read_to_end(&mut Vec::new()).unwrap();
     }
-    assert!(support::wait_exit(&exit, Duration::from_secs(10)));
+    assert!(testkit::wait_exit(&exit, Duration::from_secs(10)));
     assert!(!pid_file.exists(), "a clean stop removes the PID file");
     server.stop();
 }
@@ -164,13 +162,13 @@ fn socket_activated(
     server_address: &str,
     port: u16,
 ) -> Server {
-    support::become_subreaper();
+    testkit::become_subreaper();
     let activation = std::thread::spawn(move || {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             // Refused until the activator has bound the address.
-            match support::get(addr, true) {
+            match testkit::get(addr, true) {
                 Err(e) if e.contains("refused") && std::time::Instant::now() < deadline => {
                     std::thread::yield_now()
                 }
@@ -197,7 +195,7 @@ fn socket_activated(
 fn socket_activated_by_systemd_then_restarted_under_load() {
     let dir = TempDir::new("activate");
     let binary = flaky(&dir);
-    let port = support::free_port();
+    let port = testkit::free_port();
     let address = format!("127.0.0.1:{port}");
     let mut server = socket_activated(&binary, &address, &address, port);
     let load = Load::start(server.addr, 0, 3);
@@ -216,9 +214,9 @@ fn socket_activated_by_systemd_then_restarted_under_load() {
 fn a_port_only_socket_unit_serves_every_wildcard_spelling() {
     let dir = TempDir::new("activate-port");
     let binary = dir.join("http_server");
-    support::build_c_example(&binary, 1);
+    testkit::build_c_example(&binary, 1);
     for spelling in ["0.0.0.0:{}", ":{}", "[::]:{}"] {
-        let port = support::free_port();
+        let port = testkit::free_port();
         let requested = spelling.replace("{}", &port.to_string());
         let mut server = socket_activated(&binary, &port.to_string(), &requested, port);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The unit files of `examples/systemd/` (printed whole in the README) run by
 //! a real systemd, booted as PID 1 of a container on our network
-//! (`support::Systemd`): reloads under load, `MainPID` following the
+//! (`testkit::Systemd`): reloads under load, `MainPID` following the
 //! generations, stops, socket units, and what a failed restart reports.
 //!
 //! How a printed unit maps to the installed one: the path
@@ -11,13 +11,11 @@
 //! being the one this test was built with, at [`LAUNCHER`] (see
 //! [`install_unit`]).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use support::{Load, Systemd};
+use testkit::{Load, Systemd};
 
 const SERVER: &str = "/srv/app/current/server";
 const LAUNCHER: &str = "/srv/bin/grestart";
@@ -25,10 +23,10 @@ const LAUNCHER: &str = "/srv/bin/grestart";
 /// A container with the C example at [`SERVER`] and the library it links
 /// (bound at its own path, which the example's rpath names).
 fn boot() -> Systemd {
-    let systemd = Systemd::boot(&[&support::lib_dir()]);
+    let systemd = Systemd::boot(&[&testkit::lib_dir()]);
     let server = systemd.root().join(SERVER.trim_start_matches('/'));
     std::fs::create_dir_all(server.parent().unwrap()).unwrap();
-    support::build_c_example(&server, 1);
+    testkit::build_c_example(&server, 1);
     let launcher = systemd.root().join(LAUNCHER.trim_start_matches('/'));
     std::fs::create_dir_all(launcher.parent().unwrap()).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_grestart"), launcher).unwrap();
@@ -38,7 +36,7 @@ fn boot() -> Systemd {
 /// Installs `examples/systemd/NAME` as `/etc/systemd/system/NAME` with each
 /// `(printed, installed)` replacement made, and checks that every one matched.
 fn install_unit(systemd: &Systemd, name: &str, replacements: &[(&str, &str)]) {
-    let path = support::repo().join("examples/systemd").join(name);
+    let path = testkit::repo().join("examples/systemd").join(name);
     let mut text = std::fs::read_to_string(path).unwrap();
     for (printed, installed) in replacements {
         assert!(text.contains(printed), "{name} has no {printed:?}");
@@ -62,10 +60,10 @@ fn start_app(systemd: &Systemd) -> SocketAddr {
 }
 
 /// One answer on a fresh connection, retried for a few seconds.
-fn answer(addr: SocketAddr) -> support::Response {
+fn answer(addr: SocketAddr) -> testkit::Response {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match support::get(addr, true) {
+        match testkit::get(addr, true) {
             Ok(response) => return response,
             Err(e) => assert!(Instant::now() < deadline, "{addr} does not answer: {e}"),
         }
@@ -264,7 +262,7 @@ fn a_failed_restart_fails_systemctl_reload() {
 /// `address` on a free port.
 fn socket_unit_reloads(listen: &str, address: &str) {
     let systemd = boot();
-    let port = support::free_port().to_string();
+    let port = testkit::free_port().to_string();
     install_unit(
         &systemd,
         "app.socket",

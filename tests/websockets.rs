@@ -5,8 +5,6 @@
 //! check every close and every echo; this test restarts the example and
 //! checks what they and the server report.
 
-mod support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -14,7 +12,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::Server;
+use testkit::Server;
 
 const CLIENTS: usize = 200;
 const RESTARTS: usize = 10;
@@ -37,8 +35,8 @@ struct Clients {
 
 impl Clients {
     fn start(server: &Server, count: usize) -> Clients {
-        let mut child = Command::new(support::python_venv())
-            .arg(support::repo().join("tests/python/websocket_clients.py"))
+        let mut child = Command::new(testkit::python_venv())
+            .arg(testkit::repo().join("tests/python/websocket_clients.py"))
             .arg(server.addr.to_string())
             .arg(count.to_string())
             .stdin(Stdio::piped())
@@ -88,7 +86,7 @@ impl Clients {
 impl Drop for Clients {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            support::kill(self.child.id() as i32, libc::SIGKILL);
+            testkit::kill(self.child.id() as i32, libc::SIGKILL);
             let _ = self.child.wait();
         }
     }
@@ -102,8 +100,8 @@ impl Drop for Clients {
 /// frame goes unanswered.
 #[test]
 fn websocket_clients_are_told_to_reconnect_and_lose_no_message() {
-    support::become_subreaper();
-    let mut command = support::python_example("aiohttp_server.py");
+    testkit::become_subreaper();
+    let mut command = testkit::python_example("aiohttp_server.py");
     command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
     let mut server = Server::launch(command);
     let clients = Clients::start(&server, CLIENTS);

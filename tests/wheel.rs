@@ -4,13 +4,11 @@
 //! PATH with no cargo, where the Python test suite passes and a server
 //! restarts under load on the installed copy.
 
-mod support;
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::TempDir;
+use testkit::TempDir;
 
 /// This PATH without the directories that hold a `cargo`.
 fn path_without_cargo() -> OsString {
@@ -49,8 +47,8 @@ fn the_one(dir: &Path, suffix: &str) -> PathBuf {
 
 #[test]
 fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
-    let repo = support::repo();
-    let built = support::run(Command::new(repo.join("scripts/build-wheel")).current_dir(&repo));
+    let repo = testkit::repo();
+    let built = testkit::run(Command::new(repo.join("scripts/build-wheel")).current_dir(&repo));
     assert!(
         !built.to_lowercase().contains("deprecat"),
         "the build warns of a deprecation:\n{built}"
@@ -71,7 +69,7 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
 
     let dir = TempDir::new("wheel");
     let venv = dir.join("venv");
-    support::run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    testkit::run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
     let python = venv.join("bin/python");
     let check_cargo = Command::new("sh")
         .args(["-c", "command -v cargo"])
@@ -79,12 +77,12 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
         .output()
         .unwrap();
     assert!(!check_cargo.status.success(), "cargo is still on the PATH");
-    support::run(as_a_user(
+    testkit::run(as_a_user(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "pytest"])
             .arg(format!("{}[aiohttp,uvicorn]", wheel.display())),
     ));
-    let installed = support::run(as_a_user(Command::new(&python).args([
+    let installed = testkit::run(as_a_user(Command::new(&python).args([
         "-c",
         "import grestart, os; print(grestart.__file__); print(os.listdir(os.path.dirname(grestart.__file__)))",
     ])
@@ -95,7 +93,7 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
     );
 
     // The launcher is on the venv's PATH, as `pip install` users run it.
-    let launcher = support::run(as_a_user(
+    let launcher = testkit::run(as_a_user(
         Command::new(venv.join("bin/grestart")).arg("--version"),
     ));
     assert_eq!(
@@ -104,7 +102,7 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
         "the wheel ships the launcher"
     );
 
-    let tests = support::run(as_a_user(
+    let tests = testkit::run(as_a_user(
         Command::new(&python)
             .args(["-m", "pytest", "-p", "no:cacheprovider", "-q"])
             .arg(repo.join("bindings/python/tests"))
@@ -119,5 +117,5 @@ fn the_wheel_installs_and_serves_without_a_rust_toolchain() {
             .arg("127.0.0.1:0")
             .env("GRESTART_LOG", "warn"),
     );
-    support::restarts_of(server, 5, None::<fn()>);
+    testkit::restarts_of(server, 5, None::<fn()>);
 }

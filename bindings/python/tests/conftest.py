@@ -1,5 +1,5 @@
 """What the Python API tests share. The restarts of the Python examples under
-load run from the one test kit every language uses (tests/support, in Rust):
+load run from the one test kit every language uses (testkit/, in Rust):
 see tests/restart.rs and tests/field.rs."""
 
 from pathlib import Path

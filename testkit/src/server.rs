@@ -2,18 +2,17 @@
 //! from generation to generation, and stopped with everything it started.
 
 use std::ffi::OsStr;
-use std::io::{self, BufRead, BufReader};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::http::{Response, get};
-use super::load::Load;
-use super::process::{children, kill, pidfd, reap, wait_exit, zombie_children};
+use crate::http::{Response, get};
+use crate::load::Load;
+use crate::log::{Log, follow_output};
+use crate::process::{become_subreaper, children, kill, pidfd, reap, wait_exit, zombie_children};
 
 /// A server under test: its first generation is our child.
 pub struct Server {
@@ -242,94 +241,6 @@ impl Drop for Server {
     }
 }
 
-/// Starts following `child`, whose generations share its pipes: its first
-/// line on stdout (the rest is read and dropped, or a successor writing its
-/// own first line would die of SIGPIPE), and every line on stderr.
-pub fn follow_output(child: &mut Child) -> (String, Log) {
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    stdout.read_line(&mut line).expect("first line");
-    thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-    let (sender, log) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let read = Instant::now();
-            eprintln!("{line}");
-            let _ = sender.send((read, line));
-        }
-    });
-    (line, Log(log))
-}
-
-/// The lines every generation writes to stderr (also echoed to ours), with
-/// the moment each was read.
-pub struct Log(Receiver<(Instant, String)>);
-
-impl Log {
-    /// Waits for a line that contains `needle`.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        self.wait_for_at(needle, timeout).1
-    }
-
-    /// [`Log::wait_for`], with the moment the line was read.
-    pub fn wait_for_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.0.recv_timeout(left) {
-                Ok((read, line)) if line.contains(needle) => return (read, line),
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
-            }
-        }
-    }
-
-    /// Waits for a line with each of `needles`, in any order (lines of two
-    /// generations may come either way); returns them in the order asked.
-    pub fn wait_for_all(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut found: Vec<Option<String>> = vec![None; needles.len()];
-        while found.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok((_, line)) = self.0.recv_timeout(left) else {
-                panic!("no log lines with all of {needles:?} within {timeout:?}");
-            };
-            if let Some(i) =
-                (0..needles.len()).find(|&i| found[i].is_none() && line.contains(needles[i]))
-            {
-                found[i] = Some(line);
-            }
-        }
-        found.into_iter().flatten().collect()
-    }
-
-    /// Every line read up to the first that contains `needle`, that one last
-    /// (the lines [`Log::wait_for`] would skip).
-    pub fn until(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.0.recv_timeout(left) {
-                Ok((_, line)) => {
-                    let found = line.contains(needle);
-                    lines.push(line);
-                    if found {
-                        return lines;
-                    }
-                }
-                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
-            }
-        }
-    }
-
-    /// The lines read so far and not yet looked at.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.try_iter().map(|(_, line)| line).collect()
-    }
-}
-
 /// A generation that handed over and may still be draining.
 pub struct Leaving {
     pub pid: i32,
@@ -357,7 +268,7 @@ pub struct Restart {
 /// version on disk changes halfway when `swap_in_v2` is given. Nothing may
 /// fail, every old generation must exit, no zombie may be left.
 pub fn restarts_of(command: Command, restarts: usize, swap_in_v2: Option<impl FnOnce()>) {
-    super::become_subreaper();
+    become_subreaper();
     let mut server = Server::launch(command);
     let load = Load::start(server.addr, 4, 4);
     let versioned = swap_in_v2.is_some();

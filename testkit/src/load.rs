@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::http::{get, request};
+use crate::http::{get, request};
 
 /// What the load saw.
 #[derive(Default, Debug)]

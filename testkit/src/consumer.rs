@@ -6,8 +6,8 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::process::{become_subreaper, kill, pidfd, reap, wait_exit, zombie_children};
-use super::server::{Log, follow_output};
+use crate::log::{Log, follow_output};
+use crate::process::{become_subreaper, kill, pidfd, reap, wait_exit, zombie_children};
 
 /// How long a generation may take to start, to hand over or to drain.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -6,9 +6,13 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The repository root.
+/// The repository root: the parent of this crate's directory (the kit's own
+/// `CARGO_MANIFEST_DIR` is `testkit/`, not the crate under test's).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+    kit.parent()
+        .expect("testkit/ is in the repository")
+        .to_path_buf()
 }
 
 /// `target/<profile>` of the profile this binary was built with.

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use super::build::TempDir;
-use super::process::{free_port, kill, pidfd, reap, wait_exit};
+use crate::build::TempDir;
+use crate::process::{free_port, kill, pidfd, reap, wait_exit};
 
 /// A `redis-server` of this test's own, stopped by its pid when dropped.
 pub struct Redis {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::http::get;
-use super::process::{children, kill, pidfd, wait_exit};
+use crate::http::{Response, get};
+use crate::process::{children, kill, pidfd, wait_exit};
 
 pub struct Container {
     unshare: Child,
@@ -28,17 +28,17 @@ pub struct Container {
     /// Its `X-Generation`, 0 for a program that does not link grestart.
     pub generation: u64,
     /// Every line the service wrote to stderr.
-    pub log: Arc<Log>,
+    pub log: Arc<ContainerLog>,
 }
 
 /// The lines a service wrote to stderr, and a way to wait for one.
 #[derive(Default)]
-pub struct Log {
+pub struct ContainerLog {
     lines: Mutex<Vec<String>>,
     added: Condvar,
 }
 
-impl Log {
+impl ContainerLog {
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
@@ -88,7 +88,7 @@ impl Container {
         }
         // Every generation writes to this pipe: keep reading it.
         thread::spawn(move || io::copy(&mut stdout, &mut io::sink()));
-        let log = Arc::new(Log::default());
+        let log = Arc::new(ContainerLog::default());
         let lines = Arc::clone(&log);
         let stderr = BufReader::new(unshare.stderr.take().expect("piped"));
         thread::spawn(move || {
@@ -129,7 +129,7 @@ impl Container {
     }
 
     /// A fresh connection's answer, retried for a few seconds.
-    pub fn answer(&self) -> super::http::Response {
+    pub fn answer(&self) -> Response {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match get(self.addr, true) {
@@ -146,7 +146,7 @@ impl Container {
     /// The first answer from `pid`: right after a restart reports its new
     /// pid, the old generation may still take a connection or two before it
     /// stops accepting.
-    pub fn answer_from(&self, pid: i32) -> super::http::Response {
+    pub fn answer_from(&self, pid: i32) -> Response {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let answer = self.answer();

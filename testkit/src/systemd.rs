@@ -19,8 +19,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::build::TempDir;
-use super::process::{children, kill, pidfd, run, wait_exit};
+use crate::build::TempDir;
+use crate::process::{children, kill, pidfd, run, wait_exit};
 
 /// How long one command inside the container may take (systemctl's own D-Bus
 /// timeout is 25 s; a reload waits for the heir's READY=1).
