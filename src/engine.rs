@@ -30,6 +30,7 @@ use crate::control::{Control, Reply};
 use crate::error::{fail, with_context};
 use crate::exec_watch::ExecWatch;
 use crate::handover::{Adoption, Handed, Heir};
+use crate::limits::GR_MAX_DRAINING as MAX_DRAINING;
 use crate::link::Predecessor;
 use crate::log::{self, debug, error, info, warning};
 use crate::notify;
@@ -117,11 +118,6 @@ pub(crate) struct Engine {
     older_draining: u32,
 }
 
-/// How many generations may drain at once behind the serving one. Each holds
-/// its memory and its connections until they end; past this a restart is
-/// refused (and the refusal reported), never queued or dropped silently.
-pub(crate) const MAX_DRAINING: u32 = 8;
-
 static ENGINE: OnceCell<Engine> = OnceCell::new();
 
 /// The engine, started on first use, for the process that started it.
@@ -136,8 +132,8 @@ pub(crate) fn engine() -> io::Result<&'static Engine> {
         return Err(fail(
             libc::EPERM,
             format!(
-                "pid {pid} is a child forked by pid {}, which runs grestart; a forked child may only \
-                 poll gr_shutdown_fd, call gr_wait_shutdown, gr_generation and gr_accept, and count its work",
+                "pid {pid} is a child forked by pid {}, which runs grestart; a forked child may make \
+                 only the calls listed at the top of grestart.h",
                 engine.owner
             ),
         ));
@@ -315,7 +311,7 @@ impl Engine {
                 hooks: Hooks::Pending(Vec::new()),
                 restarting_on: None,
                 settings: Settings {
-                    ready_timeout: Duration::from_secs(60),
+                    ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
                     drain_deadline: None,
                     pid_file: None,
                     exe: None,
