@@ -196,9 +196,9 @@ public:
 
 private:
     friend struct Connection;
-    struct Adopt {};
+    struct AlreadyCounted {};
     /// Takes over a count gr_accept or gr_adopt_counted already made.
-    explicit Work(Adopt) noexcept {}
+    explicit Work(AlreadyCounted) noexcept {}
     void end() noexcept {
         if (std::exchange(active_, false)) {
             gr_work_end();
@@ -212,7 +212,7 @@ private:
 struct Connection {
     Work work;
     Fd fd;
-    explicit Connection(int accepted) noexcept : work(Work::Adopt{}), fd(accepted) {}
+    explicit Connection(int accepted) noexcept : work(Work::AlreadyCounted{}), fd(accepted) {}
     /// A connection accepted some other way, counted by `counted`.
     Connection(Work counted, Fd connection) noexcept : work(std::move(counted)), fd(std::move(connection)) {}
 };

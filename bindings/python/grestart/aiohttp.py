@@ -39,7 +39,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 import grestart
 
-from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run_app", "websocket_messages"]
 

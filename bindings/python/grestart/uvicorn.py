@@ -23,7 +23,7 @@ import uvicorn
 
 import grestart
 
-from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run"]
 
@@ -56,15 +56,17 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.sock = sock
         self.idle_grace = idle_grace
-        self.handing_over: Optional[asyncio.Task] = None
+        self.drain_task: Optional[asyncio.Task] = None
 
     async def startup(self, sockets: Optional[list] = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
             grestart.ready()
-            self.handing_over = asyncio.ensure_future(self.hand_over())
+            self.drain_task = asyncio.ensure_future(self.drain())
 
-    async def hand_over(self) -> None:
+    async def drain(self) -> None:
+        """Once this process must drain: stops accepting, waits for the
+        connections (or the idle grace), then lets uvicorn exit."""
         await grestart.shutdown_requested()
         await stop_accepting(self.sock)
         for server in self.servers:
@@ -85,8 +87,8 @@ async def serve(app: Any, where: Listener, *, idle_grace: float = 2.0, **config:
     try:
         await server.serve(sockets=[sock])
     finally:
-        if server.handing_over is not None:
-            server.handing_over.cancel()
+        if server.drain_task is not None:
+            server.drain_task.cancel()
 
 
 def run(app: Any, where: Listener, *, idle_grace: float = 2.0, **config: Any) -> None:
