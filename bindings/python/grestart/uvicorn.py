@@ -8,9 +8,10 @@
 On hand-over the old generation stops accepting (the queued connections are
 the successor's), lets every request in flight finish, answers the next
 request of each keep-alive connection with ``Connection: close``, and closes
-only connections that stay idle for ``idle_grace`` seconds; it returns as soon
-as no connection is left. Nothing a client sent is lost. (uvicorn's own
-shutdown closes idle and just-accepted connections at once.)
+only connections that stay idle for ``idle_grace`` seconds (default
+:data:`grestart.DEFAULT_IDLE_GRACE`); it returns as soon as no connection is
+left. Nothing a client sent is lost. (uvicorn's own shutdown closes idle and
+just-accepted connections at once.)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Server(uvicorn.Server):
         self.should_exit = True  # uvicorn closes what stayed idle, waits for the rest
 
 
-async def serve(app: Any, where: Listener, *, idle_grace: float = 2.0, **config: Any) -> None:
+async def serve(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAULT_IDLE_GRACE, **config: Any) -> None:
     """Serves the ASGI ``app`` on ``where`` (a socket from :func:`grestart.listen`,
     or an address for it), calls :func:`grestart.ready` once uvicorn listens,
     and returns once this process has drained: then call
@@ -91,7 +92,7 @@ async def serve(app: Any, where: Listener, *, idle_grace: float = 2.0, **config:
             server.drain_task.cancel()
 
 
-def run(app: Any, where: Listener, *, idle_grace: float = 2.0, **config: Any) -> None:
+def run(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAULT_IDLE_GRACE, **config: Any) -> None:
     """:func:`serve` in a new event loop, then :func:`grestart.shutdown`."""
     asyncio.run(serve(app, where, idle_grace=idle_grace, **config))
     grestart.shutdown()
