@@ -3,7 +3,8 @@
 //! connections when it is restarted; the benchmark reports how long the old
 //! generation takes to exit after the signal when the successor adopts them
 //! (hand-over) and when it does not (a successor that never asks: the old
-//! generation closes idle connections after 5 s, as before hand-over), and
+//! generation closes idle connections after the idle grace,
+//! `GR_DEFAULT_IDLE_GRACE_MS`, as before hand-over), and
 //! the hand-over's cost per connection. Needs `ulimit -n` above 10000.
 //! Writes `target/bench/handover-table.txt`.
 

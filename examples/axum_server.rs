@@ -11,20 +11,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::middleware::map_response;
 use axum::routing::get;
+use grestart::limits::DEFAULT_IDLE_GRACE;
 
 const VERSION: &str = match option_env!("APP_VERSION") {
     Some(v) => v,
     None => "1",
 };
-/// While draining, a keep-alive connection idle this long is closed.
-const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 struct App {
     pid: u32,
@@ -83,7 +81,7 @@ async fn run(address: &str) -> std::io::Result<()> {
     );
     grestart::ready()?; // grestart: the previous generation drains now
     axum::serve(grestart::tokio::Incoming::new(listener), router) // grestart: ends on drain
-        .with_graceful_shutdown(grestart::tokio::drained(IDLE_GRACE)) // grestart
+        .with_graceful_shutdown(grestart::tokio::drained(DEFAULT_IDLE_GRACE)) // grestart
         .await?;
     grestart::shutdown() // grestart: the hooks, once every connection is closed
 }

@@ -27,9 +27,6 @@ const VERSION: &str = match option_env!("APP_VERSION") {
 };
 /// The listener's name, which each handed-over connection carries.
 const LISTENER: &str = "http";
-/// While draining without a successor that adopts, a keep-alive connection
-/// idle this long is closed.
-const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
 struct Server {
     /// Idle connections go to the successor (until it takes none).
@@ -170,8 +167,8 @@ fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
                 }
                 server.handing_over.store(false, Ordering::SeqCst); // none: close as before
             }
-            if !readable([writer.as_fd()], Some(DRAIN_IDLE))?[0] {
-                return Ok(()); // idle while draining: close it
+            if !readable([writer.as_fd()], Some(grestart::limits::DEFAULT_IDLE_GRACE))?[0] {
+                return Ok(()); // idle for the grace while draining: close it
             }
         }
         let Some(request) = read_request(&mut reader)? else {

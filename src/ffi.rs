@@ -113,7 +113,7 @@ fn open_fd<'a>(fd: c_int) -> io::Result<BorrowedFd<'a>> {
 ///
 /// `fd` stays the caller's: grestart keeps a close-on-exec duplicate of it.
 /// `name` (copied; the caller keeps ownership) must be printable ASCII without
-/// `:`, 1 to 255 bytes, and not registered yet.
+/// `:`, 1 to `GR_NAME_MAX` bytes, and not registered yet.
 ///
 /// Returns 0, or -1 with errno: `EBADF` fd not open, `ENOTSOCK` not a socket,
 /// `EINVAL` a stream socket that is not listening or a bad/NULL name,
@@ -236,7 +236,7 @@ pub extern "C" fn gr_ready() -> c_int {
 /// Restarts now, as the restart signal would, and blocks until the outcome.
 ///
 /// Returns the new generation's pid once it is ready (this process then
-/// drains), or -1 with errno: `EAGAIN` not ready yet, or 8 older generations
+/// drains), or -1 with errno: `EAGAIN` not ready yet, or `GR_MAX_DRAINING` older generations
 /// are still draining; `EALREADY` another restart is running; `ESHUTDOWN` draining;
 /// `ENOENT`/`EACCES` the executable cannot be run; `ECHILD` the successor
 /// exited before it was ready; `ETIMEDOUT` it was not ready in time and was
@@ -274,7 +274,7 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
 ///
 /// Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
 /// plain shutdown, a failed restart, a successor that never called
-/// gr_adopt_fd or runs an older grestart, or one that took none within 2 s):
+/// gr_adopt_fd or runs an older grestart, or one that took none within `GR_HAND_OVER_BOUND_MS`):
 /// then close the connection as you would without grestart. `EINVAL`: no
 /// listener of that name was handed over, or `fd` is no stream socket;
 /// `ENOTCONN`: it is not connected.
@@ -446,7 +446,7 @@ pub extern "C" fn gr_generation() -> i64 {
 }
 
 /// Sets how long a successor may take to call `gr_ready` before it is killed
-/// (default 60000 ms). Returns 0, or -1 with errno `EINVAL` for 0.
+/// (default `GR_DEFAULT_READY_TIMEOUT_MS`). Returns 0, or -1 with errno `EINVAL` for 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_set_ready_timeout_ms(timeout_ms: u64) -> c_int {
     call(|| {

@@ -47,6 +47,7 @@ use nix::sys::socket::{
 use once_cell::sync::OnceCell;
 
 use crate::error::{fail, with_context};
+use crate::limits::{GR_NAME_MAX as NAME_MAX, HAND_OVER_BOUND as BOUND};
 use crate::log::{debug, warning};
 use crate::signal;
 use crate::sys::socket_type;
@@ -62,11 +63,6 @@ const ACK_BYTE: u8 = b'K';
 const TAKEN_BYTE: u8 = b'T';
 /// The length of a connection's id, a `u64` little-endian.
 const ID_LEN: usize = 8;
-/// How long the old generation waits for its heir to take a connection it
-/// handed over (or to make room for one).
-pub(crate) const BOUND: Duration = Duration::from_secs(2);
-/// Listener names are at most this long (systemd's rule, `registry.rs`).
-const NAME_MAX: usize = 255;
 /// How many connections are sent between two reads of the receipts.
 const RECEIPTS_EVERY: u64 = 64;
 
@@ -342,7 +338,7 @@ fn send_connection(
     connection: BorrowedFd<'_>,
 ) -> nix::Result<usize> {
     let fds = [connection.as_raw_fd()];
-    let length = [name.len() as u8]; // at most 255, as every listener name
+    let length = [name.len() as u8]; // at most NAME_MAX, as every listener name: a byte
     let id = id.map(u64::to_le_bytes);
     let message = [
         IoSlice::new(&length),

@@ -267,7 +267,7 @@ fn parse(args: &[OsString]) -> io::Result<Options> {
         restart_signal: Signal::SIGUSR2,
         forwarded: FORWARDED.to_vec(),
         stop_signal: Signal::SIGTERM,
-        ready_timeout: Duration::from_secs(60),
+        ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
         ready_delay: None,
         program: Vec::new(),
     };
@@ -429,6 +429,17 @@ mod tests {
         assert_eq!(options.stop_signal, Signal::SIGQUIT);
         assert_eq!(options.program, ["server", "--port", "1"]);
         assert!(options.forwarded.contains(&Signal::SIGUSR2));
+        assert_eq!(options.ready_timeout, crate::limits::DEFAULT_READY_TIMEOUT);
+    }
+
+    /// The usage is a literal, so it states the default again: it must agree.
+    #[test]
+    fn the_usage_states_the_ready_timeouts_default() {
+        let default = crate::limits::DEFAULT_READY_TIMEOUT.as_secs();
+        assert!(
+            USAGE.contains(&format!("serves on (default {default})")),
+            "{USAGE}"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod ffi;
 mod handover;
 #[doc(hidden)]
 pub mod launcher;
+pub mod limits;
 mod link;
 mod log;
 mod notify;
@@ -79,7 +80,7 @@ pub use log::Level;
 ///
 /// `fd` must be a socket, and a stream socket must be listening. grestart keeps
 /// its own duplicate; the caller keeps `fd`. Names follow systemd's rules
-/// (printable ASCII, no `:`, at most 255 bytes) and must be unique.
+/// (printable ASCII, no `:`, at most [`limits::GR_NAME_MAX`] bytes) and must be unique.
 ///
 /// ```no_run
 /// let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
@@ -218,8 +219,8 @@ pub fn shutdown() -> io::Result<()> {
 ///
 /// Fails with `ESRCH` when no successor takes connections (a plain shutdown,
 /// a failed restart, a successor that never asked with [`adopt_fd`] or runs
-/// an older grestart, or one that took none within 2 s): then close the
-/// connection as you would without grestart. `EINVAL` when `listener` was
+/// an older grestart, or one that took none within [`limits::HAND_OVER_BOUND`]):
+/// then close the connection as you would without grestart. `EINVAL` when `listener` was
 /// not handed to the successor or `connection` is no stream socket,
 /// `ENOTCONN` when it is not connected.
 pub fn hand_over(connection: impl AsFd, listener: Option<&str>) -> io::Result<()> {
@@ -394,7 +395,8 @@ pub fn work() -> io::Result<Work> {
     Ok(Work { engine })
 }
 
-/// How long a successor may take to become ready before it is killed (default 60 s).
+/// How long a successor may take to become ready before it is killed
+/// (default [`limits::DEFAULT_READY_TIMEOUT`]).
 pub fn set_ready_timeout(timeout: Duration) -> io::Result<()> {
     engine()?.set_ready_timeout(timeout)
 }

@@ -48,8 +48,9 @@ pub async fn shutdown_requested() -> io::Result<()> {
 
 /// Resolves once this process drains and then either every connection of an
 /// [`Incoming`] was dropped, or `grace` passed: the moment to close the
-/// connections that stayed idle. Give it to the framework's graceful shutdown
-/// (axum's `with_graceful_shutdown`). An error of the shutdown fd (grestart
+/// connections that stayed idle (the adapters' default grace is
+/// [`DEFAULT_IDLE_GRACE`](crate::limits::DEFAULT_IDLE_GRACE)). Give it to the
+/// framework's graceful shutdown (axum's `with_graceful_shutdown`). An error of the shutdown fd (grestart
 /// unusable in this process) resolves it at once.
 pub async fn drained(grace: Duration) {
     if shutdown_requested().await.is_err() {
@@ -311,14 +312,13 @@ impl<L: Listener> axum::serve::Listener for Incoming<L> {
 ///
 /// ```no_run
 /// # async fn serve() -> std::io::Result<()> {
-/// use std::time::Duration;
 /// let router = axum::Router::new()
 ///     .route("/", axum::routing::get(|| async { "hello\n" }))
 ///     .layer(axum::middleware::map_response(grestart::tokio::close_when_draining));
 /// let listener = grestart::tokio::listen_tcp("127.0.0.1:8080")?;
 /// grestart::ready()?;
 /// axum::serve(grestart::tokio::Incoming::new(listener), router)
-///     .with_graceful_shutdown(grestart::tokio::drained(Duration::from_secs(2)))
+///     .with_graceful_shutdown(grestart::tokio::drained(grestart::limits::DEFAULT_IDLE_GRACE))
 ///     .await?;
 /// grestart::shutdown()
 /// # }

@@ -18,7 +18,7 @@ use testkit::{Server, TempDir};
 const RESTARTS: usize = 20;
 /// The examples' idle grace: how long a draining generation keeps a
 /// keep-alive connection that stays idle.
-const IDLE_GRACE: Duration = Duration::from_secs(2);
+const IDLE_GRACE: Duration = grestart::limits::DEFAULT_IDLE_GRACE;
 
 /// A framework example, ready to start.
 struct Example {

@@ -17,7 +17,7 @@ use testkit::Server;
 const CLIENTS: usize = 200;
 const RESTARTS: usize = 10;
 /// The example's `websocket_window`: its WebSockets close over this long,
-/// the last ones after its idle grace (2 s) is over.
+/// the last ones after its idle grace (`DEFAULT_IDLE_GRACE`) is over.
 const WINDOW: Duration = Duration::from_millis(2500);
 /// How long after the window every client is on the newest generation. The
 /// clients take 0–0.3 s after the window on an idle machine. What this guards

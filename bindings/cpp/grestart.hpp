@@ -35,6 +35,10 @@
 
 namespace grestart {
 
+/// The header's defaults (see GR_DEFAULT_READY_TIMEOUT_MS and GR_DEFAULT_IDLE_GRACE_MS there).
+inline constexpr std::chrono::milliseconds default_ready_timeout{GR_DEFAULT_READY_TIMEOUT_MS};
+inline constexpr std::chrono::milliseconds default_idle_grace{GR_DEFAULT_IDLE_GRACE_MS};
+
 /// Thrown for every failure: code() holds the errno, what() grestart's message.
 class Error : public std::system_error {
 public:
@@ -192,9 +196,9 @@ public:
 
 private:
     friend struct Connection;
-    struct Adopt {};
+    struct AlreadyCounted {};
     /// Takes over a count gr_accept or gr_adopt_counted already made.
-    explicit Work(Adopt) noexcept {}
+    explicit Work(AlreadyCounted) noexcept {}
     void end() noexcept {
         if (std::exchange(active_, false)) {
             gr_work_end();
@@ -208,7 +212,7 @@ private:
 struct Connection {
     Work work;
     Fd fd;
-    explicit Connection(int accepted) noexcept : work(Work::Adopt{}), fd(accepted) {}
+    explicit Connection(int accepted) noexcept : work(Work::AlreadyCounted{}), fd(accepted) {}
     /// A connection accepted some other way, counted by `counted`.
     Connection(Work counted, Fd connection) noexcept : work(std::move(counted)), fd(std::move(connection)) {}
 };
@@ -254,7 +258,7 @@ struct Adopted {
 /// The next connection handed over, waiting up to `timeout` (none: as long as
 /// it takes; the default: not at all); std::nullopt when none came in time.
 inline std::optional<Adopted> adopt(std::optional<std::chrono::milliseconds> timeout = std::chrono::milliseconds(0)) {
-    char listener[256];
+    char listener[GR_NAME_MAX + 1]; // and its NUL
     int fd = gr_adopt(listener, sizeof listener, timeout ? detail::wait_ms(*timeout) : -1);
     if (fd < 0 && errno == EAGAIN) {
         return std::nullopt;
@@ -287,8 +291,8 @@ inline std::int64_t generation() {
     return g;
 }
 
-/// How long a successor may take to become ready (default 60 s); zero or
-/// negative throws Error(EINVAL).
+/// How long a successor may take to become ready (default
+/// default_ready_timeout); zero or negative throws Error(EINVAL).
 inline void set_ready_timeout(std::chrono::milliseconds timeout) {
     detail::check(gr_set_ready_timeout_ms(detail::setting_ms(timeout, "the ready timeout is negative")));
 }

@@ -40,9 +40,6 @@
 #define MAX_CONNECTIONS 16384
 #define BUFFER_SIZE 8192 /* a request, head and body */
 #define OUT_SIZE 2048    /* answers queued; a few pipelined ones */
-/* While draining, a keep-alive connection that sends nothing for this long is
- * closed; one that sends a request gets its answer first. */
-#define DRAIN_IDLE_MS 5000
 /* Called with each connection adopted from the previous generation; a test
  * server defines it to report which ones its heir holds. */
 #ifndef HTTP_LOOP_ON_ADOPT
@@ -349,8 +346,10 @@ static int serve_http(int listener, int adopt_fd) {
             if (!done && draining) {
                 done = hand_over_if_idle(c);
             }
+            /* Draining, a keep-alive connection silent for the idle grace is
+             * closed; one that sends a request gets its answer first. */
             if (!done && draining && !handing_over && c->out_len == 0 &&
-                now_ms() - c->last_active_ms > DRAIN_IDLE_MS) {
+                now_ms() - c->last_active_ms > GR_DEFAULT_IDLE_GRACE_MS) {
                 done = 1;
             }
             if (done) {

@@ -34,7 +34,6 @@
 namespace {
 
 using asio::ip::tcp;
-constexpr auto kIdleGrace = std::chrono::seconds(2);
 
 struct Server;
 
@@ -113,7 +112,7 @@ struct Server {
             if (sessions.empty()) {
                 return;
             }
-            grace.expires_after(kIdleGrace);
+            grace.expires_after(grestart::default_idle_grace);
             grace.async_wait([this](asio::error_code expired) {
                 if (!expired) {
                     for (auto &session : std::set<std::shared_ptr<Session>>(sessions)) {

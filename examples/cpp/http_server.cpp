@@ -37,7 +37,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr auto kDrainIdle = std::chrono::seconds(5);
 
 std::atomic<bool> draining{false};
 // Idle connections go to the successor when draining (until it takes none).
@@ -122,7 +121,7 @@ void serve(grestart::Fd connection) {
                 }
                 handing_over = false; // no successor takes connections: close as before
                 pollfd idle{connection.get(), POLLIN, 0};
-                int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainIdle).count());
+                int ms = static_cast<int>(grestart::default_idle_grace.count());
                 if (::poll(&idle, 1, ms) == 0) {
                     return; // idle while draining: close it
                 }

@@ -11,7 +11,6 @@ import sys
 import grestart
 
 VERSION = os.environ.get("APP_VERSION", "1")
-DRAIN_IDLE_SECONDS = 5.0
 
 
 class Server:
@@ -67,7 +66,7 @@ class Server:
                 return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.2)
             except asyncio.TimeoutError:
                 idle += 0.2
-                if self.draining and idle > DRAIN_IDLE_SECONDS and not reader._buffer:  # noqa: SLF001
+                if self.draining and idle > grestart.DEFAULT_IDLE_GRACE and not reader._buffer:  # noqa: SLF001
                     return None
             except asyncio.IncompleteReadError as e:
                 if not e.partial:

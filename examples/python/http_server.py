@@ -21,7 +21,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import grestart
 
 VERSION = os.environ.get("APP_VERSION", "1")
-DRAIN_IDLE_SECONDS = 5.0
 draining = threading.Event()
 served = 0
 served_lock = threading.Lock()
@@ -38,7 +37,7 @@ class Handler(BaseHTTPRequestHandler):
         while not self.close_connection:
             readable, _, _ = select.select([self.connection], [], [], 0.2)
             if not readable:
-                if draining.is_set() and time.monotonic() - idle_since > DRAIN_IDLE_SECONDS:
+                if draining.is_set() and time.monotonic() - idle_since > grestart.DEFAULT_IDLE_GRACE:
                     return
                 continue
             self.handle_one_request()

@@ -146,8 +146,8 @@ pub(crate) fn engine() -> io::Result<&'static Engine> {
         return Err(fail(
             libc::EPERM,
             format!(
-                "pid {pid} is a child forked by pid {}, which runs grestart; a forked child may only \
-                 poll gr_shutdown_fd, call gr_wait_shutdown, gr_generation and gr_accept, and count its work",
+                "pid {pid} is a child forked by pid {}, which runs grestart; a forked child may make \
+                 only the calls listed at the top of grestart.h",
                 engine.owner
             ),
         ));
@@ -223,7 +223,7 @@ impl Engine {
                 predecessor: parts.predecessor,
                 restarting_on: None,
                 settings: Settings {
-                    ready_timeout: Duration::from_secs(60),
+                    ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
                     drain_deadline: None,
                     pid_file: None,
                     exe: None,

@@ -10,10 +10,7 @@ use super::{Engine, Phase, State};
 use crate::error::fail;
 use crate::log::{error, info, warning};
 
-/// How many generations may drain at once behind the serving one. Each holds
-/// its memory and its connections until they end; past this a restart is
-/// refused (and the refusal reported), never queued or dropped silently.
-pub(crate) const MAX_DRAINING: u32 = 8;
+pub(crate) use crate::limits::GR_MAX_DRAINING as MAX_DRAINING;
 
 /// Why a restart was refused: nothing was tried, this process serves on
 /// exactly as before.

@@ -60,15 +60,15 @@ int main(void) {
 
     /* names */
     int listener = tcp_socket(1);
-    char long_name[257];
-    memset(long_name, 'x', 256);
-    long_name[256] = '\0';
+    char long_name[GR_NAME_MAX + 2];
+    memset(long_name, 'x', GR_NAME_MAX + 1);
+    long_name[GR_NAME_MAX + 1] = '\0';
     EXPECT_FAIL(gr_register_listener(listener, NULL), EINVAL);
     EXPECT_FAIL(gr_register_listener(listener, ""), EINVAL);
     EXPECT_FAIL(gr_register_listener(listener, "a:b"), EINVAL);
     EXPECT_FAIL(gr_register_listener(listener, long_name), EINVAL);
     EXPECT_FAIL(gr_register_listener(listener, "tab\there"), EINVAL);
-    long_name[255] = '\0';
+    long_name[GR_NAME_MAX] = '\0';
     EXPECT(gr_register_listener(listener, long_name) == 0);
     EXPECT(gr_register_listener(listener, "web") == 0);
     EXPECT_FAIL(gr_register_listener(listener, "web"), EEXIST);

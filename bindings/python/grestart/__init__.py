@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Union
 # asyncio and traceback are imported where they are used: asyncio alone costs
 # more than the rest of `import grestart`, and every restart pays the imports.
 
-from ._ffi import HOOK, LOG, check, lib
+from ._ffi import CONSTANTS, HOOK, LOG, check, lib
 
 __all__ = [
     "register_listener",
@@ -62,6 +62,9 @@ __all__ = [
     "LOG_WARN",
     "LOG_INFO",
     "LOG_DEBUG",
+    "NAME_MAX",
+    "DEFAULT_READY_TIMEOUT",
+    "DEFAULT_IDLE_GRACE",
     "__version__",
 ]
 
@@ -77,6 +80,11 @@ class LogLevel(enum.IntEnum):
 
 
 LOG_OFF, LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG = LogLevel
+
+# grestart.h's limits and defaults (see their comments there), in Python's units.
+NAME_MAX: int = CONSTANTS["GR_NAME_MAX"]  # bytes of a listener name, at most
+DEFAULT_READY_TIMEOUT: float = CONSTANTS["GR_DEFAULT_READY_TIMEOUT_MS"] / 1000  # seconds
+DEFAULT_IDLE_GRACE: float = CONSTANTS["GR_DEFAULT_IDLE_GRACE_MS"] / 1000  # seconds, the adapters' idle_grace
 
 __version__: str = lib.gr_version().decode()
 
@@ -411,7 +419,7 @@ def adopt(timeout: Optional[float] = 0.0) -> Optional[Tuple[socket.socket, str]]
     it as a connection just accepted on that listener. Unlike a
     :class:`Connection` it is not counted as work in flight: a server that
     counts its connections for :func:`shutdown` wraps it in :class:`in_flight`."""
-    name = ctypes.create_string_buffer(256)
+    name = ctypes.create_string_buffer(NAME_MAX + 1)  # and its NUL
     milliseconds = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
     fd = lib.gr_adopt(name, len(name), milliseconds)
     if fd < 0 and ctypes.get_errno() == errno.EAGAIN:
@@ -433,7 +441,8 @@ def generation() -> int:
 
 
 def set_ready_timeout(seconds: float) -> None:
-    """How long a successor may take to become ready before it is killed (default 60)."""
+    """How long a successor may take to become ready before it is killed
+    (default :data:`DEFAULT_READY_TIMEOUT` seconds)."""
     check(lib.gr_set_ready_timeout_ms(int(seconds * 1000)))
 
 

@@ -1,7 +1,7 @@
 """The ctypes layer: loads libgrestart.so and declares every C function.
 
-`SIGNATURES` mirrors include/grestart.h; tests/test_header.py fails when the
-two drift apart.
+`SIGNATURES` and `CONSTANTS` mirror include/grestart.h; tests/test_header.py
+fails when they drift apart.
 """
 
 import ctypes
@@ -47,6 +47,16 @@ SIGNATURES = {
     "gr_set_log_callback": (c_int, [LOG, c_void_p]),
     "gr_last_error": (c_char_p, []),
     "gr_version": (c_char_p, []),
+}
+
+# The header's limits and defaults (its GR_* macros but the log levels, which
+# are LogLevel, and the version).
+CONSTANTS = {
+    "GR_NAME_MAX": 255,
+    "GR_DEFAULT_READY_TIMEOUT_MS": 60_000,
+    "GR_HAND_OVER_BOUND_MS": 2_000,
+    "GR_DEFAULT_IDLE_GRACE_MS": 2_000,
+    "GR_MAX_DRAINING": 8,
 }
 
 

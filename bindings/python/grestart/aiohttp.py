@@ -13,7 +13,8 @@ connection is closed by a restart, and the old generation leaves as soon as
 its last request is answered. Where the successor takes no connections (an
 older grestart), it answers the next request of each connection with
 ``Connection: close`` and closes only connections idle for ``idle_grace``
-seconds instead. Nothing a client sent is lost.
+seconds (default :data:`grestart.DEFAULT_IDLE_GRACE`) instead. Nothing a
+client sent is lost.
 
 A WebSocket cannot be handed over: it belongs to its handler. A handler that
 reads its messages through :func:`websocket_messages` is told to reconnect
@@ -39,9 +40,12 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 import grestart
 
-from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
 
-__all__ = ["serve", "run_app", "websocket_messages"]
+__all__ = ["serve", "run_app", "websocket_messages", "DEFAULT_WEBSOCKET_WINDOW"]
+
+# The default of ``websocket_window``, in seconds.
+DEFAULT_WEBSOCKET_WINDOW = 5.0
 
 
 class _Framing:
@@ -247,8 +251,8 @@ async def serve(
     app: web.Application,
     where: Listener,
     *,
-    idle_grace: float = 2.0,
-    websocket_window: float = 5.0,
+    idle_grace: float = grestart.DEFAULT_IDLE_GRACE,
+    websocket_window: float = DEFAULT_WEBSOCKET_WINDOW,
     **runner_options: Any,
 ) -> None:
     """Serves ``app`` on ``where`` (a socket from :func:`grestart.listen`, or an
@@ -317,8 +321,8 @@ def run_app(
     app: web.Application,
     where: Listener,
     *,
-    idle_grace: float = 2.0,
-    websocket_window: float = 5.0,
+    idle_grace: float = grestart.DEFAULT_IDLE_GRACE,
+    websocket_window: float = DEFAULT_WEBSOCKET_WINDOW,
     **runner_options: Any,
 ) -> None:
     """:func:`serve` in a new event loop, then :func:`grestart.shutdown`."""

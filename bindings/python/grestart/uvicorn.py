@@ -8,9 +8,10 @@
 On hand-over the old generation stops accepting (the queued connections are
 the successor's), lets every request in flight finish, answers the next
 request of each keep-alive connection with ``Connection: close``, and closes
-only connections that stay idle for ``idle_grace`` seconds; it returns as soon
-as no connection is left. Nothing a client sent is lost. (uvicorn's own
-shutdown closes idle and just-accepted connections at once.)
+only connections that stay idle for ``idle_grace`` seconds (default
+:data:`grestart.DEFAULT_IDLE_GRACE`); it returns as soon as no connection is
+left. Nothing a client sent is lost. (uvicorn's own shutdown closes idle and
+just-accepted connections at once.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uvicorn
 
 import grestart
 
-from ._handover import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run"]
 
@@ -56,15 +57,17 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.sock = sock
         self.idle_grace = idle_grace
-        self.handing_over: Optional[asyncio.Task] = None
+        self.drain_task: Optional[asyncio.Task] = None
 
     async def startup(self, sockets: Optional[list] = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
             grestart.ready()
-            self.handing_over = asyncio.ensure_future(self.hand_over())
+            self.drain_task = asyncio.ensure_future(self.drain())
 
-    async def hand_over(self) -> None:
+    async def drain(self) -> None:
+        """Once this process must drain: stops accepting, waits for the
+        connections (or the idle grace), then lets uvicorn exit."""
         await grestart.shutdown_requested()
         await stop_accepting(self.sock)
         for server in self.servers:
@@ -74,7 +77,7 @@ class _Server(uvicorn.Server):
         self.should_exit = True  # uvicorn closes what stayed idle, waits for the rest
 
 
-async def serve(app: Any, where: Listener, *, idle_grace: float = 2.0, **config: Any) -> None:
+async def serve(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAULT_IDLE_GRACE, **config: Any) -> None:
     """Serves the ASGI ``app`` on ``where`` (a socket from :func:`grestart.listen`,
     or an address for it), calls :func:`grestart.ready` once uvicorn listens,
     and returns once this process has drained: then call
@@ -85,11 +88,11 @@ async def serve(app: Any, where: Listener, *, idle_grace: float = 2.0, **config:
     try:
         await server.serve(sockets=[sock])
     finally:
-        if server.handing_over is not None:
-            server.handing_over.cancel()
+        if server.drain_task is not None:
+            server.drain_task.cancel()
 
 
-def run(app: Any, where: Listener, *, idle_grace: float = 2.0, **config: Any) -> None:
+def run(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAULT_IDLE_GRACE, **config: Any) -> None:
     """:func:`serve` in a new event loop, then :func:`grestart.shutdown`."""
     asyncio.run(serve(app, where, idle_grace=idle_grace, **config))
     grestart.shutdown()

@@ -1,4 +1,4 @@
-"""The ctypes declarations match include/grestart.h exactly."""
+"""The ctypes declarations and constants match include/grestart.h exactly."""
 
 import ctypes
 import re
@@ -42,9 +42,19 @@ def test_every_function_is_declared_with_the_header_types():
             assert expected is argtype or expected == argtype, f"{name}: {param} declared as {argtype}"
 
 
+def header_macros() -> "dict[str, int]":
+    """The header's numeric GR_* macros."""
+    text = (REPO / "include" / "grestart.h").read_text()
+    return {name: int(value) for name, value in re.findall(r"^#define (GR_\w+) (\d+)$", text, re.M)}
+
+
+def test_every_limit_and_default_is_the_headers():
+    limits = {name: value for name, value in header_macros().items() if not name.startswith(("GR_LOG_", "GR_VERSION_"))}
+    assert limits == _ffi.CONSTANTS, "a GR_ limit or default changed: update _ffi.CONSTANTS"
+
+
 def test_log_levels_are_the_headers():
     import grestart
 
-    text = (REPO / "include" / "grestart.h").read_text()
-    defined = {name: int(value) for name, value in re.findall(r"^#define GR_LOG_(\w+) (\d+)$", text, re.M)}
-    assert defined == {level.name: level.value for level in grestart.LogLevel}
+    levels = {name[len("GR_LOG_"):]: value for name, value in header_macros().items() if name.startswith("GR_LOG_")}
+    assert levels == {level.name: level.value for level in grestart.LogLevel}
