@@ -177,9 +177,6 @@ int gr_restart(void);
 int gr_shutdown_fd(void);
 
 /**
- * Blocks until this process must drain, for at most `timeout_ms`
- * milliseconds (a negative value waits forever). Works in a forked worker too.
- *
  * In a draining process, hands the idle connected socket `fd`, accepted on
  * the listener named `listener` (NULL: the one whose address it was
  * accepted on), to the successor, which serves it as if it
@@ -232,6 +229,9 @@ int gr_adopt(char *listener, size_t size, int timeout_ms);
 int gr_adopt_counted(char *listener, size_t size, int timeout_ms);
 
 /**
+ * Blocks until this process must drain, for at most `timeout_ms`
+ * milliseconds (a negative value waits forever). Works in a forked worker too.
+ *
  * Returns 1 when this process must drain, 0 when the time passed first, or -1
  * with errno when grestart could not start.
  */

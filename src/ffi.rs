@@ -261,9 +261,6 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
     })
 }
 
-/// Blocks until this process must drain, for at most `timeout_ms`
-/// milliseconds (a negative value waits forever). Works in a forked worker too.
-///
 /// In a draining process, hands the idle connected socket `fd`, accepted on
 /// the listener named `listener` (NULL: the one whose address it was
 /// accepted on), to the successor, which serves it as if it
@@ -368,6 +365,9 @@ unsafe fn adopt(listener: *mut c_char, size: usize, timeout_ms: c_int, counted: 
     })
 }
 
+/// Blocks until this process must drain, for at most `timeout_ms`
+/// milliseconds (a negative value waits forever). Works in a forked worker too.
+///
 /// Returns 1 when this process must drain, 0 when the time passed first, or -1
 /// with errno when grestart could not start.
 #[unsafe(no_mangle)]
