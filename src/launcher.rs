@@ -1,4 +1,4 @@
-//! `grestart run`: the command line of the stable process (`supervise.rs`).
+//! `grestart run`: the command line of the stable process (`supervise/`).
 //!
 //! ```text
 //! grestart run [OPTIONS] -- PROGRAM [ARGS...]

@@ -2,7 +2,7 @@
 //! (see docs/architecture.md, "Connections across a restart").
 //!
 //! The two generations share a private Unix stream socket pair (made in
-//! `spawn.rs`, the heir's end known to `link.rs`). What travels on it:
+//! `spawn/`, the heir's end known to `link.rs`). What travels on it:
 //!
 //! * heir to old: `R` ready (the first byte, as every grestart has said it),
 //!   `A` "I adopt connections" (with `R`, or later) followed by `I` "my

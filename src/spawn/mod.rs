@@ -188,7 +188,7 @@ pub(crate) fn spawn(
 }
 
 /// A connected pair for "ready" (child to parent), "parent gone" (EOF the
-/// other way) and handed-over connections (`handover.rs`). A socket rather
+/// other way) and handed-over connections (`handover/`). A socket rather
 /// than a pipe so that writing to a dead peer is an `EPIPE` we can ask not to
 /// be signalled for (`MSG_NOSIGNAL`), and fds can travel. A stream: its
 /// buffer holds thousands of connections in flight, where a datagram socket

@@ -42,7 +42,7 @@ impl Successor {
     /// or one of `abandon` turns readable (this process must stop: a successor that
     /// becomes ready now would serve on after its parent was told to stop).
     /// Ready, what it said after "ready" (that it adopts handed-over
-    /// connections, `handover.rs`).
+    /// connections, `handover/`).
     pub(crate) fn wait_ready(
         &self,
         exe: &CStr,
