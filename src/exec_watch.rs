@@ -1,7 +1,7 @@
 //! A successor stuck in its exec.
 //!
 //! The spawn waits for the child's exec to end (`CLONE_VFORK`, see
-//! `spawn.rs`), and the exec of a program on a hung mount (an NFS server gone,
+//! `spawn/`), and the exec of a program on a hung mount (an NFS server gone,
 //! a FUSE daemon stuck) does not end: the restarting thread would wait for
 //! ever, a shutdown would wait for that restart, and the ready timeout would
 //! never start. An [`ExecWatch`] kills such a child from a thread of its own,

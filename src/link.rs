@@ -1,6 +1,6 @@
 //! The link between an heir and the generation that started it: a private
 //! socket pair whose number travels in `GRESTART_READY_FD`. The heir writes
-//! "ready" on it (and that it adopts connections, `handover.rs`); its end of
+//! "ready" on it (and that it adopts connections, `handover/`); its end of
 //! file tells the heir that its predecessor has exited (every copy of the
 //! other end closed), so another hand-over may begin.
 

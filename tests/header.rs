@@ -1,4 +1,4 @@
-//! The committed C header is exactly what cbindgen generates from `src/ffi.rs`,
+//! The committed C header is exactly what cbindgen generates from `src/ffi/`,
 //! and it compiles on its own as C and as C++ with every warning an error.
 //! Refresh it with `GRESTART_BLESS=1 cargo test --test header`.
 

@@ -43,7 +43,7 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
     let listing = testkit::run(Command::new("tar").arg("-tzf").arg(&crate_file));
     for needed in [
         "src/lib.rs",
-        "src/ffi.rs",
+        "src/ffi/mod.rs",
         "build.rs",
         "include/grestart.h",
         "README.md",

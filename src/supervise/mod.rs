@@ -16,12 +16,18 @@
 //! One thread, one `poll` over the notification socket and a `signalfd`: the
 //! signals it handles are blocked, so they queue even for a PID 1 (which the
 //! kernel spares every signal it has no handler for).
+//!
+//! The parts: following the generations is this file; starting an instance
+//! of the program is `start.rs`; the restart of a program that does not link
+//! grestart is `restart.rs`.
 
-use std::ffi::{CStr, CString, OsString};
+mod restart;
+mod start;
+
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
-use std::time::{Duration, Instant};
+use std::os::fd::AsFd;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -32,11 +38,10 @@ use nix::unistd::{Pid, geteuid};
 
 use crate::control::{Control, Reply, Request};
 use crate::error::with_context;
-use crate::exec_watch::ExecWatch;
 use crate::log::{debug, error, info, warning};
 use crate::notify::{self, Message};
-use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, VARIABLES};
-use crate::spawn::{self, Channel};
+
+pub(crate) use restart::Restarter;
 
 /// The signals an operator sends a service, forwarded to the serving generation.
 pub(crate) const FORWARDED: [Signal; 6] = [
@@ -65,50 +70,6 @@ pub(crate) struct Supervisor {
     control: Option<Control>,
     /// Clients waiting for the outcome of the restart under way.
     waiting: Vec<Request>,
-}
-
-/// Restarts a program that takes its sockets the systemd way (`LISTEN_FDS`)
-/// but knows nothing of grestart.
-pub(crate) struct Restarter {
-    pub exe: CString,
-    pub argv: Vec<CString>,
-    pub listeners: Vec<(String, OwnedFd)>,
-    pub restart_signal: Signal,
-    /// Asks an instance to stop gracefully once its successor is ready.
-    pub stop_signal: Signal,
-    /// For programs that never send `READY=1`: ready once alive this long.
-    pub ready_delay: Option<Duration>,
-    pub ready_timeout: Duration,
-    pending: Option<Pending>,
-}
-
-/// A new instance that has not said it is ready yet.
-struct Pending {
-    pid: i32,
-    started: Instant,
-}
-
-impl Restarter {
-    pub(crate) fn new(
-        exe: CString,
-        argv: Vec<CString>,
-        listeners: Vec<(String, OwnedFd)>,
-        restart_signal: Signal,
-        stop_signal: Signal,
-        ready_delay: Option<Duration>,
-        ready_timeout: Duration,
-    ) -> Restarter {
-        Restarter {
-            exe,
-            argv,
-            listeners,
-            restart_signal,
-            stop_signal,
-            ready_delay,
-            ready_timeout,
-            pending: None,
-        }
-    }
 }
 
 impl Supervisor {
@@ -161,64 +122,6 @@ impl Supervisor {
     /// Follows `pid` as the serving generation.
     pub(crate) fn serve(&mut self, pid: i32) {
         self.serving = Some(pid);
-    }
-
-    /// Starts the program (the first instance, or a new one for a restart):
-    /// the listeners at fds 3.., our notification socket, an empty signal
-    /// mask, and the dispositions we were started with (what systemd ignores
-    /// stays ignored, as if it had started the program) plus `also_ignored`.
-    /// With `exec_timeout`, a program whose exec has not ended by then (on a
-    /// hung mount) is killed and the start fails, instead of holding the
-    /// supervisor.
-    pub(crate) fn start(
-        &self,
-        exe: &CStr,
-        argv: &[CString],
-        also_ignored: u64,
-        exec_timeout: Option<Duration>,
-    ) -> io::Result<i32> {
-        let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
-        let mut env: Vec<CString> = std::env::vars_os()
-            .filter(|(key, _)| {
-                key != "NOTIFY_SOCKET" && !VARIABLES.iter().any(|v| key.as_os_str() == *v)
-            })
-            .filter_map(|(key, value)| {
-                let mut entry = key.into_vec();
-                entry.push(b'=');
-                entry.extend(value.into_vec());
-                CString::new(entry).ok()
-            })
-            .collect();
-        let mut socket = b"NOTIFY_SOCKET=".to_vec();
-        socket.extend(self.notify.name.clone().into_vec());
-        env.extend(CString::new(socket));
-        if !listeners.is_empty() {
-            let names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
-            env.extend(CString::new(format!("{LISTEN_FDS}={}", names.len())));
-            env.extend(CString::new(format!(
-                "{LISTEN_FDNAMES}={}",
-                names.join(":")
-            )));
-        }
-        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let ignored = crate::signal::started_ignoring() | also_ignored;
-        let watch = exec_timeout
-            .map(|timeout| ExecWatch::new(timeout, Vec::new()))
-            .transpose()?;
-        let instance = spawn::spawn(
-            exe,
-            argv,
-            c".",
-            &env,
-            &fds,
-            ignored,
-            Channel::ExecReport,
-            watch.as_ref(),
-        )?;
-        match instance.exec_error(exe) {
-            Some(e) => Err(e),
-            None => Ok(instance.pid),
-        }
     }
 
     /// Runs until no generation is left; returns the exit status to leave with.
@@ -360,128 +263,6 @@ impl Supervisor {
             debug!("forwarding {signal} to {pid}");
             let _ = kill(Pid::from_raw(*pid), signal);
         }
-    }
-
-    /// A `grestart restart`: ours to do for a program that does not link
-    /// grestart, the serving generation's otherwise.
-    fn on_request(&mut self, request: Request) {
-        if self.restarter.is_none() {
-            match self.serving {
-                Some(pid) => request.answer(&Reply::Ask(pid)),
-                None => request.answer(&Reply::Failed(libc::ESRCH, "no generation serves".into())),
-            }
-            return;
-        }
-        self.waiting.push(request);
-        self.restart();
-    }
-
-    /// Tells the clients waiting for the restart its outcome.
-    fn answer_waiting(&mut self, reply: Reply) {
-        for request in self.waiting.drain(..) {
-            request.answer(&reply);
-        }
-    }
-
-    /// The restart of a program that does not link grestart.
-    fn restart(&mut self) {
-        let Some(restarter) = &self.restarter else {
-            return;
-        };
-        if let Some(pending) = &restarter.pending {
-            info!(
-                "restart requested during the restart to {}; coalesced into it",
-                pending.pid
-            );
-            return;
-        }
-        info!("restart requested");
-        self.relay(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            notify::monotonic_usec()
-        ));
-        let started = Instant::now();
-        match self.start(
-            &restarter.exe,
-            &restarter.argv,
-            0,
-            Some(restarter.ready_timeout),
-        ) {
-            Ok(pid) => {
-                info!(
-                    "new instance {pid} started, waiting up to {:?} for it to be ready",
-                    restarter.ready_timeout
-                );
-                let restarter = self.restarter.as_mut().expect("checked above");
-                restarter.pending = Some(Pending { pid, started });
-            }
-            Err(e) => {
-                error!("restart failed, {} serves on: {e}", self.describe_serving());
-                self.relay(&format!("READY=1\nSTATUS=restart failed: {e}"));
-                self.answer_waiting(Reply::of(&Err(e)));
-            }
-        }
-    }
-
-    /// The pending instance is ready: it serves, the old one stops.
-    fn promote(&mut self) {
-        let Some(restarter) = self.restarter.as_mut() else {
-            return;
-        };
-        let Some(pending) = restarter.pending.take() else {
-            return;
-        };
-        let stop = restarter.stop_signal;
-        let old = self.serving.replace(pending.pid);
-        info!(
-            "new instance {} ready after {} ms",
-            pending.pid,
-            pending.started.elapsed().as_millis()
-        );
-        if let Some(old) = old {
-            info!("asking {old} to stop with {stop}");
-            let _ = kill(Pid::from_raw(old), stop);
-        }
-        self.relay(&format!("READY=1\nSTATUS=serving: pid {}", pending.pid));
-        self.answer_waiting(Reply::Restarted(pending.pid));
-    }
-
-    /// Applies the ready delay and the ready timeout to the pending instance.
-    fn check_pending(&mut self) {
-        let Some(restarter) = self.restarter.as_mut() else {
-            return;
-        };
-        let Some(pending) = &restarter.pending else {
-            return;
-        };
-        let elapsed = pending.started.elapsed();
-        if restarter.ready_delay.is_some_and(|delay| elapsed >= delay) {
-            self.promote();
-        } else if elapsed >= restarter.ready_timeout {
-            let pid = pending.pid;
-            let timeout = restarter.ready_timeout;
-            restarter.pending = None;
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            error!(
-                "restart failed: new instance {pid} was not ready within {timeout:?}; killed it, \
-                 {} serves on",
-                self.describe_serving()
-            );
-            self.relay("READY=1\nSTATUS=restart failed: the new instance was not ready in time");
-            self.answer_waiting(Reply::Failed(
-                libc::ETIMEDOUT,
-                format!("the new instance {pid} was not ready within {timeout:?}; killed it"),
-            ));
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Duration> {
-        let restarter = self.restarter.as_ref()?;
-        let pending = restarter.pending.as_ref()?;
-        let until = restarter
-            .ready_delay
-            .map_or(restarter.ready_timeout, |d| d.min(restarter.ready_timeout));
-        Some(until.saturating_sub(pending.started.elapsed()))
     }
 
     fn describe_serving(&self) -> String {

@@ -1,0 +1,56 @@
+//! Idle connections handed to the successor, so that a restart closes none
+//! (see docs/architecture.md, "Connections across a restart").
+//!
+//! The two generations share a private Unix stream socket pair (made in
+//! `spawn/`, the heir's end known to `link.rs`). What travels on it:
+//!
+//! * heir to old: `R` ready (the first byte, as every grestart has said it),
+//!   `A` "I adopt connections" (with `R`, or later) followed by `I` "my
+//!   receipts name the connection", then per connection adopted `T` and its
+//!   id (8 bytes, little-endian), or `K` from an heir that never said `I`;
+//! * old to heir: one message per connection: the length of the listener's
+//!   name in a byte, the name, the connection's id when the heir said `I`,
+//!   and the socket as `SCM_RIGHTS`. The kernel never merges data across a
+//!   message that carries fds, so each `recvmsg` returns one whole message.
+//!
+//! Receipts name the connection, not its place in the order: an heir that
+//! loses one (out of fds, `MSG_CTRUNC`) sends no receipt for it, and receipts
+//! counted in order would then make the old generation shut down another one,
+//! which the heir serves. The heir never waits to send a receipt: each is a
+//! small message that takes a whole buffer's worth of the socket's send budget,
+//! so a few hundred fill it while a busy old generation reads none; they wait
+//! in the heir's memory and its receiving thread sends them when there is room.
+//!
+//! The old generation keeps its own duplicate of each connection until the
+//! heir's receipt for it. An heir that asked for connections but never takes them
+//! cannot strand a client: after [`BOUND`](send::BOUND) the old generation shuts those
+//! connections down (an orderly close) and stops handing over. An heir that
+//! never said `A` (an older grestart, or one that does not poll) gets none:
+//! [`Heir::hand_over`] fails at once and the application closes as before.
+//! Bytes a client sends meanwhile wait in the kernel's socket buffer.
+//!
+//! The parts: what travels on the link is `wire.rs`; the old generation's
+//! side ([`Heir`]) is `send.rs`, with `listeners.rs`, which tells the listener
+//! a connection came from; the heir's side ([`Adoption`]) is `adopt.rs`, with
+//! `queue.rs`, the connections it has not adopted yet.
+
+mod adopt;
+mod listeners;
+mod queue;
+mod send;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::time::Duration;
+
+use nix::poll::PollTimeout;
+
+pub(crate) use adopt::Adoption;
+pub(crate) use queue::Handed;
+pub(crate) use send::Heir;
+pub(crate) use wire::{ADOPT_BYTE, IDS_BYTE};
+
+fn poll_timeout(left: Duration) -> PollTimeout {
+    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+}

@@ -1,0 +1,255 @@
+//! The old generation's side: idle connections handed to its ready heir, a
+//! duplicate of each kept until the heir's receipt for it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::socket::{
+    MsgFlags, Shutdown, SockType, SockaddrStorage, getpeername, recv, shutdown,
+};
+
+use super::listeners::listener_of;
+use super::poll_timeout;
+use super::wire::{ACK_BYTE, ADOPT_BYTE, ID_LEN, IDS_BYTE, TAKEN_BYTE, send_connection};
+use crate::error::{fail, with_context};
+use crate::log::warning;
+use crate::sys::socket_type;
+
+pub(crate) use crate::limits::HAND_OVER_BOUND as BOUND;
+/// How many connections are sent between two reads of the receipts.
+const RECEIPTS_EVERY: u64 = 64;
+
+/// The old generation's side: its ready heir, and the connections handed to
+/// it that it has not taken yet.
+pub(crate) struct Heir {
+    channel: OwnedFd,
+    pid: libc::pid_t,
+    /// The listeners the heir inherited: the names a connection may carry,
+    /// and the addresses they are bound to.
+    listeners: Vec<(String, Option<SockaddrStorage>)>,
+    adopts: bool,
+    /// Its receipts name the connection (it said `IDS_BYTE`).
+    ids: bool,
+    /// The heir closed the channel: it exited.
+    gone: bool,
+    /// Our duplicates of the connections sent and not yet taken, oldest
+    /// first, with their ids.
+    pending: VecDeque<(u64, OwnedFd)>,
+    /// The id of the next connection sent.
+    next_id: u64,
+    /// What the heir said that is not complete yet (a receipt cut in two).
+    unread: Vec<u8>,
+    /// Connections sent, to read the receipts every so often.
+    sent: u64,
+    /// When the last one was sent: the heir has until then + BOUND to take it.
+    last_sent: Instant,
+}
+
+impl Heir {
+    /// The successor's pid.
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// The heir `pid` on `channel`, which said `said` with "ready".
+    pub(crate) fn new(
+        channel: OwnedFd,
+        pid: libc::pid_t,
+        listeners: Vec<(String, Option<SockaddrStorage>)>,
+        said: &[u8],
+    ) -> Heir {
+        let mut heir = Heir {
+            channel,
+            pid,
+            listeners,
+            adopts: false,
+            ids: false,
+            gone: false,
+            pending: VecDeque::new(),
+            next_id: 0,
+            unread: said.to_vec(),
+            sent: 0,
+            last_sent: Instant::now(),
+        };
+        heir.take_what_was_said();
+        heir
+    }
+
+    /// Whether the heir adopts connections, as far as it has said.
+    pub(crate) fn adopts(&self) -> bool {
+        self.adopts
+    }
+
+    /// Reads what the heir said since we last looked: adoption, receipts, its end.
+    fn read(&mut self) {
+        let mut said = [0u8; 4096];
+        while !self.gone {
+            match recv(self.channel.as_raw_fd(), &mut said, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => self.heir_gone(),
+                Ok(n) => {
+                    self.unread.extend_from_slice(&said[..n]);
+                    self.take_what_was_said();
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return,
+                Err(_) => self.heir_gone(),
+            }
+        }
+    }
+
+    /// Acts on the complete part of what the heir said; a receipt cut in two
+    /// by the stream waits for its end.
+    fn take_what_was_said(&mut self) {
+        let mut at = 0;
+        while let Some(&byte) = self.unread.get(at) {
+            match byte {
+                ADOPT_BYTE => self.adopts = true,
+                IDS_BYTE => self.ids = true,
+                // The heir holds it now: closing ours closes nothing.
+                ACK_BYTE => drop(self.pending.pop_front()),
+                TAKEN_BYTE => {
+                    let Some(id) = self.unread.get(at + 1..at + 1 + ID_LEN) else {
+                        break;
+                    };
+                    let id = u64::from_le_bytes(id.try_into().expect("ID_LEN bytes"));
+                    if let Some(i) = self.pending.iter().position(|(sent, _)| *sent == id) {
+                        drop(self.pending.remove(i));
+                    }
+                    at += ID_LEN;
+                }
+                _ => {}
+            }
+            at += 1;
+        }
+        self.unread.drain(..at);
+    }
+
+    fn heir_gone(&mut self) {
+        self.gone = true;
+        self.close_pending("its successor exited before taking them");
+    }
+
+    /// Closes the connections the heir did not take, in order (a FIN, not a
+    /// reset), whatever else holds them.
+    fn close_pending(&mut self, why: &str) {
+        if self.pending.is_empty() {
+            return;
+        }
+        warning!(
+            "closing {} handed-over connections: {why}",
+            self.pending.len()
+        );
+        for (_, connection) in self.pending.drain(..) {
+            let _ = shutdown(connection.as_raw_fd(), Shutdown::Both);
+        }
+    }
+
+    /// Sends `connection`, accepted on the listener `name` (`None`: the one
+    /// its local address belongs to), to the heir. On success the caller
+    /// drops its own descriptor; the heir serves it.
+    pub(crate) fn hand_over(
+        &mut self,
+        connection: BorrowedFd<'_>,
+        name: Option<&str>,
+    ) -> io::Result<()> {
+        // The receipts wait in our buffer; read them every so often (they let
+        // us drop our duplicates), and while the heir has not said it adopts.
+        if !self.adopts || self.sent % RECEIPTS_EVERY == 0 {
+            self.read();
+        }
+        let pid = self.pid;
+        if self.gone {
+            return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+        }
+        if !self.adopts {
+            return Err(fail(
+                libc::ESRCH,
+                format!(
+                    "successor {pid} does not adopt connections (it never asked with gr_adopt_fd, \
+                     or runs an older grestart): close the connection"
+                ),
+            ));
+        }
+        if socket_type(connection) != Some(SockType::Stream) {
+            return Err(fail(libc::EINVAL, "not a stream socket"));
+        }
+        getpeername::<SockaddrStorage>(connection.as_raw_fd())
+            .map_err(|e| with_context(io::Error::from(e), "the connection is not connected"))?;
+        let name = listener_of(&self.listeners, connection, name)?;
+        let ours = connection
+            .try_clone_to_owned()
+            .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
+        let id = self.next_id;
+        // An heir that never said IDS_BYTE reads a name and nothing after it.
+        let sent_id = self.ids.then_some(id);
+        let give_up = Instant::now() + BOUND;
+        loop {
+            match send_connection(self.channel.as_fd(), &name, sent_id, connection) {
+                Ok(_) => {
+                    self.pending.push_back((id, ours));
+                    self.next_id += 1;
+                    self.sent += 1;
+                    self.last_sent = Instant::now();
+                    return Ok(());
+                }
+                Err(Errno::EINTR) => {}
+                // The heir's buffer is full, or too many fds are in flight
+                // (RLIMIT_NOFILE): wait for it to take some, within the bound.
+                Err(Errno::EAGAIN | Errno::ETOOMANYREFS) => {
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.adopts = false; // and the next connections are closed at once
+                        return Err(fail(
+                            libc::ESRCH,
+                            format!(
+                                "successor {pid} did not take connections within {BOUND:?}: close the connection"
+                            ),
+                        ));
+                    }
+                    let mut fds = [PollFd::new(
+                        self.channel.as_fd(),
+                        PollFlags::POLLOUT | PollFlags::POLLIN,
+                    )];
+                    // With fds in flight the buffer may have room: look again soon.
+                    let _ = poll(&mut fds, poll_timeout(left.min(Duration::from_millis(1))));
+                    self.read();
+                    if self.gone {
+                        return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                    }
+                }
+                Err(Errno::EPIPE | Errno::ECONNRESET) => {
+                    self.heir_gone();
+                    return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                }
+                Err(e) => {
+                    return Err(with_context(e.into(), "cannot hand the connection over"));
+                }
+            }
+        }
+    }
+
+    /// Waits until the heir took every connection handed to it, or the bound
+    /// passed since the last one; then closes, in order, those it did not take.
+    pub(crate) fn finish(&mut self) {
+        let deadline = self.last_sent + BOUND;
+        loop {
+            self.read();
+            if self.pending.is_empty() || self.gone {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.adopts = false;
+                let why = format!("successor {} did not take them within {BOUND:?}", self.pid);
+                self.close_pending(&why);
+                return;
+            }
+            let mut fds = [PollFd::new(self.channel.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, poll_timeout(left));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The two sides of the hand-over against each other, over a real socket pair.
+
+use std::io;
+use std::io::{IoSliceMut, Read};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
+
+use super::send::BOUND;
+use super::wire::{ACK_BYTE, ID_LEN, TAKEN_BYTE, send_connection};
+use super::*;
+
+/// Receives one connection message on `heir_end`: its id and the fd.
+fn receive_one(heir_end: &UnixStream) -> (u64, OwnedFd) {
+    let mut message = [0u8; 64];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut message)];
+    let received = recvmsg::<()>(
+        heir_end.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let bytes = received.bytes;
+    let fd = received.cmsgs().unwrap().find_map(|cmsg| match cmsg {
+        // SAFETY: installed for us by the kernel just now.
+        ControlMessageOwned::ScmRights(fds) => Some(unsafe { OwnedFd::from_raw_fd(fds[0]) }),
+        _ => None,
+    });
+    let id = u64::from_le_bytes(message[bytes - ID_LEN..bytes].try_into().unwrap());
+    (id, fd.unwrap())
+}
+
+/// The heir loses a connection (out of fds: no receipt for it) and takes
+/// the next: only the lost one is shut down, never one the heir serves.
+#[test]
+fn a_receipt_names_its_connection_so_a_lost_one_closes_only_itself() {
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    let pid = std::process::id() as i32;
+    let said = [ADOPT_BYTE, IDS_BYTE];
+    let mut heir = Heir::new(
+        OwnedFd::from(old_end),
+        pid,
+        vec![("http".into(), None)],
+        &said,
+    );
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (connection, client) = UnixStream::pair().unwrap();
+        heir.hand_over(connection.as_fd(), Some("http")).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        clients.push(client);
+    }
+    let (first, kept_first) = receive_one(&heir_end);
+    let (_, lost) = receive_one(&heir_end);
+    drop(lost);
+    let (third, kept_third) = receive_one(&heir_end);
+    let mut receipts = vec![TAKEN_BYTE];
+    receipts.extend_from_slice(&first.to_le_bytes());
+    receipts.push(TAKEN_BYTE);
+    receipts.extend_from_slice(&third.to_le_bytes());
+    // Cut in two, as a stream may deliver it.
+    send(heir_end.as_raw_fd(), &receipts[..5], MsgFlags::empty()).unwrap();
+    send(heir_end.as_raw_fd(), &receipts[5..], MsgFlags::empty()).unwrap();
+    heir.finish(); // waits the bound for the lost one, then shuts it down
+    let mut byte = [0u8; 1];
+    for (i, client) in clients.iter_mut().enumerate() {
+        let read = client.read(&mut byte);
+        if i == 1 {
+            assert!(matches!(read, Ok(0)), "the lost one is closed: {read:?}");
+        } else {
+            let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+            assert!(open, "connection {i}, adopted, stays open");
+        }
+    }
+    drop((kept_first, kept_third));
+}
+
+/// The heir never waits to send a receipt, though the old generation
+/// reads none for a while (it is busy): each receipt takes a whole
+/// buffer's worth of the socket's send budget, and a few hundred would
+/// fill it. They all arrive, naming their connections, once it reads.
+#[test]
+fn receipts_never_make_the_heir_wait() {
+    const CONNECTIONS: u64 = 1000;
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    let link = Arc::new(OwnedFd::from(heir_end));
+    let adoption = Adoption::start(Some((link, std::process::id() as i32))).unwrap();
+    let sender = old_end.try_clone().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let heir = thread::spawn(move || {
+        for id in 0..CONNECTIONS {
+            let (connection, _client) = UnixStream::pair().unwrap();
+            send_connection(sender.as_fd(), "http", Some(id), connection.as_fd()).unwrap();
+            let handed = adoption.adopt(Some(Duration::from_secs(10)), |_| true);
+            assert_eq!(handed.unwrap().unwrap().id, Some(id));
+        }
+        let _ = done.send(());
+        sender
+    });
+    let finished = finished.recv_timeout(Duration::from_secs(10));
+    // Now the old generation reads: every receipt comes, in order.
+    old_end
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut receipts = vec![0u8; CONNECTIONS as usize * (1 + ID_LEN)];
+    (&old_end).read_exact(&mut receipts).unwrap();
+    let _sender = heir.join().unwrap();
+    assert!(finished.is_ok(), "the heir waited to send a receipt");
+    for (id, receipt) in receipts.chunks(1 + ID_LEN).enumerate() {
+        assert_eq!(receipt[0], TAKEN_BYTE);
+        assert_eq!(
+            u64::from_le_bytes(receipt[1..].try_into().unwrap()),
+            id as u64
+        );
+    }
+}
+
+/// A generation that drains behind a successor of its own relays what
+/// its predecessor still hands over (those waiting and those to come) to
+/// that successor, and says "taken" for each: nothing waits unadopted.
+#[test]
+fn a_draining_heir_relays_to_the_newest_generation() {
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    let link = Arc::new(OwnedFd::from(heir_end));
+    let adoption = Adoption::start(Some((link, std::process::id() as i32))).unwrap();
+    let (waiting, _client) = UnixStream::pair().unwrap();
+    send_connection(old_end.as_fd(), "http", Some(1), waiting.as_fd()).unwrap();
+    let relayed = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&relayed);
+    // Before the relay is set, the first one waits for the application.
+    let mut fds = [PollFd::new(adoption.fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(10_000u16)).unwrap();
+    adoption.relay(Box::new(move |_, name| {
+        seen.lock().unwrap().push(name.to_string());
+        true
+    }));
+    let (coming, _client) = UnixStream::pair().unwrap();
+    send_connection(old_end.as_fd(), "admin", Some(2), coming.as_fd()).unwrap();
+    old_end
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut receipts = [0u8; 2 * (1 + ID_LEN)];
+    (&old_end).read_exact(&mut receipts).unwrap();
+    assert_eq!(*relayed.lock().unwrap(), ["http", "admin"]);
+    assert_eq!(
+        (receipts[0], receipts[1 + ID_LEN]),
+        (TAKEN_BYTE, TAKEN_BYTE)
+    );
+    assert!(
+        adoption
+            .adopt(Some(Duration::ZERO), |_| true)
+            .unwrap()
+            .is_none(),
+        "nothing is left for the application"
+    );
+}
+
+/// A connection handed over long after the heir became ready (say, after
+/// a slow request) still gets the whole bound to be taken: the old
+/// generation must not shut it down under the heir that adopts it.
+#[test]
+fn a_late_hand_over_gets_the_whole_bound() {
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    let mut heir = Heir::new(
+        OwnedFd::from(old_end),
+        std::process::id() as i32,
+        vec![("http".into(), None)],
+        &[ADOPT_BYTE],
+    );
+    thread::sleep(BOUND + Duration::from_millis(100)); // the heir has been ready a while
+    let (connection, mut client) = UnixStream::pair().unwrap();
+    heir.hand_over(connection.as_fd(), Some("http")).unwrap();
+    drop(connection);
+    let adopter = thread::spawn(move || {
+        // The heir adopts it a moment later, and keeps it.
+        let mut message = [0u8; 64];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut message)];
+        let received = recvmsg::<()>(
+            heir_end.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut kept = Vec::new();
+        for cmsg in received.cmsgs().into_iter().flatten() {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                // SAFETY: installed for us by the kernel just now.
+                kept.extend(
+                    fds.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+        send(heir_end.as_raw_fd(), &[ACK_BYTE], MsgFlags::empty()).unwrap();
+        (heir_end, kept)
+    });
+    heir.finish();
+    let _kept = adopter.join().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let read = client.read(&mut [0u8; 1]);
+    assert!(
+        read.as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
+        "the adopted connection stays open: {read:?}"
+    );
+}

@@ -1,0 +1,247 @@
+//! The handler, and the restart and stop signals it is installed on.
+
+use std::ffi::c_int;
+use std::io;
+use std::mem;
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
+use std::ptr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::start::GUARDED;
+use super::watcher::{WATCHED, retune_watcher};
+use super::{RESTART_BYTE, STOP_BYTE};
+use crate::error::{fail, os_fail, with_context};
+use crate::log;
+
+/// The write end of the self-pipe; the handler's only state with [`OWNER`]
+/// and [`STOPPED`].
+pub(super) static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// An eventfd the handler makes readable when the stop signal arrives: a
+/// restart under way gives up for it at once (the watcher, which reads the
+/// pipe, is busy with that very restart).
+static STOPPED: AtomicI32 = AtomicI32::new(-1);
+/// The process that installed the handler. A process it forks (a prefork
+/// worker) inherits the handler and the pipe, but a signal sent to a worker is
+/// not a request to restart its master.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// The restart signal we handle now and the disposition it had before us.
+static INSTALLED: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
+/// The stop signal, if the application chose one, and its disposition before us.
+static STOP: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
+/// The stop signal's number for the handler (0: none).
+static STOP_SIGNO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signo: c_int) {
+    // Async-signal-safe: one write to a non-blocking pipe, or in a forked
+    // child sigaction and raise. A full pipe already holds a pending request,
+    // so dropping the byte is the coalescing we want.
+    // SAFETY: errno is thread-local; we restore it so the interrupted code
+    // does not see our write's errno.
+    unsafe {
+        let stop = signo == STOP_SIGNO.load(Ordering::Relaxed);
+        if libc::getpid() != OWNER.load(Ordering::Relaxed) {
+            // A forked worker: a restart signal is not for it, but a stop
+            // signal (SIGTERM) must still end it as it would without us.
+            if stop {
+                libc::signal(signo, libc::SIG_DFL);
+                libc::raise(signo);
+            }
+            return;
+        }
+        let errno = *libc::__errno_location();
+        let byte = if stop { STOP_BYTE } else { RESTART_BYTE };
+        libc::write(WAKE.load(Ordering::Relaxed), (&byte as *const u8).cast(), 1);
+        let stopped = STOPPED.load(Ordering::Relaxed);
+        if stop && stopped >= 0 {
+            let one: u64 = 1;
+            libc::write(stopped, (&one as *const u64).cast(), mem::size_of::<u64>());
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Says why `signo` cannot be the restart signal, if it cannot.
+pub(crate) fn check(signo: c_int) -> io::Result<()> {
+    let max = libc::SIGRTMAX();
+    let problem = match signo {
+        libc::SIGKILL | libc::SIGSTOP => "cannot be caught",
+        libc::SIGSEGV
+        | libc::SIGBUS
+        | libc::SIGILL
+        | libc::SIGFPE
+        | libc::SIGTRAP
+        | libc::SIGSYS => "reports a fault of the program itself",
+        s if s < 1 || s > max => "is not a signal number",
+        s if s > 31 && s < libc::SIGRTMIN() => "is reserved by the C library",
+        _ => return Ok(()),
+    };
+    Err(fail(
+        libc::EINVAL,
+        format!("signal {signo} {problem}; choose e.g. SIGUSR2 or SIGHUP"),
+    ))
+}
+
+/// Points the handler at `wake`, for this process, and installs it on `signo`.
+/// `inherited`: this process was started with `signo` ignored by its parent's
+/// grestart (see the module comment). Either way, an ignore that was ours
+/// (the parent's, or [`at_start`](super::at_start)'s) gives back the default, not "ignored".
+pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()> {
+    if STOPPED.load(Ordering::Relaxed) < 0 {
+        let stopped = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| with_context(e.into(), "cannot create the stop eventfd"))?;
+        STOPPED.store(OwnedFd::from(stopped).into_raw_fd(), Ordering::Relaxed);
+    }
+    // The write end lives as long as the process: the handler may run at any time.
+    WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
+    OWNER.store(std::process::id() as i32, Ordering::Relaxed);
+    install(signo)?;
+    if inherited || GUARDED.load(Ordering::Relaxed) == signo {
+        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, previous)) = installed.as_mut() {
+            if previous.sa_sigaction == libc::SIG_IGN {
+                previous.sa_sigaction = libc::SIG_DFL;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The restart signal now (`SIGUSR2` until the engine started or the
+/// application chose another).
+pub(crate) fn current() -> c_int {
+    let installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    installed
+        .as_ref()
+        .map_or(libc::SIGUSR2, |(signo, _)| *signo)
+}
+
+/// Readable once the stop signal has arrived (see [`STOPPED`]).
+pub(crate) fn stopped_fd() -> Option<BorrowedFd<'static>> {
+    let fd = STOPPED.load(Ordering::Relaxed);
+    // SAFETY: once made, the eventfd is never closed.
+    (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// The stop signal, 0 when there is none.
+pub(crate) fn stop_signal() -> c_int {
+    STOP_SIGNO.load(Ordering::Relaxed)
+}
+
+/// Makes `signo` the restart signal, giving the previous one back its old disposition.
+pub(crate) fn install(signo: c_int) -> io::Result<()> {
+    check(signo)?;
+    if signo == stop_signal() {
+        return Err(fail(
+            libc::EINVAL,
+            format!("signal {signo} is the stop signal; it cannot restart too"),
+        ));
+    }
+    // What this logs goes out once the lock is released: a logger may call in.
+    let _defer = log::Defer::new();
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if matches!(*installed, Some((current, _)) if current == signo) {
+        return Ok(());
+    }
+    let previous = handle(signo)?;
+    // The watcher unblocks the new signal and blocks the old one before the old
+    // one gets its disposition back: an application that blocks the old signal
+    // everywhere (to `sigwait` for it) must not see it handled on our thread.
+    WATCHED.store(signo, Ordering::Relaxed);
+    retune_watcher();
+    give_back(installed.take());
+    *installed = Some((signo, previous));
+    Ok(())
+}
+
+/// Makes `signo` the stop signal (`None`: no stop signal), giving the previous
+/// one back its old disposition.
+pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
+    if let Some(signo) = signo {
+        check(signo)?;
+        if signo == current() {
+            return Err(fail(
+                libc::EINVAL,
+                format!("signal {signo} is the restart signal; it cannot stop too"),
+            ));
+        }
+    }
+    let _defer = log::Defer::new();
+    let mut installed = STOP.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.map(|(current, _)| current) == signo {
+        return Ok(());
+    }
+    let previous = signo.map(handle).transpose()?;
+    STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
+    retune_watcher();
+    give_back(installed.take());
+    *installed = signo.zip(previous);
+    Ok(())
+}
+
+/// Restores the disposition a signal had before we installed our handler.
+fn give_back(held: Option<(c_int, libc::sigaction)>) {
+    if let Some((signo, previous)) = held {
+        // SAFETY: restoring a disposition sigaction gave us earlier.
+        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+    }
+}
+
+/// Installs our handler on `signo`; returns the disposition it had.
+fn handle(signo: c_int) -> io::Result<libc::sigaction> {
+    // libc's sigaction, not nix's: nix cannot name the real-time signals,
+    // which an application may choose as its restart signal.
+    // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).
+    let mut action: libc::sigaction = unsafe { mem::zeroed() };
+    action.sa_sigaction = on_signal as extern "C" fn(c_int) as usize;
+    // SA_RESTART: the application's blocking calls must not fail with EINTR
+    // just because an operator asked for a restart.
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: `action.sa_mask` is a valid sigset to empty.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: as above; sigaction fills it.
+    let mut previous: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: valid sigaction structs; the handler is async-signal-safe.
+    if unsafe { libc::sigaction(signo, &action, &mut previous) } < 0 {
+        return Err(os_fail(format!(
+            "cannot install a handler for signal {signo}"
+        )));
+    }
+    Ok(previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_catchable_non_fault_signals() {
+        for good in [
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGRTMIN() + 1,
+        ] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            0,
+            -1,
+            32,
+            65,
+            99,
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+        ] {
+            let err = check(bad).unwrap_err();
+            assert_eq!(crate::error::errno_of(&err), libc::EINVAL, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Starting an instance of the program under the stable process.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::time::Duration;
+
+use super::Supervisor;
+use crate::exec_watch::ExecWatch;
+use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, VARIABLES};
+use crate::spawn::{self, Channel};
+
+impl Supervisor {
+    /// Starts the program (the first instance, or a new one for a restart):
+    /// the listeners at fds 3.., our notification socket, an empty signal
+    /// mask, and the dispositions we were started with (what systemd ignores
+    /// stays ignored, as if it had started the program) plus `also_ignored`.
+    /// With `exec_timeout`, a program whose exec has not ended by then (on a
+    /// hung mount) is killed and the start fails, instead of holding the
+    /// supervisor.
+    pub(crate) fn start(
+        &self,
+        exe: &CStr,
+        argv: &[CString],
+        also_ignored: u64,
+        exec_timeout: Option<Duration>,
+    ) -> io::Result<i32> {
+        let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(key, _)| {
+                key != "NOTIFY_SOCKET" && !VARIABLES.iter().any(|v| key.as_os_str() == *v)
+            })
+            .filter_map(|(key, value)| {
+                let mut entry = key.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                CString::new(entry).ok()
+            })
+            .collect();
+        let mut socket = b"NOTIFY_SOCKET=".to_vec();
+        socket.extend(self.notify.name.clone().into_vec());
+        env.extend(CString::new(socket));
+        if !listeners.is_empty() {
+            let names: Vec<&str> = listeners.iter().map(|(name, _)| name.as_str()).collect();
+            env.extend(CString::new(format!("{LISTEN_FDS}={}", names.len())));
+            env.extend(CString::new(format!(
+                "{LISTEN_FDNAMES}={}",
+                names.join(":")
+            )));
+        }
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let ignored = crate::signal::started_ignoring() | also_ignored;
+        let watch = exec_timeout
+            .map(|timeout| ExecWatch::new(timeout, Vec::new()))
+            .transpose()?;
+        let instance = spawn::spawn(
+            exe,
+            argv,
+            c".",
+            &env,
+            &fds,
+            ignored,
+            Channel::ExecReport,
+            watch.as_ref(),
+        )?;
+        match instance.exec_error(exe) {
+            Some(e) => Err(e),
+            None => Ok(instance.pid),
+        }
+    }
+}
