@@ -1,7 +1,7 @@
 //! The C ABI. Conversion only: check pointers, convert types, call the core,
 //! map errors to `-1` + `errno` + `gr_last_error()`. No restart logic here.
 //!
-//! Every function runs inside [`call`], which catches panics, so a bug in
+//! Every function runs inside `call()`, which catches panics, so a bug in
 //! grestart surfaces as `-1`/`EIO` and never unwinds into C.
 
 #![allow(non_camel_case_types)] // C names for the C header
@@ -130,10 +130,11 @@ pub unsafe extern "C" fn gr_register_listener(fd: c_int, name: *const c_char) ->
 /// In an heir, returns the socket fd the previous generation registered as
 /// `name`, and registers it again for the next restart.
 ///
-/// The returned fd belongs to the caller (close-on-exec). Returns -1 with
-/// errno `ENOENT` when nothing named `name` was inherited: a fresh start, so
-/// create the socket and `gr_register_listener` it. Other errors: `EINVAL`
-/// bad/NULL name, `EEXIST` the name is already registered.
+/// `name` is only read during the call. The returned fd belongs to the caller
+/// (close-on-exec). Returns -1 with errno `ENOENT` when nothing named `name`
+/// was inherited: a fresh start, so create the socket and
+/// `gr_register_listener` it. Other errors: `EINVAL` bad/NULL name, `EEXIST`
+/// the name is already registered.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_inherit_listener(name: *const c_char) -> c_int {
     call(|| {
@@ -261,16 +262,14 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
     })
 }
 
-/// Blocks until this process must drain, for at most `timeout_ms`
-/// milliseconds (a negative value waits forever). Works in a forked worker too.
-///
 /// In a draining process, hands the idle connected socket `fd`, accepted on
 /// the listener named `listener` (NULL: the one whose address it was
-/// accepted on), to the successor, which serves it as if it
-/// had just accepted it. On success close your `fd`: that closes nothing, the
-/// successor holds the connection. Idle means the application has nothing of
-/// it buffered (no request read and not answered, no response pending);
-/// bytes the client sends meanwhile wait in the kernel for the successor.
+/// accepted on; only read during the call), to the successor, which serves
+/// it as if it had just accepted it. On success close your `fd`: that closes
+/// nothing, the successor holds the connection. Idle means the application
+/// has nothing of it buffered (no request read and not answered, no response
+/// pending); bytes the client sends meanwhile wait in the kernel for the
+/// successor.
 ///
 /// Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
 /// plain shutdown, a failed restart, a successor that never called
@@ -292,9 +291,10 @@ pub unsafe extern "C" fn gr_hand_over(fd: c_int, listener: *const c_char) -> c_i
 
 /// Returns an fd that is readable while connections handed over by the
 /// previous generation wait for gr_adopt, for an event loop (do not read or
-/// close it), or -1 with errno. Calling it tells the previous generation that
-/// this process adopts connections: call it before gr_ready, so that it hands
-/// them over from the start. On a fresh start the fd never turns readable.
+/// close it), or -1 with errno when it cannot be made (e.g. `EMFILE`).
+/// Calling it tells the previous generation that this process adopts
+/// connections: call it before gr_ready, so that it hands them over from the
+/// start. On a fresh start the fd never turns readable.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_adopt_fd() -> c_int {
     call(|| Ok(engine()?.adopt_fd()?.as_raw_fd()))
@@ -368,6 +368,11 @@ unsafe fn adopt(listener: *mut c_char, size: usize, timeout_ms: c_int, counted: 
     })
 }
 
+/// Blocks until this process must drain, for at most `timeout_ms`
+/// milliseconds (a negative value waits forever): the blocking form of
+/// polling `gr_shutdown_fd`. Works in a forked worker too, which sees its
+/// master's drain.
+///
 /// Returns 1 when this process must drain, 0 when the time passed first, or -1
 /// with errno when grestart could not start.
 #[unsafe(no_mangle)]
