@@ -1,6 +1,9 @@
 //! Generates the C header from the doc comments of `src/ffi.rs` into `OUT_DIR`.
 //! The committed `include/grestart.h` is compared with it by `tests/header.rs`;
-//! `GRESTART_BLESS=1 cargo test --test header` refreshes it.
+//! `GRESTART_BLESS=1 cargo test --test header` refreshes it. With
+//! `GRESTART_SONAME` set (by `scripts/install`), the shared library gets that
+//! soname; without it (`cargo build`, the wheel) it has none, so that programs
+//! linked against `target/release` ask for `libgrestart.so` itself.
 
 use std::env;
 use std::path::PathBuf;
@@ -34,6 +37,10 @@ fn main() {
     };
     println!("cargo:rerun-if-changed=src/ffi.rs");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=GRESTART_SONAME");
+    if let Ok(soname) = env::var("GRESTART_SONAME") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    }
     cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
