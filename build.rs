@@ -1,7 +1,10 @@
 //! Generates the C header from the doc comments of `src/ffi/` (the
 //! functions) and `src/limits.rs` (the `GR_` limits and defaults) into `OUT_DIR`.
 //! The committed `include/grestart.h` is compared with it by `tests/header.rs`;
-//! `GRESTART_BLESS=1 cargo test --test header` refreshes it.
+//! `GRESTART_BLESS=1 cargo test --test header` refreshes it. With
+//! `GRESTART_SONAME` set (by `scripts/install`), the shared library gets that
+//! soname; without it (`cargo build`, the wheel) it has none, so that programs
+//! linked against `target/release` ask for `libgrestart.so` itself.
 
 use std::env;
 use std::path::PathBuf;
@@ -36,6 +39,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=src/limits.rs");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=GRESTART_SONAME");
+    if let Ok(soname) = env::var("GRESTART_SONAME") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    }
     cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)

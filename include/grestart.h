@@ -136,10 +136,11 @@ int gr_register_listener(int fd, const char *name);
  * In an heir, returns the socket fd the previous generation registered as
  * `name`, and registers it again for the next restart.
  *
- * The returned fd belongs to the caller (close-on-exec). Returns -1 with
- * errno `ENOENT` when nothing named `name` was inherited: a fresh start, so
- * create the socket and `gr_register_listener` it. Other errors: `EINVAL`
- * bad/NULL name, `EEXIST` the name is already registered.
+ * `name` is only read during the call. The returned fd belongs to the caller
+ * (close-on-exec). Returns -1 with errno `ENOENT` when nothing named `name`
+ * was inherited: a fresh start, so create the socket and
+ * `gr_register_listener` it. Other errors: `EINVAL` bad/NULL name, `EEXIST`
+ * the name is already registered.
  */
 int gr_inherit_listener(const char *name);
 
@@ -207,7 +208,9 @@ int gr_shutdown_fd(void);
 
 /**
  * Blocks until this process must drain, for at most `timeout_ms`
- * milliseconds (a negative value waits forever). Works in a forked worker too.
+ * milliseconds (a negative value waits forever): the blocking form of
+ * polling `gr_shutdown_fd`. Works in a forked worker too, which sees its
+ * master's drain.
  *
  * Returns 1 when this process must drain, 0 when the time passed first, or -1
  * with errno when grestart could not start.
@@ -267,11 +270,12 @@ int gr_accept(int listener);
 /**
  * In a draining process, hands the idle connected socket `fd`, accepted on
  * the listener named `listener` (NULL: the one whose address it was
- * accepted on), to the successor, which serves it as if it
- * had just accepted it. On success close your `fd`: that closes nothing, the
- * successor holds the connection. Idle means the application has nothing of
- * it buffered (no request read and not answered, no response pending);
- * bytes the client sends meanwhile wait in the kernel for the successor.
+ * accepted on; only read during the call), to the successor, which serves
+ * it as if it had just accepted it. On success close your `fd`: that closes
+ * nothing, the successor holds the connection. Idle means the application
+ * has nothing of it buffered (no request read and not answered, no response
+ * pending); bytes the client sends meanwhile wait in the kernel for the
+ * successor.
  *
  * Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
  * plain shutdown, a failed restart, a successor that never called
@@ -285,9 +289,10 @@ int gr_hand_over(int fd, const char *listener);
 /**
  * Returns an fd that is readable while connections handed over by the
  * previous generation wait for gr_adopt, for an event loop (do not read or
- * close it), or -1 with errno. Calling it tells the previous generation that
- * this process adopts connections: call it before gr_ready, so that it hands
- * them over from the start. On a fresh start the fd never turns readable.
+ * close it), or -1 with errno when it cannot be made (e.g. `EMFILE`).
+ * Calling it tells the previous generation that this process adopts
+ * connections: call it before gr_ready, so that it hands them over from the
+ * start. On a fresh start the fd never turns readable.
  */
 int gr_adopt_fd(void);
 

@@ -17,18 +17,13 @@ use crate::{ready, shutdown}; // the doc comments link to them
 
 /// In a draining process, hands the idle `connection`, accepted on the
 /// listener named `listener` (`None`: the one whose address it was accepted
-/// on), to the successor, which serves it as if it had just accepted it; then drop your own descriptor (that closes nothing: the
-/// successor holds the connection). Idle means the application has nothing
-/// of it buffered: no request bytes read and not answered, no response
-/// pending. Bytes the client sends meanwhile wait in the kernel for the
-/// successor.
+/// on), to the successor, which serves it as if it had just accepted it; then
+/// drop your own descriptor (that closes nothing: the successor holds the
+/// connection).
 ///
-/// Fails with `ESRCH` when no successor takes connections (a plain shutdown,
-/// a failed restart, a successor that never asked with [`adopt_fd`] or runs
-/// an older grestart, or one that took none within [`crate::limits::HAND_OVER_BOUND`]): then close the
-/// connection as you would without grestart. `EINVAL` when `listener` was
-/// not handed to the successor or `connection` is no stream socket,
-/// `ENOTCONN` when it is not connected.
+/// Fails with `ESRCH` when no successor takes connections: then close the
+/// connection as you would without grestart. What idle means and the other
+/// errors: `gr_hand_over` in `include/grestart.h`.
 pub fn hand_over(connection: impl AsFd, listener: Option<&str>) -> io::Result<()> {
     engine()?.hand_over(connection.as_fd(), listener)
 }

@@ -30,7 +30,8 @@
 //! ```
 //!
 //! Requires Linux 5.3 or later (pidfds). Every function may be called from any
-//! thread.
+//! thread. The C header, `include/grestart.h`, is the reference for what each
+//! call does, its errors and its threads; the docs here say what differs in Rust.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

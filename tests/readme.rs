@@ -4,7 +4,8 @@
 //! and be lines that follow one another in that file (an excerpt); the restart
 //! tests build and restart those files under load, and a real systemd runs
 //! the unit files (tests/systemd_units.rs). (Shell commands and output samples
-//! are not programs.)
+//! are not programs; tests/newcomer.rs runs the shell blocks marked
+//! `<!-- run: NAME -->`.)
 
 const READMES: [&str; 2] = ["README.md", "bindings/python/README.md"];
 const PROGRAMS: [&str; 6] = ["c", "cpp", "rust", "python", "dockerfile", "ini"];

@@ -1,6 +1,6 @@
 // grestart.hpp: header-only C++17 wrapper over the grestart C ABI.
 //
-//   #include <grestart.hpp>      // g++ -std=c++17 -Iinclude -Ibindings/cpp ... -lgrestart
+//   #include <grestart.hpp>      // built as README.md's C++ quick start shows
 //
 //   grestart::Fd listener = grestart::listen("tcp://127.0.0.1:8080");
 //   grestart::on_shutdown([] { std::puts("bye"); });

@@ -1,9 +1,9 @@
 /*
  * A small HTTP/1.1 server that restarts gracefully on SIGUSR2 through grestart.
  *
- *   cc -O2 -Iinclude examples/c/http_server.c -Ltarget/release -lgrestart -o http_server
- *   LD_LIBRARY_PATH=target/release ./http_server 127.0.0.1:8080
- *   kill -USR2 <pid>     # restart onto the binary on disk; nothing is lost
+ * Built and run as README.md's C quick start is, with this file in place of
+ * examples/c/quickstart.c; kill -USR2 <pid> restarts it onto the binary on
+ * disk, and nothing is lost.
  *
  * Every GET and POST is answered with 200 and the headers X-Pid, X-Generation
  * and X-Version. One thread, poll(): the listener, the connections, grestart's

@@ -3,9 +3,8 @@
  * a master binds the listener and forks workers that accept on it. The
  * operator signals the master; grestart restarts it like any other server.
  *
- *   cc -O2 -Iinclude examples/c/prefork_server.c -Ltarget/release -lgrestart -o prefork_server
- *   LD_LIBRARY_PATH=target/release ./prefork_server 127.0.0.1:8080
- *   kill -USR2 <master pid>
+ * Built and run as README.md's C quick start is, with this file in place of
+ * examples/c/quickstart.c; restarted with kill -USR2 <master pid>.
  *
  * Answers carry X-Pid (the master, the process to signal) and X-Worker-Pid
  * (the worker that answered). On SIGUSR2 the master starts a successor, which

@@ -1,7 +1,6 @@
 /* grestart's C quick start: a blocking, thread-per-connection HTTP server
- * that restarts on SIGUSR2 without losing a request.
- *   cc -pthread examples/c/quickstart.c -Iinclude -Ltarget/release -lgrestart -o quickstart
- *   ./quickstart 127.0.0.1:8080 &  kill -USR2 $! */
+ * that restarts on SIGUSR2 without losing a request. README.md ("Quick
+ * start") has the commands that build and run it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <grestart.h>

@@ -1,9 +1,8 @@
 // An HTTP/1.1 server on standalone Asio (Debian: libasio-dev) that restarts
 // gracefully on SIGUSR2 through grestart.
 //
-//   g++ -std=c++17 -O2 -Iinclude -Ibindings/cpp examples/cpp/asio_server.cpp
-//       -Ltarget/release -lgrestart -pthread -o asio_server
-//   LD_LIBRARY_PATH=target/release ./asio_server 127.0.0.1:8080
+// Built and run as README.md's C++ quick start is, with this file in place of
+// examples/cpp/quickstart.cpp.
 //
 // Every GET (and POST) gets 200 with X-Pid, X-Generation and X-Version. One
 // io_context; what grestart adds to a plain Asio server:

@@ -1,8 +1,7 @@
 // A small HTTP/1.1 server in C++17 that restarts gracefully on SIGUSR2.
 //
-//   g++ -std=c++17 -O2 -Iinclude -Ibindings/cpp examples/cpp/http_server.cpp
-//       -Ltarget/release -lgrestart -pthread -o http_server_cpp
-//   LD_LIBRARY_PATH=target/release ./http_server_cpp 127.0.0.1:8080
+// Built and run as README.md's C++ quick start is, with this file in place of
+// examples/cpp/quickstart.cpp.
 //
 // Every GET and POST gets 200 with X-Pid, X-Generation and X-Version. A
 // thread per connection; the main thread accepts, and adopts what the previous

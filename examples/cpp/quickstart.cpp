@@ -1,7 +1,6 @@
 // grestart's C++ quick start: a blocking, thread-per-connection HTTP server
-// that restarts on SIGUSR2 without losing a request.
-//   g++ -std=c++17 -pthread examples/cpp/quickstart.cpp -Iinclude -Ibindings/cpp
-//       -Ltarget/release -lgrestart -o quickstart
+// that restarts on SIGUSR2 without losing a request. README.md ("Quick
+// start") has the commands that build and run it.
 #include <grestart.hpp>
 
 #include <cstdio>

@@ -1,7 +1,6 @@
 """grestart's Python quick start: a blocking, thread-per-connection HTTP server
-that restarts on SIGUSR2 without losing a request.
-
-    python3 examples/python/quickstart.py 127.0.0.1:8080
+that restarts on SIGUSR2 without losing a request. README.md ("Quick start")
+has the commands that install grestart and run it.
 """
 
 import os

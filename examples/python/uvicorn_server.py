@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A uvicorn (ASGI) server that restarts gracefully on SIGUSR2 through grestart.
 
-    pip install ./bindings/python[uvicorn]
+    pip install "./bindings/python[uvicorn]"
     python3 examples/python/uvicorn_server.py 127.0.0.1:8080
     kill -USR2 <pid>    # restart onto the program on disk; nothing is lost
 

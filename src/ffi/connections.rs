@@ -32,11 +32,12 @@ pub extern "C" fn gr_accept(listener: c_int) -> c_int {
 
 /// In a draining process, hands the idle connected socket `fd`, accepted on
 /// the listener named `listener` (NULL: the one whose address it was
-/// accepted on), to the successor, which serves it as if it
-/// had just accepted it. On success close your `fd`: that closes nothing, the
-/// successor holds the connection. Idle means the application has nothing of
-/// it buffered (no request read and not answered, no response pending);
-/// bytes the client sends meanwhile wait in the kernel for the successor.
+/// accepted on; only read during the call), to the successor, which serves
+/// it as if it had just accepted it. On success close your `fd`: that closes
+/// nothing, the successor holds the connection. Idle means the application
+/// has nothing of it buffered (no request read and not answered, no response
+/// pending); bytes the client sends meanwhile wait in the kernel for the
+/// successor.
 ///
 /// Returns 0, or -1 with errno `ESRCH` when no successor takes connections (a
 /// plain shutdown, a failed restart, a successor that never called
@@ -58,9 +59,10 @@ pub unsafe extern "C" fn gr_hand_over(fd: c_int, listener: *const c_char) -> c_i
 
 /// Returns an fd that is readable while connections handed over by the
 /// previous generation wait for gr_adopt, for an event loop (do not read or
-/// close it), or -1 with errno. Calling it tells the previous generation that
-/// this process adopts connections: call it before gr_ready, so that it hands
-/// them over from the start. On a fresh start the fd never turns readable.
+/// close it), or -1 with errno when it cannot be made (e.g. `EMFILE`).
+/// Calling it tells the previous generation that this process adopts
+/// connections: call it before gr_ready, so that it hands them over from the
+/// start. On a fresh start the fd never turns readable.
 #[unsafe(no_mangle)]
 pub extern "C" fn gr_adopt_fd() -> c_int {
     call(|| Ok(engine()?.adopt_fd()?.as_raw_fd()))

@@ -70,7 +70,9 @@ pub extern "C" fn gr_shutdown_fd() -> c_int {
 }
 
 /// Blocks until this process must drain, for at most `timeout_ms`
-/// milliseconds (a negative value waits forever). Works in a forked worker too.
+/// milliseconds (a negative value waits forever): the blocking form of
+/// polling `gr_shutdown_fd`. Works in a forked worker too, which sees its
+/// master's drain.
 ///
 /// Returns 1 when this process must drain, 0 when the time passed first, or -1
 /// with errno when grestart could not start.

@@ -28,10 +28,11 @@ pub unsafe extern "C" fn gr_register_listener(fd: c_int, name: *const c_char) ->
 /// In an heir, returns the socket fd the previous generation registered as
 /// `name`, and registers it again for the next restart.
 ///
-/// The returned fd belongs to the caller (close-on-exec). Returns -1 with
-/// errno `ENOENT` when nothing named `name` was inherited: a fresh start, so
-/// create the socket and `gr_register_listener` it. Other errors: `EINVAL`
-/// bad/NULL name, `EEXIST` the name is already registered.
+/// `name` is only read during the call. The returned fd belongs to the caller
+/// (close-on-exec). Returns -1 with errno `ENOENT` when nothing named `name`
+/// was inherited: a fresh start, so create the socket and
+/// `gr_register_listener` it. Other errors: `EINVAL` bad/NULL name, `EEXIST`
+/// the name is already registered.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gr_inherit_listener(name: *const c_char) -> c_int {
     call(|| {

@@ -1,4 +1,6 @@
-"""Runs an aiohttp application on a grestart listener (``pip install grestart[aiohttp]``).
+"""Runs an aiohttp application on a grestart listener (the ``aiohttp`` extra:
+``pip install "./bindings/python[aiohttp]"`` in the repository, or the wheel
+``scripts/build-wheel`` makes with ``[aiohttp]``; see README.md, "Install").
 
 ::
 

@@ -1,5 +1,7 @@
-"""Runs an ASGI application under uvicorn on a grestart listener
-(``pip install grestart[uvicorn]``).
+"""Runs an ASGI application under uvicorn on a grestart listener (the
+``uvicorn`` extra: ``pip install "./bindings/python[uvicorn]"`` in the
+repository, or the wheel ``scripts/build-wheel`` makes with ``[uvicorn]``; see
+README.md, "Install").
 
 ::
 
