@@ -7,8 +7,8 @@
 //!
 //! Every GET and POST is answered with 200 and the headers `X-Pid`,
 //! `X-Generation` and `X-Version`. A thread per connection; the main thread
-//! accepts, and adopts the connections the previous generation hands over,
-//! until grestart's shutdown fd turns readable. Then each connection finishes
+//! accepts (and with it adopts the connections the previous generation hands
+//! over) until a successor serves. Then each connection finishes
 //! what its client sent and, idle, is handed to the successor: no connection
 //! is closed by a restart. (Where the successor takes none, each answers its
 //! next request with `Connection: close`.)
@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -29,8 +29,6 @@ const VERSION: &str = match option_env!("APP_VERSION") {
 const LISTENER: &str = "http";
 
 struct Server {
-    /// Idle connections go to the successor (until it takes none).
-    handing_over: AtomicBool,
     served: AtomicU64,
 }
 
@@ -51,9 +49,7 @@ fn run(address: &str) -> io::Result<()> {
         &format!("tcp://{address}"),
         Some(LISTENER),
     )?);
-    listener.set_nonblocking(true)?;
     let server = Arc::new(Server {
-        handing_over: AtomicBool::new(true),
         served: AtomicU64::new(0),
     });
     let generation = grestart::generation()?;
@@ -68,8 +64,9 @@ fn run(address: &str) -> io::Result<()> {
     grestart::set_drain_deadline(Some(Duration::from_secs(30)))?;
     // `docker stop`, `systemctl stop`, the launcher's SIGTERM: drain, run the hooks, exit 0.
     grestart::set_stop_signal(Some(libc::SIGTERM))?;
-    // Before ready: the previous generation then hands us its idle connections.
-    let adopt = grestart::adopt_fd()?;
+    // Before ready: the previous generation then hands us its idle connections,
+    // which `incoming` yields with the accepted ones.
+    grestart::adopt_fd()?;
     println!(
         "http_server: pid {} generation {generation} version {VERSION} listening on {}",
         std::process::id(),
@@ -77,7 +74,17 @@ fn run(address: &str) -> io::Result<()> {
     );
     grestart::ready()?;
 
-    serve_until_shutdown(&listener, adopt, &server)?;
+    // Until a successor serves; each connection counts as work in flight
+    // until its thread drops it.
+    for connection in grestart::incoming(&listener) {
+        match connection {
+            Ok(connection) => {
+                let (stream, work) = connection.into_parts();
+                spawn_connection(stream, work, &server);
+            }
+            Err(e) => eprintln!("http_server: accept: {e}"),
+        }
+    }
     // A successor serves now. Closing our copy of the listening socket leaves it
     // open in the successor, which accepts whatever is still queued.
     drop(listener);
@@ -121,38 +128,6 @@ fn spawn_connection(stream: TcpStream, work: grestart::Work, server: &Arc<Server
     });
 }
 
-/// Accepts, and adopts what the previous generation hands over, until a
-/// successor serves.
-fn serve_until_shutdown(
-    listener: &TcpListener,
-    adopt: BorrowedFd<'_>,
-    server: &Arc<Server>,
-) -> io::Result<()> {
-    let shutdown = grestart::shutdown_fd()?;
-    loop {
-        let [_, _, draining] = readable([listener.as_fd(), adopt, shutdown], None)?;
-        if draining {
-            return Ok(());
-        }
-        // Counted before it is ours, as an accepted one: no drain can come between.
-        while let Some(adopted) = grestart::adopt_counted(Some(Duration::ZERO))? {
-            let (adopted, work) = adopted.into_parts();
-            spawn_connection(TcpStream::from(adopted.connection), work, server);
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => spawn_connection(stream, grestart::work()?, server),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    eprintln!("http_server: accept: {e}");
-                    break;
-                }
-            }
-        }
-    }
-}
-
 fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut writer = stream.try_clone()?;
@@ -161,11 +136,8 @@ fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
         // Between requests: wait for the next one, or for the drain.
         let shutdown = grestart::shutdown_fd()?;
         if reader.buffer().is_empty() && readable([writer.as_fd(), shutdown], None)?[1] {
-            if server.handing_over.load(Ordering::SeqCst) {
-                if grestart::hand_over(&writer, Some(LISTENER)).is_ok() {
-                    return Ok(()); // dropping our copy closes nothing: the successor serves it
-                }
-                server.handing_over.store(false, Ordering::SeqCst); // none: close as before
+            if grestart::hand_over(&writer, Some(LISTENER))? == grestart::HandOver::Handed {
+                return Ok(()); // dropping our copy closes nothing: the successor serves it
             }
             if !readable([writer.as_fd()], Some(grestart::limits::DEFAULT_IDLE_GRACE))?[0] {
                 return Ok(()); // idle for the grace while draining: close it
@@ -176,7 +148,7 @@ fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
         };
         let draining = grestart::wait_shutdown(Some(Duration::ZERO))?;
         let close = request.client_closes
-            || (draining && !server.handing_over.load(Ordering::SeqCst))
+            || (draining && !grestart::successor_adopts()?)
             || !request.served;
         let body = if request.served {
             format!(

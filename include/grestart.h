@@ -287,6 +287,26 @@ int gr_accept(int listener);
 int gr_hand_over(int fd, const char *listener);
 
 /**
+ * Returns 1 when a ready successor takes the connections handed to it (a
+ * `gr_hand_over` now would hand the connection over), 0 when none does: no
+ * restart, a failed one, a successor that does not adopt, or one that has
+ * exited or stopped taking them. For a draining server deciding whether to
+ * keep an idle connection for the hand-over or to answer `Connection: close`.
+ * Returns -1 with errno when grestart could not start.
+ */
+int gr_successor_adopts(void);
+
+/**
+ * Returns an fd that is readable exactly while no work is in flight in this
+ * process (every connection from `gr_accept` and `gr_adopt_counted` ended,
+ * every `gr_work_begin` matched by its `gr_work_end`), for an event loop that
+ * waits, as it drains, for its last connection (do not read or close it).
+ * Returns -1 with errno `EPERM` in a forked worker (it counts its own work,
+ * which nothing polls) or when grestart could not start.
+ */
+int gr_idle_fd(void);
+
+/**
  * Returns an fd that is readable while connections handed over by the
  * previous generation wait for gr_adopt, for an event loop (do not read or
  * close it), or -1 with errno when it cannot be made (e.g. `EMFILE`).

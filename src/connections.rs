@@ -11,6 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use crate::engine::{Engine, engine, engine_in_any_process};
+use crate::handover::Offer;
 use crate::serve;
 #[cfg(doc)]
 use crate::{ready, shutdown}; // the doc comments link to them
@@ -21,11 +22,40 @@ use crate::{ready, shutdown}; // the doc comments link to them
 /// drop your own descriptor (that closes nothing: the successor holds the
 /// connection).
 ///
-/// Fails with `ESRCH` when no successor takes connections: then close the
-/// connection as you would without grestart. What idle means and the other
-/// errors: `gr_hand_over` in `include/grestart.h`.
-pub fn hand_over(connection: impl AsFd, listener: Option<&str>) -> io::Result<()> {
-    engine()?.hand_over(connection.as_fd(), listener)
+/// [`HandOver::Declined`] when no successor takes connections (C's `ESRCH`):
+/// then close the connection as you would without grestart. An error is
+/// misuse (what idle means and the errors: `gr_hand_over` in
+/// `include/grestart.h`): a connection nobody can take.
+pub fn hand_over(connection: impl AsFd, listener: Option<&str>) -> io::Result<HandOver> {
+    Ok(match engine()?.hand_over(connection.as_fd(), listener)? {
+        Offer::Taken => HandOver::Handed,
+        Offer::Declined(_) => HandOver::Declined,
+    })
+}
+
+/// What became of a connection offered to the successor by [`hand_over`].
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// The successor holds it: drop your descriptor (that closes nothing).
+    Handed,
+    /// No successor takes connections (no restart, a failed one, a successor
+    /// that does not adopt or is gone): close it as you would without grestart.
+    Declined,
+}
+
+/// Whether a ready successor takes the connections handed to it now, so that
+/// a draining server keeps an idle connection for [`hand_over`] rather than
+/// answering `Connection: close` (`gr_successor_adopts` in C).
+pub fn successor_adopts() -> io::Result<bool> {
+    Ok(engine()?.successor_adopts())
+}
+
+/// An fd that is readable exactly while no [`Work`] is in flight in this
+/// process, for an event loop waiting for its last connection as it drains
+/// (`gr_idle_fd` in C; do not read or close it).
+pub fn idle_fd() -> io::Result<BorrowedFd<'static>> {
+    Ok(engine()?.idle_fd())
 }
 
 /// An fd that is readable while connections handed over by the previous

@@ -74,8 +74,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use connections::{
-    Accepted, Adopted, Incoming, Listener, Work, adopt, adopt_counted, adopt_fd, hand_over,
-    incoming, work,
+    Accepted, Adopted, HandOver, Incoming, Listener, Work, adopt, adopt_counted, adopt_fd,
+    hand_over, idle_fd, incoming, successor_adopts, work,
 };
 use engine::{engine, engine_in_any_process};
 pub use error::errno_of;

@@ -243,6 +243,15 @@ inline bool hand_over(int fd, const std::string &listener = "") {
     detail::fail();
 }
 
+/// Whether a ready successor takes the connections handed to it now: a
+/// draining server then keeps an idle connection for hand_over() rather than
+/// answering `Connection: close` (gr_successor_adopts).
+inline bool successor_adopts() { return detail::check(gr_successor_adopts()) == 1; }
+
+/// Readable exactly while no work is in flight in this process; owned by
+/// grestart: poll it, never read or close it (gr_idle_fd).
+inline int idle_fd() { return detail::check(gr_idle_fd()); }
+
 /// Readable while connections handed over by the previous generation wait for
 /// adopt(); owned by grestart. Asking for it says this process adopts them:
 /// ask before ready().

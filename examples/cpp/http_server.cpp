@@ -4,8 +4,8 @@
 // examples/cpp/quickstart.cpp.
 //
 // Every GET and POST gets 200 with X-Pid, X-Generation and X-Version. A
-// thread per connection; the main thread accepts, and adopts what the previous
-// generation hands over, until grestart's shutdown fd turns readable. Then each
+// thread per connection; the main thread accepts (and with it adopts what the
+// previous generation hands over) until a successor serves. Then each
 // connection finishes what its client sent and, idle, is handed to the
 // successor (no connection is closed by a restart; where the successor takes
 // none, it answers its next request with "Connection: close"); then the
@@ -21,7 +21,6 @@
 #include <thread>
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -38,8 +37,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::atomic<bool> draining{false};
-// Idle connections go to the successor when draining (until it takes none).
-std::atomic<bool> handing_over{true};
 std::atomic<unsigned long long> served{0};
 
 std::string lower(std::string s) {
@@ -72,7 +69,7 @@ bool answer(int fd, const std::string &head) {
         connection = h.substr(start, h.find("\r\n", start) - start);
     }
     bool is_get = h.rfind("get ", 0) == 0 || h.rfind("post ", 0) == 0; // both are served
-    bool close = (draining && !handing_over) || !is_get || (http10 ? connection != "keep-alive" : connection == "close");
+    bool close = (draining && !grestart::successor_adopts()) || !is_get || (http10 ? connection != "keep-alive" : connection == "close");
     std::string pid = std::to_string(::getpid()), generation = std::to_string(grestart::generation());
     std::string body =
         is_get ? "served by pid " + pid + " generation " + generation + "\n" : "only GET and POST are served here\n";
@@ -115,10 +112,10 @@ void serve(grestart::Fd connection) {
             while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
             }
             if (fds[1].revents & POLLIN) {
-                if (handing_over && grestart::hand_over(connection.get(), "http")) {
+                if (grestart::hand_over(connection.get(), "http")) {
                     return; // closing our fd closes nothing: the successor serves it
                 }
-                handing_over = false; // no successor takes connections: close as before
+                // No successor takes connections: close as before.
                 pollfd idle{connection.get(), POLLIN, 0};
                 int ms = static_cast<int>(grestart::default_idle_grace.count());
                 if (::poll(&idle, 1, ms) == 0) {
@@ -147,25 +144,17 @@ void start(grestart::Connection connection) {
     std::thread([connection = std::move(connection)]() mutable { serve(std::move(connection.fd)); }).detach();
 }
 
-/// Accepts, and adopts what the previous generation hands over, until a successor serves.
-void accept_until_shutdown(int listener, int adopt_fd) {
-    pollfd fds[3] = {{listener, POLLIN, 0}, {adopt_fd, POLLIN, 0}, {grestart::shutdown_fd(), POLLIN, 0}};
-    while (!(fds[2].revents & POLLIN)) {
-        if (::poll(fds, 3, -1) < 0 && errno != EINTR) {
-            throw std::system_error(errno, std::generic_category(), "poll");
-        }
-        // Counted before it is ours, as an accepted one: no drain can come between.
-        while (auto adopted = grestart::adopt_counted()) {
-            int fd = adopted->fd.get();
-            ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-            start(std::move(*adopted));
-        }
-        for (;;) {
-            int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-            if (fd < 0) {
-                break; // EAGAIN: nothing more queued
+/// Accepts (and with it adopts what the previous generation hands over) until a successor serves.
+void accept_until_shutdown(int listener) {
+    for (;;) {
+        try {
+            auto connection = grestart::accept(listener);
+            if (!connection) {
+                return; // a successor serves
             }
-            start(grestart::Connection(grestart::Work(), grestart::Fd(fd)));
+            start(std::move(*connection));
+        } catch (const std::exception &e) {
+            std::fprintf(stderr, "http_server_cpp: accept: %s\n", e.what()); // EMFILE: after a pause, again
         }
     }
 }
@@ -180,14 +169,13 @@ int main(int argc, char **argv) {
     try {
         // The previous generation's socket, or a new one on a fresh start.
         grestart::Fd listener = grestart::listen(std::string("tcp://") + argv[1], "http");
-        ::fcntl(listener.get(), F_SETFL, ::fcntl(listener.get(), F_GETFL) | O_NONBLOCK);
         grestart::on_shutdown([] {
             std::fprintf(stderr, "http_server_cpp: pid %d generation %lld exiting after %llu requests\n", ::getpid(),
                          static_cast<long long>(grestart::generation()), served.load());
         });
         grestart::set_drain_deadline(std::chrono::seconds(30));
         // Before ready: the previous generation then hands us its idle connections.
-        int adopt_fd = grestart::adopt_fd();
+        grestart::adopt_fd();
         sockaddr_in bound{};
         socklen_t length = sizeof bound;
         ::getsockname(listener.get(), reinterpret_cast<sockaddr *>(&bound), &length);
@@ -198,7 +186,7 @@ int main(int argc, char **argv) {
         std::fflush(stdout);
         grestart::ready();
 
-        accept_until_shutdown(listener.get(), adopt_fd);
+        accept_until_shutdown(listener.get());
         listener.reset(); // our copy; the successor accepts what is still queued
         draining = true;
         grestart::shutdown(); // waits for every connection's Work, then runs the hooks

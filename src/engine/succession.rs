@@ -8,8 +8,7 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use super::{Engine, Phase};
-use crate::error::fail;
-use crate::handover::{Adoption, Handed, Heir};
+use crate::handover::{Adoption, Handed, Heir, Offer};
 use crate::log;
 use crate::sys;
 
@@ -18,24 +17,28 @@ impl Engine {
         self.heir.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands the idle `connection`, accepted on the listener `name` (`None`:
-    /// the one its address belongs to), to the ready successor; `ESRCH` when
-    /// there is none that takes connections.
+    /// Offers the idle `connection`, accepted on the listener `name` (`None`:
+    /// the one its address belongs to), to the ready successor.
     pub(crate) fn hand_over(
         &self,
         connection: BorrowedFd<'_>,
         name: Option<&str>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Offer> {
         // What the hand-over logs goes out after the lock is released.
         let _defer = log::Defer::new();
-        let mut heir = self.heir_lock();
-        let heir = heir.as_mut().ok_or_else(|| {
-            fail(
-                libc::ESRCH,
-                "no successor to hand the connection to (not restarting, or the restart failed): close it",
-            )
-        })?;
-        heir.hand_over(connection, name)
+        match self.heir_lock().as_mut() {
+            Some(heir) => heir.hand_over(connection, name),
+            None => Ok(Offer::Declined(
+                "no successor to hand the connection to (not restarting, or the restart failed): \
+                 close it"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Whether a ready successor takes the connections handed to it now.
+    pub(crate) fn successor_adopts(&self) -> bool {
+        (self.heir_lock().as_ref()).is_some_and(Heir::takes_connections)
     }
 
     /// Waits (within the bound) for the successor to take what was handed to it.
@@ -81,9 +84,11 @@ impl Engine {
         self.start_adoption()?.adopt(timeout, fits)
     }
 
-    /// The adoption's fd, if this process adopts (it asked for the fd).
+    /// The adoption's fd, if this process adopts (it asked for the fd); never
+    /// in a forked worker, whose copy of the queue is not the generation's.
     pub(crate) fn adoption_fd(&'static self) -> Option<BorrowedFd<'static>> {
-        self.adoption.get().map(|a| a.fd())
+        let adoption = self.adoption.get().filter(|_| self.is_owner())?;
+        Some(adoption.fd())
     }
 
     /// For an accept on `listener`: a connection handed over on it (on any
@@ -102,7 +107,7 @@ impl Engine {
     pub(super) fn relay_adopted(&'static self) {
         if let Some(adoption) = self.adoption.get() {
             adoption.relay(Box::new(|connection, name| {
-                self.hand_over(connection, Some(name)).is_ok()
+                matches!(self.hand_over(connection, Some(name)), Ok(Offer::Taken))
             }));
         }
     }

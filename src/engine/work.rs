@@ -108,7 +108,7 @@ impl Engine {
         self.work.idle.as_fd()
     }
 
-    fn is_owner(&self) -> bool {
+    pub(super) fn is_owner(&self) -> bool {
         std::process::id() == self.owner
     }
 }

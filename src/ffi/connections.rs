@@ -5,9 +5,10 @@ use std::ffi::{c_char, c_int};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::time::Duration;
 
-use super::{call, ok, open_fd, text};
+use super::{call, open_fd, text};
 use crate::engine::{engine, engine_in_any_process};
 use crate::error::fail;
+use crate::handover::Offer;
 
 /// Waits for a connection on the listening socket `listener` and accepts it;
 /// returns -1 with errno `ESHUTDOWN` as soon as this process must drain, so
@@ -53,8 +54,33 @@ pub unsafe extern "C" fn gr_hand_over(fd: c_int, listener: *const c_char) -> c_i
             // SAFETY: `listener` per this function's contract.
             false => Some(unsafe { text(listener, "listener") }?),
         };
-        engine()?.hand_over(open_fd(fd)?, name).map(ok)
+        match engine()?.hand_over(open_fd(fd)?, name)? {
+            Offer::Taken => Ok(0),
+            Offer::Declined(why) => Err(fail(libc::ESRCH, why)),
+        }
     })
+}
+
+/// Returns 1 when a ready successor takes the connections handed to it (a
+/// `gr_hand_over` now would hand the connection over), 0 when none does: no
+/// restart, a failed one, a successor that does not adopt, or one that has
+/// exited or stopped taking them. For a draining server deciding whether to
+/// keep an idle connection for the hand-over or to answer `Connection: close`.
+/// Returns -1 with errno when grestart could not start.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_successor_adopts() -> c_int {
+    call(|| Ok(c_int::from(engine()?.successor_adopts())))
+}
+
+/// Returns an fd that is readable exactly while no work is in flight in this
+/// process (every connection from `gr_accept` and `gr_adopt_counted` ended,
+/// every `gr_work_begin` matched by its `gr_work_end`), for an event loop that
+/// waits, as it drains, for its last connection (do not read or close it).
+/// Returns -1 with errno `EPERM` in a forked worker (it counts its own work,
+/// which nothing polls) or when grestart could not start.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_idle_fd() -> c_int {
+    call(|| Ok(engine()?.idle_fd().as_raw_fd()))
 }
 
 /// Returns an fd that is readable while connections handed over by the

@@ -48,7 +48,7 @@ use nix::poll::PollTimeout;
 
 pub(crate) use adopt::Adoption;
 pub(crate) use queue::Handed;
-pub(crate) use send::Heir;
+pub(crate) use send::{Heir, Offer};
 pub(crate) use wire::{ADOPT_BYTE, IDS_BYTE};
 
 fn poll_timeout(left: Duration) -> PollTimeout {

@@ -23,6 +23,15 @@ pub(crate) use crate::limits::HAND_OVER_BOUND as BOUND;
 /// How many connections are sent between two reads of the receipts.
 const RECEIPTS_EVERY: u64 = 64;
 
+/// What became of a connection offered to the heir.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// The heir holds it now.
+    Taken,
+    /// No heir takes it (why): close it as without grestart.
+    Declined(String),
+}
+
 /// The old generation's side: its ready heir, and the connections handed to
 /// it that it has not taken yet.
 pub(crate) struct Heir {
@@ -148,14 +157,21 @@ impl Heir {
         }
     }
 
+    /// Whether the heir takes connections, as far as it has said: it adopts,
+    /// and was there at the last hand-over. Costs no system call.
+    pub(crate) fn takes_connections(&self) -> bool {
+        self.adopts && !self.gone
+    }
+
     /// Sends `connection`, accepted on the listener `name` (`None`: the one
-    /// its local address belongs to), to the heir. On success the caller
-    /// drops its own descriptor; the heir serves it.
+    /// its local address belongs to), to the heir. Taken, the caller drops its
+    /// own descriptor and the heir serves it; declined, the caller closes it.
+    /// An error is a connection that cannot be handed over by anyone.
     pub(crate) fn hand_over(
         &mut self,
         connection: BorrowedFd<'_>,
         name: Option<&str>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Offer> {
         // The receipts wait in our buffer; read them every so often (they let
         // us drop our duplicates), and while the heir has not said it adopts.
         if !self.adopts || self.sent % RECEIPTS_EVERY == 0 {
@@ -163,16 +179,13 @@ impl Heir {
         }
         let pid = self.pid;
         if self.gone {
-            return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+            return Ok(Offer::Declined(format!("successor {pid} has exited")));
         }
         if !self.adopts {
-            return Err(fail(
-                libc::ESRCH,
-                format!(
-                    "successor {pid} does not adopt connections (it never asked with gr_adopt_fd, \
-                     or runs an older grestart): close the connection"
-                ),
-            ));
+            return Ok(Offer::Declined(format!(
+                "successor {pid} does not adopt connections (it never asked with gr_adopt_fd, \
+                 or runs an older grestart): close the connection"
+            )));
         }
         if socket_type(connection) != Some(SockType::Stream) {
             return Err(fail(libc::EINVAL, "not a stream socket"));
@@ -194,7 +207,7 @@ impl Heir {
                     self.next_id += 1;
                     self.sent += 1;
                     self.last_sent = Instant::now();
-                    return Ok(());
+                    return Ok(Offer::Taken);
                 }
                 Err(Errno::EINTR) => {}
                 // The heir's buffer is full, or too many fds are in flight
@@ -203,12 +216,9 @@ impl Heir {
                     let left = give_up.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.adopts = false; // and the next connections are closed at once
-                        return Err(fail(
-                            libc::ESRCH,
-                            format!(
-                                "successor {pid} did not take connections within {BOUND:?}: close the connection"
-                            ),
-                        ));
+                        return Ok(Offer::Declined(format!(
+                            "successor {pid} did not take connections within {BOUND:?}: close the connection"
+                        )));
                     }
                     let mut fds = [PollFd::new(
                         self.channel.as_fd(),
@@ -218,12 +228,12 @@ impl Heir {
                     let _ = poll(&mut fds, poll_timeout(left.min(Duration::from_millis(1))));
                     self.read();
                     if self.gone {
-                        return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                        return Ok(Offer::Declined(format!("successor {pid} has exited")));
                     }
                 }
                 Err(Errno::EPIPE | Errno::ECONNRESET) => {
                     self.heir_gone();
-                    return Err(fail(libc::ESRCH, format!("successor {pid} has exited")));
+                    return Ok(Offer::Declined(format!("successor {pid} has exited")));
                 }
                 Err(e) => {
                     return Err(with_context(e.into(), "cannot hand the connection over"));

@@ -45,6 +45,8 @@ __all__ = [
     "Connection",
     "in_flight",
     "hand_over",
+    "successor_adopts",
+    "idle_fd",
     "adopt_fd",
     "adopt",
     "shutdown",
@@ -403,6 +405,21 @@ def hand_over(sock: Union[socket.socket, int], listener: Optional[str] = None) -
         return False
     check(-1)
     return False  # not reached: check raised
+
+
+def successor_adopts() -> bool:
+    """Whether a ready successor takes the connections handed to it now: a
+    draining server then keeps an idle connection for :func:`hand_over`
+    rather than answering ``Connection: close``. See ``gr_successor_adopts``."""
+    return check(lib.gr_successor_adopts()) == 1
+
+
+def idle_fd() -> int:
+    """An fd readable exactly while no work is in flight in this process
+    (:class:`in_flight`, accepted connections, the adapters' connections), for an
+    event loop waiting for its last connection as it drains. Owned by grestart:
+    poll it, never read or close it. See ``gr_idle_fd``."""
+    return check(lib.gr_idle_fd())
 
 
 def adopt_fd() -> int:

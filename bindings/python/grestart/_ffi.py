@@ -34,6 +34,8 @@ SIGNATURES = {
     "gr_work_begin": (c_int, []),
     "gr_work_end": (c_int, []),
     "gr_hand_over": (c_int, [c_int, c_char_p]),
+    "gr_successor_adopts": (c_int, []),
+    "gr_idle_fd": (c_int, []),
     "gr_adopt_fd": (c_int, []),
     "gr_adopt": (c_int, [c_char_p, ctypes.c_size_t, c_int]),
     "gr_adopt_counted": (c_int, [c_char_p, ctypes.c_size_t, c_int]),
