@@ -96,7 +96,7 @@ pub fn register_listener(fd: impl AsFd, name: &str) -> io::Result<()> {
     engine()?.register(fd.as_fd(), name)
 }
 
-/// In an heir, the socket the previous generation registered as `name`
+/// In a successor, the socket the previous generation registered as `name`
 /// (registered again for the next restart); `None` on a fresh start.
 ///
 /// ```no_run
@@ -176,7 +176,7 @@ pub fn set_stop_signal(signo: Option<i32>) -> io::Result<()> {
     signal::install_stop(signo)
 }
 
-/// Says this process serves. In an heir, the previous generation then drains.
+/// Says this process serves. In a successor, the previous generation then drains.
 /// Inherited sockets nobody claimed are closed now.
 pub fn ready() -> io::Result<()> {
     engine()?.ready()

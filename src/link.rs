@@ -1,4 +1,4 @@
-//! The link between an heir and the generation that started it: a private
+//! The link between a successor and the generation that started it: a private
 //! socket pair whose number travels in `GRESTART_READY_FD`. The heir writes
 //! "ready" on it (and that it adopts connections, `handover/`); its end of
 //! file tells the heir that its predecessor has exited (every copy of the
@@ -15,7 +15,7 @@ use crate::handover::{ADOPT_BYTE, IDS_BYTE};
 use crate::spawn::READY_BYTE;
 use crate::sys::peer_closed;
 
-/// The generation that started this one, as an heir sees it.
+/// The generation that started this one, as a successor sees it.
 pub(crate) struct Predecessor {
     /// Shared with the thread that receives handed-over connections.
     channel: Arc<OwnedFd>,

@@ -1,7 +1,7 @@
 //! The hand-over protocol as it travels in the environment.
 //!
 //! The listeners follow systemd's socket-activation convention exactly
-//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, fds from 3), so an heir also
+//! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, fds from 3), so a successor also
 //! works when systemd starts it. Two variables of our own ride along: the fd of
 //! the private readiness channel and the generation number.
 //!
@@ -35,7 +35,7 @@ pub(crate) const IGNORED: &str = "GRESTART_IGNORED";
 /// generations draining at once.
 pub(crate) const DRAINING: &str = "GRESTART_DRAINING";
 
-/// Every variable this protocol owns; an heir removes them all once read.
+/// Every variable this protocol owns; a successor removes them all once read.
 pub(crate) const VARIABLES: [&str; 9] = [
     LISTEN_FDS,
     LISTEN_PID,

@@ -127,7 +127,7 @@ inline void register_listener(int fd, const std::string &name) {
     detail::check(gr_register_listener(fd, name.c_str()));
 }
 
-/// In an heir, the socket registered as `name` by the previous generation;
+/// In a successor, the socket registered as `name` by the previous generation;
 /// std::nullopt on a fresh start.
 inline std::optional<Fd> inherit_listener(const std::string &name) {
     int fd = gr_inherit_listener(name.c_str());
@@ -161,7 +161,7 @@ inline void set_signal(int signo) { detail::check(gr_set_signal(signo)); }
 /// does (see gr_set_stop_signal).
 inline void set_stop_signal(int signo) { detail::check(gr_set_stop_signal(signo)); }
 
-/// This process serves; in an heir the previous generation then drains.
+/// This process serves; in a successor the previous generation then drains.
 inline void ready() { detail::check(gr_ready()); }
 
 /// Restarts now and waits: returns the new generation's pid once it is ready, throws when it failed.

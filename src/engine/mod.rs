@@ -90,7 +90,7 @@ struct Settings {
 struct State {
     phase: Phase,
     registry: Registry,
-    /// An heir's link to the generation that started it, until it has exited.
+    /// A successor's link to the generation that started it, until it has exited.
     predecessor: Option<Predecessor>,
     settings: Settings,
     /// The thread running a restart, if one runs: `shutdown` waits for it,

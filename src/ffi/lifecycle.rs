@@ -30,7 +30,7 @@ pub extern "C" fn gr_on_shutdown(hook: gr_hook_fn, arg: *mut c_void) -> c_int {
     })
 }
 
-/// Says this process is serving. In an heir the previous generation then
+/// Says this process is serving. In a successor the previous generation then
 /// starts to drain; under systemd, `MAINPID=` and `READY=1` are sent; the PID
 /// file is written; inherited sockets nobody claimed are closed.
 ///

@@ -25,7 +25,7 @@ pub unsafe extern "C" fn gr_register_listener(fd: c_int, name: *const c_char) ->
     })
 }
 
-/// In an heir, returns the socket fd the previous generation registered as
+/// In a successor, returns the socket fd the previous generation registered as
 /// `name`, and registers it again for the next restart.
 ///
 /// `name` is only read during the call. The returned fd belongs to the caller

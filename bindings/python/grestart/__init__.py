@@ -226,7 +226,7 @@ def set_stop_signal(signo: "int | None") -> None:
 
 
 def ready() -> None:
-    """Says this process serves; in an heir the previous generation then drains."""
+    """Says this process serves; in a successor the previous generation then drains."""
     check(lib.gr_ready())
 
 
