@@ -1,7 +1,8 @@
 //! An axum server that restarts gracefully on SIGUSR2 through grestart.
 //!
 //! ```text
-//! cargo run --release --features axum --example axum_server -- 127.0.0.1:8080
+//! cargo build --features axum --example axum_server
+//! target/debug/examples/axum_server 127.0.0.1:8080
 //! kill -USR2 <pid>    # restart onto the binary on disk; nothing is lost
 //! ```
 //!

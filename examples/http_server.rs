@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 server that restarts gracefully on SIGUSR2 through grestart.
 //!
 //! ```text
-//! cargo run --example http_server -- 127.0.0.1:8080
+//! cargo build --example http_server
+//! target/debug/examples/http_server 127.0.0.1:8080
 //! kill -USR2 <pid>    # restart onto the binary on disk; nothing is lost
 //! ```
 //!

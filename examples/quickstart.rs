@@ -1,7 +1,6 @@
 //! grestart's Rust quick start: a blocking, thread-per-connection HTTP server
-//! that restarts on SIGUSR2 without losing a request.
-//!
-//!     cargo run --example quickstart -- 127.0.0.1:8080
+//! that restarts on SIGUSR2 without losing a request. README.md ("Quick
+//! start") has the commands that build and run it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

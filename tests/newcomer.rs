@@ -19,9 +19,11 @@ use std::sync::Mutex;
 use testkit::{Server, TempDir};
 
 /// The blocks this file runs, one test each.
-const BLOCKS: [&str; 4] = [
+const BLOCKS: [&str; 6] = [
     "c-quickstart",
     "cpp-quickstart",
+    "rust-quickstart",
+    "axum",
     "python-quickstart",
     "install",
 ];
@@ -39,6 +41,16 @@ fn cpp_quick_start() {
 }
 
 #[test]
+fn rust_quick_start() {
+    run_as_printed("rust-quickstart");
+}
+
+#[test]
+fn the_axum_example() {
+    run_as_printed("axum");
+}
+
+#[test]
 fn python_quick_start() {
     run_as_printed("python-quickstart");
 }
@@ -46,6 +58,19 @@ fn python_quick_start() {
 #[test]
 fn install_and_build_with_pkg_config() {
     run_as_printed("install");
+}
+
+/// The first of the README's two commands, as printed: it restarts the C
+/// example under load and fails unless no request failed.
+#[test]
+fn the_demo_runs_as_printed() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let readme = std::fs::read_to_string(testkit::repo().join("README.md")).unwrap();
+    let demo = (readme.lines())
+        .find(|l| l.starts_with("cargo run --release --example demo"))
+        .expect("README.md prints the demo's command");
+    let home = TempDir::new("newcomer-demo");
+    shell(&[demo.to_string()], &home.0);
 }
 
 #[test]
@@ -105,9 +130,11 @@ fn shell(lines: &[String], home: &Path) {
     testkit::run(as_a_newcomer(bash.arg("-c").arg(script), home));
 }
 
+/// The blocks build into the same target/ (the C ones the same binary), and
+/// the demo puts a load on the machine: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn run_as_printed(name: &str) {
-    // The blocks build into the same target/ (the C ones the same binary).
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
 
     let lines = printed(name);
