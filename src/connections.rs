@@ -163,11 +163,11 @@ impl<L: Listener> Iterator for Incoming<'_, L> {
             Err(e) => return Some(Err(e)),
         };
         match serve::accept(engine, self.listener.as_fd()) {
-            Ok(fd) => Some(Ok(Accepted {
+            Ok(Some(fd)) => Some(Ok(Accepted {
                 stream: L::Stream::from(fd),
                 work: Work { engine },
             })),
-            Err(e) if serve::is_drain(&e) => None,
+            Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
     }

@@ -24,12 +24,15 @@ use crate::engine::Engine;
 use crate::error::{fail, with_context};
 
 /// Waits for a connection on `listener` and accepts it (blocking and
-/// close-on-exec), counting it as work in flight; fails with `ESHUTDOWN` once
-/// this process must drain, leaving the queued connections to the successor.
+/// close-on-exec), counting it as work in flight; `None` once this process
+/// must drain, leaving the queued connections to the successor.
 ///
 /// The listener is made non-blocking (the flag is shared by every generation):
 /// the successor may take the connection between our poll and our accept.
-pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn accept(
+    engine: &'static Engine,
+    listener: BorrowedFd<'_>,
+) -> io::Result<Option<OwnedFd>> {
     let flags =
         fcntl(listener, FcntlArg::F_GETFL).map_err(|e| with_context(e.into(), "the listener"))?;
     let flags = OFlag::from_bits_retain(flags);
@@ -61,16 +64,13 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
             Err(e) => return Err(with_context(e.into(), "waiting for a connection")),
         }
         if fds[0].any() == Some(true) {
-            return Err(fail(
-                libc::ESHUTDOWN,
-                "this process is draining: its successor accepts the connections now",
-            ));
+            return Ok(None); // the successor accepts the connections now
         }
         if fds.get(2).and_then(PollFd::any) == Some(true) {
             match engine.adopt_on(listener) {
                 Some(adopted) => {
                     engine.begin_work();
-                    return Ok(adopted);
+                    return Ok(Some(adopted));
                 }
                 None => others_until = Some(now + OTHERS_WAIT),
             }
@@ -88,7 +88,7 @@ pub(crate) fn accept(engine: &'static Engine, listener: BorrowedFd<'_>) -> io::R
             Ok(connection) => {
                 let _ = BACKOFF.try_with(|b| b.set(Duration::ZERO));
                 engine.begin_work();
-                return Ok(connection);
+                return Ok(Some(connection));
             }
             // Taken by the successor or another worker, or given up by the client.
             Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNABORTED) => continue,
@@ -132,9 +132,4 @@ fn back_off(engine: &'static Engine) {
         &mut fds,
         PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
     );
-}
-
-/// Whether `errno` says the accept loop is over (rather than one accept failed).
-pub(crate) fn is_drain(err: &io::Error) -> bool {
-    crate::error::errno_of(err) == libc::ESHUTDOWN
 }

@@ -27,7 +27,13 @@ use crate::handover::Offer;
 pub extern "C" fn gr_accept(listener: c_int) -> c_int {
     call(|| {
         let engine = engine_in_any_process()?;
-        Ok(crate::serve::accept(engine, open_fd(listener)?)?.into_raw_fd())
+        match crate::serve::accept(engine, open_fd(listener)?)? {
+            Some(connection) => Ok(connection.into_raw_fd()),
+            None => Err(fail(
+                libc::ESHUTDOWN,
+                "this process is draining: its successor accepts the connections now",
+            )),
+        }
     })
 }
 
