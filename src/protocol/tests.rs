@@ -182,6 +182,8 @@ fn successor_env_replaces_protocol_variables() {
         ("LISTEN_FDS", "9"),
         ("GRESTART_GENERATION", "3"),
         ("LISTEN_PID", "1"),
+        // Replaced as every variable an heir removes (`VARIABLES`).
+        ("GRESTART_DRAINING_PIDS", "12,13"),
     ]
     .map(|(k, v)| (OsString::from(k), OsString::from(v)));
     let draining = Draining::Known(vec![38, 40]);
