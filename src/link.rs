@@ -109,7 +109,8 @@ impl Older {
     /// this one names an unrelated process, counted then until that one exits:
     /// the count can only be too high (a restart refused that the cap would
     /// allow), never too low, since a pidfd never names another process once
-    /// open. At most `GR_MAX_DRAINING` fds (`protocol::parse` refuses longer
+    /// open. So is a container's first generation that still drained when we
+    /// started: re-executed into the stub, it stays counted. At most `GR_MAX_DRAINING` fds (`protocol::parse` refuses longer
     /// lists); close-on-exec, and a successor gets only the fds its spawn
     /// plans, so none leaks into it.
     pub(crate) fn open(draining: Draining, predecessor: Option<libc::pid_t>) -> Older {

@@ -120,6 +120,7 @@ impl Default for Draining {
 }
 
 impl Draining {
+    /// How many: `DRAINING`, which every grestart reads.
     pub fn count(&self) -> u32 {
         match self {
             Draining::Known(pids) => pids.len() as u32,
