@@ -2,8 +2,9 @@
 //!
 //! The listeners follow systemd's socket-activation convention exactly
 //! (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, fds from 3), so a successor also
-//! works when systemd starts it. Two variables of our own ride along: the fd of
-//! the private readiness channel and the generation number.
+//! works when systemd starts it. Variables of our own ride along: the fd of the
+//! private readiness channel, the generation number, the older generations
+//! still draining, and what the successor must start with.
 //!
 //! Parsing is pure (the environment and the fd probe are passed in), so that
 //! hostile input can be tested without touching the process.
@@ -14,7 +15,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::fail;
-use crate::limits::GR_NAME_MAX;
+use crate::limits::{GR_MAX_DRAINING, GR_NAME_MAX};
 
 pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
@@ -32,11 +33,15 @@ pub(crate) const PREDECESSOR: &str = "GRESTART_PREDECESSOR_PID";
 pub(crate) const IGNORED: &str = "GRESTART_IGNORED";
 /// How many older generations may still be draining when the successor
 /// starts, its parent included: each generation counts against the cap on
-/// generations draining at once.
+/// generations draining at once. All a grestart before `DRAINING_PIDS` reads.
 pub(crate) const DRAINING: &str = "GRESTART_DRAINING";
+/// Which ones: their pids, comma-separated, the parent's last. The count alone
+/// only grows along a chain of quick restarts (each generation counts what its
+/// predecessor counted, while that one lives), long after the older ones exited.
+pub(crate) const DRAINING_PIDS: &str = "GRESTART_DRAINING_PIDS";
 
 /// Every variable this protocol owns; a successor removes them all once read.
-pub(crate) const VARIABLES: [&str; 9] = [
+pub(crate) const VARIABLES: [&str; 10] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
@@ -46,6 +51,7 @@ pub(crate) const VARIABLES: [&str; 9] = [
     PREDECESSOR,
     IGNORED,
     DRAINING,
+    DRAINING_PIDS,
 ];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).
@@ -92,10 +98,35 @@ pub struct Heritage {
     pub predecessor: Option<i32>,
     /// The signals the first generation was started with ignored.
     pub ignored: Option<u64>,
-    /// How many older generations were (at most) draining when this one started.
-    pub draining: u32,
+    /// The older generations that were draining when this one started.
+    pub draining: Draining,
     /// Why some variables were ignored, for the log.
     pub problems: Vec<String>,
+}
+
+/// The generations that may drain while a successor serves, its parent included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Draining {
+    /// Their pids (`DRAINING_PIDS`): the successor tells which are still alive.
+    Known(Vec<i32>),
+    /// Only how many (`DRAINING` alone, from an older grestart): an upper bound.
+    Counted(u32),
+}
+
+impl Default for Draining {
+    fn default() -> Draining {
+        Draining::Counted(0)
+    }
+}
+
+impl Draining {
+    /// How many: `DRAINING`, which every grestart reads.
+    pub fn count(&self) -> u32 {
+        match self {
+            Draining::Known(pids) => pids.len() as u32,
+            Draining::Counted(count) => *count,
+        }
+    }
 }
 
 /// Reads the protocol variables through `var`; `is_socket` says whether an fd is
@@ -172,8 +203,16 @@ pub fn parse(
     }
     if let Some(v) = var(DRAINING) {
         match parse_number(&v) {
-            Some(n) if n <= u64::from(u32::MAX) => heritage.draining = n as u32,
+            Some(n) if n <= u64::from(u32::MAX) => heritage.draining = Draining::Counted(n as u32),
             _ => problems.push(format!("{DRAINING}={v:.20} is not a number of generations")),
+        }
+    }
+    if let Some(v) = var(DRAINING_PIDS) {
+        match parse_pids(&v) {
+            Some(pids) => heritage.draining = Draining::Known(pids),
+            None => problems.push(format!(
+                "{DRAINING_PIDS}={v:.40} is not a list of at most {GR_MAX_DRAINING} process ids"
+            )),
         }
     }
     if let Some(v) = var(IGNORED) {
@@ -221,6 +260,19 @@ fn names_for(list: Option<String>, count: usize, problems: &mut Vec<String>) -> 
         .collect()
 }
 
+/// Comma-separated process ids, at most `GR_MAX_DRAINING` of them: a parent
+/// never lists more (it refuses the restart first), so a longer list is
+/// garbage, and each pid costs the heir a pidfd.
+fn parse_pids(list: &str) -> Option<Vec<i32>> {
+    let pids = (list.split(','))
+        .map(|pid| match parse_number(pid)? {
+            pid @ 1.. if pid <= i32::MAX as u64 => Some(pid as i32),
+            _ => None,
+        })
+        .collect::<Option<Vec<i32>>>()?;
+    (pids.len() <= GR_MAX_DRAINING as usize).then_some(pids)
+}
+
 /// A plain decimal number: no sign, no spaces, no overflow.
 fn parse_number(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -233,8 +285,8 @@ fn parse_number(s: &str) -> Option<u64> {
 ///
 /// Starts from `current`, drops every protocol variable in it, and describes
 /// `names.len()` listeners at fds 3.., the readiness channel right after them,
-/// the next generation, the restart signal `signo` and the `predecessor`'s pid
-/// (ours).
+/// the next generation, the restart signal `signo`, the `predecessor`'s pid
+/// (ours), and the generations that may drain while it serves.
 pub fn successor_env(
     current: impl IntoIterator<Item = (OsString, OsString)>,
     names: &[&str],
@@ -242,7 +294,7 @@ pub fn successor_env(
     signo: i32,
     predecessor: u32,
     ignored: u64,
-    draining: u32,
+    draining: &Draining,
 ) -> Vec<CString> {
     let mut env: Vec<CString> = current
         .into_iter()
@@ -263,8 +315,16 @@ pub fn successor_env(
         format!("{RESTART_SIGNAL}={signo}"),
         format!("{PREDECESSOR}={predecessor}"),
         format!("{IGNORED}={ignored:x}"),
-        format!("{DRAINING}={draining}"),
-    ] {
+        format!("{DRAINING}={}", draining.count()),
+    ]
+    .into_iter()
+    .chain(match draining {
+        Draining::Known(pids) => {
+            let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+            Some(format!("{DRAINING_PIDS}={}", pids.join(",")))
+        }
+        Draining::Counted(_) => None,
+    }) {
         env.push(CString::new(entry).expect("protocol entries hold no NUL"));
     }
     env

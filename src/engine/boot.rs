@@ -9,7 +9,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use super::{Engine, Fork, Parts, Work, watcher};
 use crate::control::Control;
 use crate::error::with_context;
-use crate::link::Predecessor;
+use crate::link::{Older, Predecessor};
 use crate::log::{debug, info, warning};
 use crate::origin;
 use crate::protocol;
@@ -77,6 +77,7 @@ impl Engine {
             .predecessor
             .unwrap_or_else(|| nix::unistd::getppid().as_raw());
         let predecessor = (heritage.ready_fd.map(adopt)).map(|fd| Predecessor::new(fd, parent_pid));
+        let older = Older::open(heritage.draining, predecessor.as_ref().map(|p| p.pid));
         let notify_socket = std::env::var_os("NOTIFY_SOCKET");
         let watch = stub::watched(notify_socket.as_ref())
             .then(Watch::start)
@@ -94,7 +95,7 @@ impl Engine {
                 notify_socket,
                 watch,
                 ignoring: heritage.ignored.unwrap_or_else(signal::started_ignoring),
-                older_draining: heritage.draining,
+                older,
                 launch: Box::new(Fork),
             },
             shutdown_event,

@@ -56,7 +56,7 @@ use once_cell::sync::OnceCell;
 use crate::address::Address;
 use crate::error::fail;
 use crate::handover::{Adoption, Heir};
-use crate::link::Predecessor;
+use crate::link::{Older, Predecessor};
 use crate::log::{self, info, warning};
 use crate::notify;
 use crate::origin::Origin;
@@ -128,8 +128,8 @@ pub(crate) struct Engine {
     /// The signals the first generation was started with ignored: every
     /// successor starts so (SIGPIPE under systemd's `IgnoreSIGPIPE=yes`).
     ignoring: u64,
-    /// How many older generations were (at most) draining when we started.
-    older_draining: u32,
+    /// The generations before our predecessor that still drained when we started.
+    older: Older,
 }
 
 static ENGINE: OnceCell<Engine> = OnceCell::new();
@@ -205,7 +205,7 @@ struct Parts {
     watch: Option<Watch>,
     /// The signals the first generation was started with ignored.
     ignoring: u64,
-    older_draining: u32,
+    older: Older,
     launch: Box<dyn Launch>,
 }
 
@@ -239,7 +239,7 @@ impl Engine {
             adoption: OnceCell::new(),
             watch: parts.watch,
             ignoring: parts.ignoring,
-            older_draining: parts.older_draining,
+            older: parts.older,
         }
     }
 

@@ -9,6 +9,7 @@ use std::thread;
 use super::{Engine, Phase, State};
 use crate::error::fail;
 use crate::log::{error, info, warning};
+use crate::protocol::Draining;
 
 pub(crate) use crate::limits::GR_MAX_DRAINING as MAX_DRAINING;
 
@@ -22,7 +23,8 @@ pub(crate) enum Refusal {
     Draining,
     /// Another restart is running: its outcome is the answer.
     AlreadyRestarting,
-    /// `older` generations may still drain, and at most [`MAX_DRAINING`] do.
+    /// `older` generations still drain (or may, when only counted), and at
+    /// most [`MAX_DRAINING`] do.
     TooManyDraining { older: u32 },
 }
 
@@ -46,7 +48,7 @@ impl From<Refusal> for io::Error {
             Refusal::Draining => "this process is draining; its successor serves".into(),
             Refusal::AlreadyRestarting => "a restart is already in progress".into(),
             Refusal::TooManyDraining { older } => format!(
-                "{older} older generations may still be draining, and at most {MAX_DRAINING} \
+                "{older} older generations are still draining, and at most {MAX_DRAINING} \
                  drain at once; try again when one has exited"
             ),
         };
@@ -130,10 +132,9 @@ impl Engine {
     }
 
     /// Refuses a restart that would make two hand-overs overlap, or more than
-    /// [`MAX_DRAINING`] generations drain at once; otherwise says how many
-    /// older generations (this one included) may drain once the successor
-    /// serves.
-    pub(super) fn check_may_restart(&self, state: &mut State) -> Result<u32, Refusal> {
+    /// [`MAX_DRAINING`] generations drain at once; otherwise says which older
+    /// generations (this one included) may drain once the successor serves.
+    pub(super) fn check_may_restart(&self, state: &mut State) -> Result<Draining, Refusal> {
         match state.phase {
             Phase::Starting => return Err(Refusal::NotReady),
             Phase::Draining => return Err(Refusal::Draining),
@@ -141,15 +142,19 @@ impl Engine {
         }
         // Older generations still draining (a long-lived connection, a slow
         // client, two deploys a second apart) do not hold up a restart: they
-        // drain beside us. What we know of them is an upper bound: the count
-        // we were started with, while our predecessor lives.
-        let older = match &state.predecessor {
-            Some(predecessor) if !predecessor.has_exited() => self.older_draining,
-            _ => 0,
-        };
-        if older + 1 > MAX_DRAINING {
-            return Err(Refusal::TooManyDraining { older });
+        // drain beside us, up to the cap.
+        let older = self.older.draining(state.predecessor.as_ref());
+        if older.count() + 1 > MAX_DRAINING {
+            return Err(Refusal::TooManyDraining {
+                older: older.count(),
+            });
         }
-        Ok(older + 1)
+        Ok(match older {
+            Draining::Known(mut pids) => {
+                pids.push(std::process::id() as i32);
+                Draining::Known(pids)
+            }
+            Draining::Counted(count) => Draining::Counted(count + 1),
+        })
     }
 }

@@ -119,12 +119,12 @@ struct Plan {
 
 impl Engine {
     /// Starts a successor and, once it is ready, begins to drain; the pid that
-    /// serves now. `draining`: how many older generations (we included) may
+    /// serves now. `draining`: the older generations (we included) that may
     /// drain while it serves. The ready timeout bounds it all, the successor's
     /// exec included; a stop (the shutdown fd, the stop signal) ends it.
     pub(super) fn start_successor(
         &'static self,
-        draining: u32,
+        draining: protocol::Draining,
         ready: impl FnOnce(i32),
     ) -> io::Result<i32> {
         let started = Instant::now();
@@ -148,7 +148,7 @@ impl Engine {
             restart_signal,
             std::process::id(),
             self.ignoring,
-            draining,
+            &draining,
         );
         env.extend(self.watch.as_ref().map(Watch::notify_entry));
         self.notify(&format!(

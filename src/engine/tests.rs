@@ -20,6 +20,8 @@ use super::successor::{Command, Started};
 use super::*;
 use crate::error::{errno_of, fail};
 use crate::exec_watch::ExecWatch;
+use crate::link::Older;
+use crate::protocol::Draining;
 use crate::spawn::NotReady;
 
 /// What a fake successor does once started.
@@ -167,7 +169,7 @@ impl Started for FakeSuccessor {
 
 /// An engine of its own (leaked: the lifecycle takes `&'static self`),
 /// whose successors are `fake`'s.
-fn engine_of(fake: &Arc<Fake>, predecessor: Option<Predecessor>, older: u32) -> &'static Engine {
+fn engine_of(fake: &Arc<Fake>, predecessor: Option<Predecessor>, older: Older) -> &'static Engine {
     let origin = Origin {
         exe: CString::new("/srv/app/current/server").unwrap(),
         argv: vec![CString::new("server").unwrap()],
@@ -180,7 +182,7 @@ fn engine_from(
     origin: Result<Origin, String>,
     launch: Box<dyn Launch>,
     predecessor: Option<Predecessor>,
-    older_draining: u32,
+    older: Older,
 ) -> &'static Engine {
     let parts = Parts {
         generation: 1,
@@ -190,7 +192,7 @@ fn engine_from(
         notify_socket: None,
         watch: None,
         ignoring: 0,
-        older_draining,
+        older,
         launch,
     };
     let event = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).unwrap();
@@ -200,7 +202,7 @@ fn engine_from(
 /// A serving engine whose successors do what `then` says.
 fn serving(then: Then) -> (Arc<Fake>, &'static Engine) {
     let fake = Fake::new(then);
-    let engine = engine_of(&fake, None, 0);
+    let engine = engine_of(&fake, None, Older::Counted(0));
     engine.ready().unwrap();
     (fake, engine)
 }
@@ -221,6 +223,7 @@ fn a_ready_successor_takes_over_and_this_process_drains() {
     assert!(draining(engine));
     assert_eq!(fake.env(0, "GRESTART_GENERATION"), "2");
     assert_eq!(fake.env(0, "GRESTART_DRAINING"), "1");
+    assert_eq!(fake.env(0, "GRESTART_DRAINING_PIDS"), joined(&[me()]));
     assert_eq!(fake.env(0, "LISTEN_FDS"), "0");
     assert!(engine.heir_lock().is_some());
     // The successor serves: a second restart is its to make.
@@ -287,7 +290,7 @@ fn a_restart_waits_for_ready_and_is_refused_while_draining() {
         Err("a unit test".into()),
         Box::new(Fake::new(Then::Ready)),
         None,
-        0,
+        Older::Counted(0),
     );
     assert_eq!(errno(engine.restart()), libc::EAGAIN);
     engine.ready().unwrap();
@@ -301,30 +304,144 @@ fn a_restart_waits_for_ready_and_is_refused_while_draining() {
     assert_eq!(errno(engine.ready()), libc::ESHUTDOWN);
 }
 
+/// This test process's pid: a generation that is alive.
+fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// The pid a test's predecessor stands for (not our parent: only its link
+/// says whether it lives).
+const PREDECESSOR: i32 = 1;
+
+/// A predecessor that drains until the returned end is dropped.
+fn predecessor() -> (Predecessor, UnixStream) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    (Predecessor::new(ours.into(), PREDECESSOR), theirs)
+}
+
+/// Older generations as a predecessor lists them: `pids`, then its own.
+fn listed(pids: impl IntoIterator<Item = i32>) -> Older {
+    let pids = pids.into_iter().chain([PREDECESSOR]).collect();
+    Older::open(Draining::Known(pids), Some(PREDECESSOR))
+}
+
+/// `GRESTART_DRAINING_PIDS` for `pids`.
+fn joined(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[test]
 fn a_restart_while_older_generations_drain_goes_ahead_up_to_the_cap() {
     let fake = Fake::new(Then::Ready);
-    let (ours, _theirs) = UnixStream::pair().unwrap();
-    let engine = engine_of(&fake, Some(Predecessor::new(ours.into(), 1)), 1);
+    let (link, _drains) = predecessor();
+    let engine = engine_of(&fake, Some(link), listed([me()]));
     engine.ready().unwrap(); // tells the predecessor
-    // The predecessor drains beside us and the successor.
+    // The older generations drain beside us and the successor.
     assert_eq!(engine.restart().unwrap(), 1001);
-    assert_eq!(fake.env(0, "GRESTART_DRAINING"), "2");
+    assert_eq!(fake.env(0, "GRESTART_DRAINING"), "3");
+    let passed = joined(&[me(), PREDECESSOR, me()]);
+    assert_eq!(fake.env(0, "GRESTART_DRAINING_PIDS"), passed);
 
     let fake = Fake::new(Then::Ready);
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    let full = engine_of(&fake, Some(Predecessor::new(ours.into(), 1)), MAX_DRAINING);
+    let (link, drains) = predecessor();
+    let older = listed(vec![me(); MAX_DRAINING as usize - 1]);
+    let full = engine_of(&fake, Some(link), older);
     full.ready().unwrap();
     let refused = full.restart().expect_err("refused at the cap");
     assert_eq!(errno_of(&refused), libc::EBUSY);
+    let why = refused.to_string();
     assert!(
-        refused.to_string().contains("at most 8 drain at once"),
-        "{refused}"
+        why.contains("8 older generations are still draining, and at most 8"),
+        "{why}"
     );
     assert!(fake.started.lock().unwrap().is_empty());
-    drop(theirs); // the predecessor exited, and all it counted for
+    drop(drains); // the predecessor exited: we make the eighth
     assert_eq!(full.restart().unwrap(), 1001);
+    assert_eq!(fake.env(0, "GRESTART_DRAINING"), "8");
+}
+
+#[test]
+fn behind_an_older_grestart_the_count_holds_while_the_predecessor_lives() {
+    let fake = Fake::new(Then::Ready);
+    let (link, drains) = predecessor();
+    let full = engine_of(&fake, Some(link), Older::Counted(MAX_DRAINING));
+    full.ready().unwrap();
+    assert_eq!(errno(full.restart()), libc::EBUSY);
+    drop(drains); // the predecessor exited, and all it counted for
+    assert_eq!(full.restart().unwrap(), 1001);
+    // From here on the successors know them by pid.
     assert_eq!(fake.env(0, "GRESTART_DRAINING"), "1");
+    assert_eq!(fake.env(0, "GRESTART_DRAINING_PIDS"), joined(&[me()]));
+}
+
+/// Processes of this test's own, killed and reaped when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Children {
+    fn sleeping(n: usize) -> Children {
+        let sleep = |_| {
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap()
+        };
+        Children((0..n).map(sleep).collect())
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.0.iter().map(|child| child.id() as i32).collect()
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Quick deploys: each generation restarts while its predecessor still
+/// drains, so a count passed down the chain only grew. The older ones that
+/// exited, before we started or while we serve, no longer count.
+#[test]
+fn a_chain_whose_older_generations_exited_is_not_refused() {
+    let first = Children::sleeping(1);
+    let gone = first.pids();
+    drop(first);
+    let draining = Children::sleeping(6);
+    let fake = Fake::new(Then::Ready);
+    let (link, _drains) = predecessor();
+    let engine = engine_of(&fake, Some(link), listed([gone, draining.pids()].concat()));
+    engine.ready().unwrap();
+    // Eight listed; six of them, the predecessor and us make the cap.
+    assert_eq!(engine.restart().unwrap(), 1001);
+    let passed = [draining.pids(), vec![PREDECESSOR, me()]].concat();
+    assert_eq!(fake.env(0, "GRESTART_DRAINING_PIDS"), joined(&passed));
+
+    let (oldest, others) = (Children::sleeping(1), Children::sleeping(6));
+    let fake = Fake::new(Then::Ready);
+    let (link, _drains) = predecessor();
+    let engine = engine_of(
+        &fake,
+        Some(link),
+        listed([oldest.pids(), others.pids()].concat()),
+    );
+    engine.ready().unwrap();
+    assert_eq!(
+        errno(engine.restart()),
+        libc::EBUSY,
+        "seven and the predecessor"
+    );
+    drop(others); // they finish draining while we serve
+    assert_eq!(engine.restart().unwrap(), 1001);
+    assert_eq!(fake.env(0, "GRESTART_DRAINING"), "3");
+    let passed = [oldest.pids(), vec![PREDECESSOR, me()]].concat();
+    assert_eq!(fake.env(0, "GRESTART_DRAINING_PIDS"), joined(&passed));
 }
 
 #[test]

@@ -182,9 +182,12 @@ fn successor_env_replaces_protocol_variables() {
         ("LISTEN_FDS", "9"),
         ("GRESTART_GENERATION", "3"),
         ("LISTEN_PID", "1"),
+        // Replaced as every variable an heir removes (`VARIABLES`).
+        ("GRESTART_DRAINING_PIDS", "12,13"),
     ]
     .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-    let env = successor_env(current, &["http", "admin"], 3, 12, 40, 0x1000, 2);
+    let draining = Draining::Known(vec![38, 40]);
+    let env = successor_env(current, &["http", "admin"], 3, 12, 40, 0x1000, &draining);
     let env: Vec<&str> = env.iter().map(|e| e.to_str().unwrap()).collect();
     assert_eq!(
         env,
@@ -197,8 +200,51 @@ fn successor_env_replaces_protocol_variables() {
             "GRESTART_SIGNAL=12",
             "GRESTART_PREDECESSOR_PID=40",
             "GRESTART_IGNORED=1000",
-            "GRESTART_DRAINING=2"
+            "GRESTART_DRAINING=2",
+            "GRESTART_DRAINING_PIDS=38,40"
         ]
+    );
+    // Behind an older grestart only the count is known, and passed on.
+    let env = successor_env([], &[], 3, 12, 40, 0, &Draining::Counted(5));
+    let last = env.last().unwrap().to_str().unwrap();
+    assert_eq!(last, "GRESTART_DRAINING=5");
+}
+
+#[test]
+fn the_draining_generations_are_read_by_pid() {
+    let read = |vars: &[(&str, &str)]| {
+        let vars = [&[("LISTEN_PID", "7")], vars].concat();
+        parse_with(&vars, 7, 2)
+    };
+    let h = read(&[
+        ("GRESTART_DRAINING", "3"),
+        ("GRESTART_DRAINING_PIDS", "5,2147483647,6"),
+    ]);
+    assert_eq!(h.draining, Draining::Known(vec![5, i32::MAX, 6]));
+    assert!(h.problems.is_empty(), "{:?}", h.problems);
+    // From an older grestart: the count alone.
+    assert_eq!(
+        read(&[("GRESTART_DRAINING", "3")]).draining,
+        Draining::Counted(3)
+    );
+    let nine = ["9"; GR_MAX_DRAINING as usize + 1].join(",");
+    for garbage in ["", ",", "5,", "0", "-5", "5;6", " 5", "2147483648", &nine] {
+        let h = read(&[
+            ("GRESTART_DRAINING", "2"),
+            ("GRESTART_DRAINING_PIDS", garbage),
+        ]);
+        // Ignored, for the count: never fewer than the parent said.
+        assert_eq!(h.draining, Draining::Counted(2), "{garbage:?}");
+        assert!(
+            h.problems[0].contains("not a list of at most 8 process ids"),
+            "{garbage:?}: {:?}",
+            h.problems
+        );
+    }
+    let eight = ["9"; GR_MAX_DRAINING as usize].join(",");
+    assert_eq!(
+        read(&[("GRESTART_DRAINING_PIDS", &eight)]).draining.count(),
+        8
     );
 }
 
@@ -249,6 +295,7 @@ fn random_environments_never_yield_a_wrong_fd() {
         "\u{7f}",
         "é",
         "4294967338",
+        "7,7,7,7,7,7,7,7,7",
     ];
     let keys = [
         LISTEN_PID,
@@ -257,6 +304,8 @@ fn random_environments_never_yield_a_wrong_fd() {
         READY_FD,
         GENERATION,
         PREDECESSOR,
+        DRAINING,
+        DRAINING_PIDS,
     ];
     for _ in 0..20_000 {
         let mut vars: Vec<(&str, String)> = Vec::new();
@@ -267,7 +316,7 @@ fn random_environments_never_yield_a_wrong_fd() {
             let mut value = String::new();
             for k in 0..next(3) + 1 {
                 if k > 0 && next(2) == 0 {
-                    value.push(':');
+                    value.push([':', ','][next(2)]);
                 }
                 value.push_str(pieces[next(pieces.len())]);
             }
@@ -290,5 +339,10 @@ fn random_environments_never_yield_a_wrong_fd() {
         }
         assert!(h.generation >= 1);
         assert!(h.predecessor.is_none_or(|pid| pid > 0), "{vars:?}");
+        if let Draining::Known(pids) = &h.draining {
+            // Each one a pidfd in the heir: bounded, and real pids only.
+            assert!(pids.len() <= GR_MAX_DRAINING as usize, "{vars:?}");
+            assert!(pids.iter().all(|&pid| pid > 0), "{vars:?}");
+        }
     }
 }
