@@ -147,8 +147,18 @@ fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
         let sent = Instant::now();
         let answer = testkit::request(&mut stream, &mut reader, false)
             .unwrap_or_else(|e| panic!("{name}: the idle client's request: {e}"));
-        // Well within the grace: nothing is left to wait for.
-        server.wait_gone(&leaving, IDLE_GRACE / 2);
+        // Sent before the old generation heard that its successor is ready
+        // (the successor answers a moment before), the request is answered as
+        // any other and the connection kept: an example that does not hand
+        // over then closes it at the end of its grace. Otherwise nothing is
+        // left to wait for: the old generation is gone well within the grace.
+        let kept_by_the_old = !example.hands_over && answer.pid == leaving.pid && !answer.closes;
+        let bound = if kept_by_the_old {
+            IDLE_GRACE + Duration::from_secs(2)
+        } else {
+            IDLE_GRACE / 2
+        };
+        server.wait_gone(&leaving, bound);
         let by = if answer.pid == leaving.pid {
             "old generation"
         } else {
@@ -178,7 +188,9 @@ fn a_request_on_an_idle_connection_during_the_hand_over_is_answered() {
                 answer.pid, leaving.pid,
                 "{name}: answered by the old generation"
             );
-            assert!(answer.closes, "{name}: with Connection: close");
+            if !kept_by_the_old {
+                assert!(answer.closes, "{name}: with Connection: close");
+            }
             assert!(
                 reader.read(&mut [0; 1]).expect("an orderly close") == 0,
                 "{name}: the connection ends with a FIN"
