@@ -1,6 +1,6 @@
 //! Restarts while older generations still drain: two deploys a second apart,
 //! a client that holds a connection for minutes. A restart is never refused
-//! for that alone (up to the cap, see `MAX_DRAINING` in `src/engine.rs`);
+//! for that alone (up to the cap, see `GR_MAX_DRAINING` in `src/limits.rs`);
 //! every restart makes a new generation, nothing fails, and every old
 //! generation still finishes what it accepted and exits.
 
