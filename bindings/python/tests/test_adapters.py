@@ -95,6 +95,8 @@ async def main():
     shutdown = threading.Thread(target=lambda: (grestart.shutdown(), shutdown_returned.append(time.monotonic())))
     shutdown.start()
     await asyncio.wait_for(grestart.shutdown_requested(), 10)
+    # Still open, so still draining, however long this takes to be true.
+    seen["drain waits for the open connection"] = not (await asyncio.wait([serving], timeout=0.3))[0]
     closed = time.monotonic()
     writer.close()
     await asyncio.wait_for(serving, 10)  # not the 60 s grace
@@ -139,6 +141,7 @@ def test_the_adapters_connections_are_work_in_flight_and_the_last_close_ends_the
     seen = json.loads(result.stdout.splitlines()[-1])
     assert seen["idle before"] is True, seen
     assert seen["idle while open"] is False, f"the core does not count the connection: {seen}"
+    assert seen["drain waits for the open connection"] is True, seen
     assert seen["shutdown waited for the close"] is True, seen
     # Correctness, not speed: the 60 s grace did not end it (uvicorn's own
     # shutdown adds its 0.1 s ticks).
