@@ -36,7 +36,7 @@ import asyncio
 import math
 import socket
 import weakref
-from typing import Any, AsyncIterator, Optional, Set
+from typing import Any, AsyncIterator, Optional
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
