@@ -19,15 +19,15 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::sync::Notify;
 
 use crate::error::{fail, with_context};
 use crate::{Work, work};
@@ -46,35 +46,48 @@ pub async fn shutdown_requested() -> io::Result<()> {
     Ok(())
 }
 
-/// Resolves once this process drains and then either every connection of an
-/// [`Incoming`] was dropped, or `grace` passed: the moment to close the
-/// connections that stayed idle (the adapters' default grace is
+/// Resolves once this process drains and then either no work is in flight
+/// in it (every [`Connection`] of an [`Incoming`] dropped, and every other
+/// [`Work`](crate::Work): `grestart::work`, `adopt_counted`), or `grace`
+/// passed: the moment to close the connections that stayed idle (the
+/// adapters' default grace is
 /// [`DEFAULT_IDLE_GRACE`](crate::limits::DEFAULT_IDLE_GRACE)). Give it to the
-/// framework's graceful shutdown (axum's `with_graceful_shutdown`). An error of the shutdown fd (grestart
-/// unusable in this process) resolves it at once.
+/// framework's graceful shutdown (axum's `with_graceful_shutdown`). An error
+/// of the shutdown fd (grestart unusable in this process) resolves it at
+/// once; without the idle fd (a forked worker) it waits the whole grace.
 pub async fn drained(grace: Duration) {
     if shutdown_requested().await.is_err() {
         return;
     }
-    let _ = tokio::time::timeout(grace, no_connection_left()).await;
+    let _ = tokio::time::timeout(grace, async {
+        if no_work_in_flight().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await;
 }
 
-/// Connections handed out by every [`Incoming`] and not dropped yet.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// Woken whenever a connection is dropped.
-static CLOSED: Notify = Notify::const_new();
-
-async fn no_connection_left() {
+/// Resolves once no work is in flight in this process: the core's idle fd,
+/// readable exactly then, is the one count of it.
+async fn no_work_in_flight() -> io::Result<()> {
+    // A duplicate of our own: the reactor takes an fd once.
+    let fd = crate::idle_fd()?.try_clone_to_owned()?;
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+    // descriptor until the AsyncFd is dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
     loop {
-        let closed = CLOSED.notified();
-        tokio::pin!(closed);
-        // Registered before the check, so a drop in between still wakes us.
-        closed.as_mut().enable();
-        if OPEN.load(Ordering::SeqCst) == 0 {
-            return;
+        let mut ready = fd.readable().await?;
+        // The readiness tokio saw may be stale: work may have begun since.
+        if readable_now(fd.get_ref().as_fd())? {
+            return Ok(());
         }
-        closed.await;
+        ready.clear_ready();
     }
+}
+
+fn readable_now(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    Ok(poll(&mut fds, PollTimeout::ZERO)? == 1)
 }
 
 fn in_runtime(what: &str) -> io::Result<()> {
@@ -223,7 +236,6 @@ pub struct Connection<S> {
 
 impl<S> Connection<S> {
     fn new(stream: S, work: Work) -> Connection<S> {
-        OPEN.fetch_add(1, Ordering::SeqCst);
         Connection {
             stream,
             _work: work,
@@ -233,13 +245,6 @@ impl<S> Connection<S> {
     /// The stream inside.
     pub fn get_ref(&self) -> &S {
         &self.stream
-    }
-}
-
-impl<S> Drop for Connection<S> {
-    fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
-        CLOSED.notify_waiters();
     }
 }
 
@@ -348,5 +353,28 @@ mod tests {
         assert!(err.to_string().contains("tokio runtime"), "{err}");
         let err = listen_unix("/nonexistent/socket").unwrap_err();
         assert_eq!(crate::errno_of(&err), libc::EINVAL);
+    }
+
+    /// The drain's wait is the core's count: it sees every `Work`, not only
+    /// the connections of an `Incoming`, and ends when the last one does.
+    #[test]
+    fn the_wait_for_no_work_follows_every_work_in_flight() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let work = crate::work().unwrap();
+            let waiting = tokio::spawn(no_work_in_flight());
+            // Correctness, not speed: still waiting, however slow the machine.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiting.is_finished(), "resolved with work in flight");
+            drop(work);
+            let resolved = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+            assert!(
+                matches!(resolved, Ok(Ok(Ok(())))),
+                "resolves once the last work ended: {resolved:?}"
+            );
+        });
     }
 }

@@ -36,13 +36,13 @@ import asyncio
 import math
 import socket
 import weakref
-from typing import Any, AsyncIterator, Optional, Set
+from typing import Any, AsyncIterator, Optional
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 import grestart
 
-from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import CountedConnections, Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run_app", "websocket_messages", "DEFAULT_WEBSOCKET_WINDOW"]
 
@@ -100,15 +100,17 @@ class _Framing:
 
 class _Tracked(asyncio.Protocol):
     """aiohttp's handler for one connection, watched so that the drain knows
-    when it is idle: waiting for its next request, no byte of one read.
+    when it is idle: waiting for its next request, no byte of one read. The
+    connection counts as work in flight in the core while it is open.
 
     It reads three attributes of aiohttp's RequestHandler (``_waiter``,
     ``_messages``, ``_request_count``); without them (another aiohttp) no
     connection counts as idle and the drain closes as without hand-over."""
 
-    def __init__(self, handler: Any, tracked: Set["_Tracked"]) -> None:
+    def __init__(self, handler: Any, tracked: CountedConnections, drain: "_Drain") -> None:
         self.handler = handler
         self.tracked = tracked
+        self.drain = drain
         self.transport: Optional[asyncio.Transport] = None
         # The bytes received since the end of the last whole request: aiohttp's
         # parser (llhttp, whose state Python cannot see) holds them, and a
@@ -119,10 +121,13 @@ class _Tracked(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.tracked.add(self)
         self.handler.connection_made(transport)
+        self.drain.soon(self)  # made while draining: idle once aiohttp waits
 
     def data_received(self, data: bytes) -> None:
         self.framing.feed(data)
         self.handler.data_received(data)
+        # The rest of a body aiohttp reads and drops after its answer.
+        self.drain.soon(self)
 
     def eof_received(self) -> Optional[bool]:
         return self.handler.eof_received()
@@ -136,31 +141,62 @@ class _Tracked(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.handler.resume_writing()
+        self.drain.soon(self)  # the answer held back below has gone out
 
     def waiting(self) -> bool:
         waiter = getattr(self.handler, "_waiter", None)
         return waiter is not None and not waiter.done() and not getattr(self.handler, "_messages", True)
 
-    def hand_over(self) -> Optional[bool]:
-        """Hands the connection over if it is idle: True if it did, False if
-        no successor takes connections, None if it is not idle."""
+    def hand_over(self) -> None:
+        """Hands the connection over if it is idle (and the successor takes
+        it); else leaves it, to be tried again at its next event."""
         transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > 0:
+            # An answer still on its way: with no room above zero, the
+            # transport calls resume_writing once it has gone out.
+            transport.set_write_buffer_limits(high=0)
+            return
         if (
-            transport is None
-            or transport.is_closing()
-            or not self.framing.at_boundary()
-            or transport.get_write_buffer_size() > 0  # an answer still on its way
+            not self.framing.at_boundary()
             or getattr(self.handler, "_message_tail", b"")
             or not self.waiting()
+            or not grestart.hand_over(transport.get_extra_info("socket"))
         ):
-            return None
-        if not grestart.hand_over(transport.get_extra_info("socket")):
-            return False
+            return
         # Our copy only: the successor holds the connection. Closing the
         # transport takes it out of the loop at once, so no byte of the
         # client's is read here any more.
         self.handler.force_close()
-        return True
+
+
+class _Drain:
+    """Whether this generation hands its idle connections over now, and the
+    events that make a connection idle: each tries the hand-over on the next
+    turn of the loop, once aiohttp waits for the connection's next request.
+    (No periodic turn: aiohttp has no "idle" event, but a connection turns
+    idle only after one of these: its answer finished, its answer's last
+    bytes written, the rest of a body read, or it was just made.)"""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.handing_over = False
+
+    def soon(self, connection: _Tracked) -> None:
+        if self.handing_over:
+            self.loop.call_soon(connection.hand_over)
+
+    def after_request(self, request: web.BaseRequest) -> None:
+        """Tries the hand-over once the task that answers ``request`` has
+        finished: aiohttp's loop for the connection then waits for its next
+        request."""
+        transport = request.transport
+        task = asyncio.current_task()
+        if transport is not None and task is not None:
+            tracked = transport.get_protocol()
+            if isinstance(tracked, _Tracked):
+                task.add_done_callback(lambda _: self.loop.call_soon(tracked.hand_over))
 
 
 class _WebSockets:
@@ -171,16 +207,21 @@ class _WebSockets:
         self.loop = loop
         self.turns: "dict[asyncio.Future[None], None]" = {}  # the oldest first
         self.closing = False
+        self.none_open = asyncio.Event()
+        self.none_open.set()
 
     def turn(self) -> "asyncio.Future[None]":
         turn = self.loop.create_future()
         if self.closing:
             turn.set_result(None)  # opened while draining: reconnect at once
         self.turns[turn] = None
+        self.none_open.clear()
         return turn
 
     def forget(self, turn: "asyncio.Future[None]") -> None:
         self.turns.pop(turn, None)
+        if not self.turns:
+            self.none_open.set()
 
     def spread(self, window: float) -> None:
         """Gives every open WebSocket its turn, evenly over ``window`` seconds
@@ -266,22 +307,26 @@ async def serve(
     idle_grace = check_grace(idle_grace)
     websocket_window = check_grace(websocket_window, "websocket_window")
     sock: socket.socket = listener(where)
-    handing_over = [True]
+    loop = asyncio.get_running_loop()
+    drain = _Drain(loop)
 
-    async def close_when_draining(_request: web.BaseRequest, response: web.StreamResponse) -> None:
-        if grestart.draining() and not handing_over[0]:
+    async def on_response_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if not grestart.draining():
+            return
+        if grestart.successor_adopts():
+            drain.after_request(request)
+        else:
             # The hook runs once the headers are made: say it, and do it.
             response.headers["Connection"] = "close"
             response.force_close()
 
-    app.on_response_prepare.append(close_when_draining)
+    app.on_response_prepare.append(on_response_prepare)
     runner = web.AppRunner(app, **runner_options)
     await runner.setup()
-    loop = asyncio.get_running_loop()
-    tracked: Set[_Tracked] = set()
+    tracked = CountedConnections()
 
     def protocol() -> _Tracked:
-        return _Tracked(runner.server(), tracked)  # type: ignore[misc]
+        return _Tracked(runner.server(), tracked, drain)  # type: ignore[misc]
 
     def adopt_all() -> None:
         while (adopted := grestart.adopt(0)) is not None:
@@ -296,27 +341,21 @@ async def serve(
         loop.remove_reader(adopt)
         await stop_accepting(sock)
         server.close()  # our copy of the listener; the successor accepts the queue
-        def hand_over_idle() -> None:
-            for connection in list(tracked) if handing_over[0] else ():
-                if connection.hand_over() is False:
-                    handing_over[0] = False  # answer with "Connection: close" from now on
-                    return
-
-        hand_over_idle()  # first the idle connections, then the WebSockets
+        if grestart.successor_adopts():
+            drain.handing_over = True
+            for connection in list(tracked):  # first the idle connections, then the WebSockets
+                connection.hand_over()
         websockets = _websockets_of(loop)
         websockets.spread(websocket_window)
-        aiohttp_server = runner.server
         # Not before the last WebSocket closed: the cleanup makes aiohttp
         # ignore what any connection receives, a client's close frame too.
-        await connections_finished(
-            lambda: len(aiohttp_server.connections) if aiohttp_server else 0,
-            idle_grace,
-            hand_over_idle,
-            hold=lambda: bool(websockets.turns),
-        )
+        await connections_finished(idle_grace, websockets.none_open.wait)
     finally:
         loop.remove_reader(adopt)
-        await runner.cleanup()  # closes what stayed idle, waits for what is in flight
+        try:
+            await runner.cleanup()  # closes what stayed idle, waits for what is in flight
+        finally:
+            tracked.let_go()
 
 
 def run_app(

@@ -26,7 +26,7 @@ import uvicorn
 
 import grestart
 
-from ._drain import Listener, check_grace, connections_finished, listener, stop_accepting
+from ._drain import CountedConnections, Listener, check_grace, connections_finished, listener, stop_accepting
 
 __all__ = ["serve", "run"]
 
@@ -57,6 +57,10 @@ class _Server(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, idle_grace: float) -> None:
         super().__init__(config)
+        # Each protocol adds itself to this set when its connection is made
+        # and discards itself when it is lost (a WebSocket's replaces its
+        # HTTP one): the core counts the connections as work in flight.
+        self.counted = self.server_state.connections = CountedConnections()
         self.sock = sock
         self.idle_grace = idle_grace
         self.drain_task: Optional[asyncio.Task] = None
@@ -74,8 +78,7 @@ class _Server(uvicorn.Server):
         await stop_accepting(self.sock)
         for server in self.servers:
             server.close()  # our copy of the listener; the successor accepts the queue
-        connections = self.server_state.connections
-        await connections_finished(lambda: len(connections), self.idle_grace)
+        await connections_finished(self.idle_grace)
         self.should_exit = True  # uvicorn closes what stayed idle, waits for the rest
 
 
@@ -92,6 +95,7 @@ async def serve(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAU
     finally:
         if server.drain_task is not None:
             server.drain_task.cancel()
+        server.counted.let_go()
 
 
 def run(app: Any, where: Listener, *, idle_grace: float = grestart.DEFAULT_IDLE_GRACE, **config: Any) -> None:

@@ -1,8 +1,10 @@
 """The framework adapters' API: bad input fails clearly, before anything
-listens. Their restarts under load, with idle and just-accepted connections,
-run from the Rust test kit (tests/frameworks.rs) on the example servers."""
+listens; their connections are the core's work in flight. Their restarts
+under load, with idle and just-accepted connections, run from the Rust test
+kit (tests/frameworks.rs) on the example servers."""
 
 import asyncio
+import json
 import socket
 
 import pytest
@@ -11,6 +13,7 @@ import grestart
 import grestart.aiohttp
 import grestart.uvicorn
 from aiohttp import web
+from conftest import run_python
 
 
 async def asgi_app(scope, receive, send) -> None:
@@ -64,3 +67,82 @@ def test_aiohttp_framing_leaves_an_upgraded_connection_alone():
     framing.feed(b"\x81\x85" + bytes(9) + b"GET / HTTP/1.1\r\n\r\n")
     assert not framing.at_boundary(), "WebSocket frames are no HTTP requests: never handed over"
     assert not framing.rest, "nor kept"
+
+
+# An adapter serving one keep-alive connection, then drained (no successor)
+# by grestart.shutdown() from a thread, which waits for that connection as
+# the adapter's drain does: the client's close ends both, long before the
+# idle grace.
+DRAINED_BY_THE_LAST_CLOSE = """
+import asyncio, json, select, socket, threading, time
+import grestart
+{serve}
+
+def idle():
+    poller = select.poll()
+    poller.register(grestart.idle_fd(), select.POLLIN)
+    return bool(poller.poll(0))
+
+async def main():
+    seen = {{"idle before": idle()}}
+    sock = socket.create_server(("127.0.0.1", 0))
+    serving = asyncio.ensure_future(serve(sock, idle_grace=60))
+    reader, writer = await asyncio.open_connection(*sock.getsockname())
+    writer.write(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+    await asyncio.wait_for(reader.readuntil(b"\\r\\n\\r\\n"), 10)  # answered: the adapter has it
+    seen["idle while open"] = idle()
+    shutdown_returned = []
+    shutdown = threading.Thread(target=lambda: (grestart.shutdown(), shutdown_returned.append(time.monotonic())))
+    shutdown.start()
+    await asyncio.wait_for(grestart.shutdown_requested(), 10)
+    # Still open, so still draining, however long this takes to be true.
+    seen["drain waits for the open connection"] = not (await asyncio.wait([serving], timeout=0.3))[0]
+    closed = time.monotonic()
+    writer.close()
+    await asyncio.wait_for(serving, 10)  # not the 60 s grace
+    seen["drained after the close"] = time.monotonic() - closed
+    shutdown.join(10)
+    seen["shutdown waited for the close"] = bool(shutdown_returned) and shutdown_returned[0] > closed
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+AIOHTTP = """
+from aiohttp import web
+import grestart.aiohttp
+
+async def hello(request):
+    return web.Response(text="ok")
+
+app = web.Application()
+app.router.add_get("/", hello)
+
+def serve(sock, idle_grace):
+    return grestart.aiohttp.serve(app, sock, idle_grace=idle_grace)
+"""
+
+UVICORN = """
+import grestart.uvicorn
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+def serve(sock, idle_grace):
+    return grestart.uvicorn.serve(app, sock, idle_grace=idle_grace, lifespan="off", log_level="warning")
+"""
+
+
+@pytest.mark.parametrize("adapter", [AIOHTTP, UVICORN], ids=["aiohttp", "uvicorn"])
+def test_the_adapters_connections_are_work_in_flight_and_the_last_close_ends_the_drain(adapter):
+    result = run_python(DRAINED_BY_THE_LAST_CLOSE.format(serve=adapter))
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["idle before"] is True, seen
+    assert seen["idle while open"] is False, f"the core does not count the connection: {seen}"
+    assert seen["drain waits for the open connection"] is True, seen
+    assert seen["shutdown waited for the close"] is True, seen
+    # Correctness, not speed: the 60 s grace did not end it (uvicorn's own
+    # shutdown adds its 0.1 s ticks).
+    assert seen["drained after the close"] < 5, seen

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import grestart
+from conftest import run_python
 
 
 def test_version_and_generation():
@@ -86,11 +87,6 @@ def test_bad_signals_and_settings():
         grestart.restart()  # not ready yet
     assert e.value.errno == errno.EAGAIN
     assert grestart.wait_shutdown(timeout=0) is False
-
-
-def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=60, **kwargs)
 
 
 def run_as_heir(code: str, restart_signal: int = 0) -> subprocess.CompletedProcess:
