@@ -133,7 +133,7 @@ const char *gr_version(void);
 int gr_register_listener(int fd, const char *name);
 
 /**
- * In an heir, returns the socket fd the previous generation registered as
+ * In a successor, returns the socket fd the previous generation registered as
  * `name`, and registers it again for the next restart.
  *
  * `name` is only read during the call. The returned fd belongs to the caller
@@ -174,7 +174,7 @@ int gr_listen(const char *address, const char *name);
 int gr_on_shutdown(gr_hook_fn hook, void *arg);
 
 /**
- * Says this process is serving. In an heir the previous generation then
+ * Says this process is serving. In a successor the previous generation then
  * starts to drain; under systemd, `MAINPID=` and `READY=1` are sent; the PID
  * file is written; inherited sockets nobody claimed are closed.
  *

@@ -48,7 +48,7 @@ pub async fn shutdown_requested() -> io::Result<()> {
 
 /// Resolves once this process drains and then either no work is in flight
 /// in it (every [`Connection`] of an [`Incoming`] dropped, and every other
-/// [`Work`](crate::Work): `grestart::work`, `adopt_counted`), or `grace`
+/// [`Work`]: `grestart::work`, `adopt_counted`), or `grace`
 /// passed: the moment to close the connections that stayed idle (the
 /// adapters' default grace is
 /// [`DEFAULT_IDLE_GRACE`](crate::limits::DEFAULT_IDLE_GRACE)). Give it to the
