@@ -35,9 +35,25 @@ impl Flaky {
         Server::launch(self.command(env))
     }
 
+    /// The server, started with every signal at its default disposition
+    /// whatever this test inherited (a shell's background job ignores
+    /// `SIGINT` and `SIGQUIT`, and grestart keeps what the first generation
+    /// was started ignoring): the tests set what they start it with.
     fn command(&self, env: &[(&str, &str)]) -> Command {
+        use std::os::unix::process::CommandExt;
         testkit::become_subreaper();
         let mut command = Command::new(&self.binary);
+        // SAFETY: between fork and exec only signal(2), async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                for signo in 1..32 {
+                    if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                        libc::signal(signo, libc::SIG_DFL);
+                    }
+                }
+                Ok(())
+            });
+        }
         command
             .envs(env.iter().copied())
             .env("GR_TEST_MODE_FILE", &self.mode_file)
