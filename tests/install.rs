@@ -98,8 +98,8 @@ fn build_against(prefix: &Path, binary: &Path) {
 fn next_patch_release(dir: &Path) -> (PathBuf, String) {
     let next = dir.join("next");
     let repo = testkit::repo();
-    // What cargo reads of the manifest (its examples and benchmarks) and
-    // what scripts/install builds and installs.
+    // What cargo reads of the manifest (its examples and benchmarks, the
+    // workspace's test kit) and what scripts/install builds and installs.
     for part in [
         "Cargo.lock",
         "build.rs",
@@ -109,6 +109,7 @@ fn next_patch_release(dir: &Path) -> (PathBuf, String) {
         "scripts",
         "examples",
         "benches",
+        "testkit",
     ] {
         let to = next.join(part);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
