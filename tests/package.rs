@@ -56,9 +56,18 @@ fn the_packaged_crate_runs_the_readme_quick_start_offline() {
         );
     }
     // The top-level folders only: `src/engine/tests/` are unit tests of the crate.
-    for foreign in ["tests/", "benches/", "bindings/", "target/", "scripts/", "testkit/"] {
+    for foreign in [
+        "tests/",
+        "benches/",
+        "bindings/",
+        "target/",
+        "scripts/",
+        "testkit/",
+    ] {
         assert!(
-            !listing.lines().any(|l| l.starts_with(&format!("{name}/{foreign}"))),
+            !listing
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}/{foreign}"))),
             "the package holds {foreign}:\n{listing}"
         );
     }
