@@ -7,14 +7,17 @@
 //! (`grestart-control-NS-PID`: two containers sharing the host's network may
 //! both have a PID 1). A client sends `restart\n`; the answer is one line:
 //! `ok PID` (the new generation serves), `error ERRNO MESSAGE` (this process
-//! serves on), or `serving PID` (ask that one: this process hands over to it,
-//! or supervises it). Only a client of our user, or root, is heard.
+//! serves on), `serving PID` (ask that one: this process hands over to it, or
+//! is the stub that supervises it) or `supervised PID` (the launcher: ask that
+//! one, then ask the launcher `probation NEW`, answered `ok NEW` once the new
+//! generation passed its probation or `error` when it was rolled back). Only a
+//! client of our user, or root, is heard.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt};
 
@@ -30,6 +33,9 @@ pub(crate) enum Reply {
     Failed(i32, String),
     /// Ask this pid, which serves.
     Ask(i32),
+    /// Ask this pid, which serves; then ask us how its probation ends
+    /// (`probation PID`): we are its launcher.
+    Supervised(i32),
 }
 
 impl Reply {
@@ -45,6 +51,7 @@ impl Reply {
             Reply::Restarted(pid) => format!("ok {pid}\n"),
             Reply::Failed(errno, why) => format!("error {errno} {}\n", why.replace('\n', " ")),
             Reply::Ask(pid) => format!("serving {pid}\n"),
+            Reply::Supervised(pid) => format!("supervised {pid}\n"),
         }
     }
 
@@ -53,6 +60,7 @@ impl Reply {
         match word {
             "ok" => rest.parse().ok().map(Reply::Restarted),
             "serving" => rest.parse().ok().map(Reply::Ask),
+            "supervised" => rest.parse().ok().map(Reply::Supervised),
             "error" => {
                 let (errno, why) = rest.split_once(' ').unwrap_or((rest, ""));
                 Some(Reply::Failed(errno.parse().ok()?, why.to_string()))
@@ -107,6 +115,17 @@ impl Control {
 /// A client waiting for the outcome of its restart request.
 pub(crate) struct Request {
     stream: UnixStream,
+    pub asked: Asked,
+}
+
+/// What a client asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// `restart`: restart, and answer with the outcome.
+    Restart,
+    /// `probation PID`: answer when that generation's probation ended (a
+    /// supervisor's: `ok PID`, or `error` when it was rolled back).
+    Probation(i32),
 }
 
 impl Request {
@@ -130,12 +149,17 @@ impl Request {
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut line = String::new();
         BufReader::new(&stream).read_line(&mut line)?;
-        if line.trim_end() != "restart" {
+        let asked = match line.trim_end().split_once(' ') {
+            None if line.trim_end() == "restart" => Some(Asked::Restart),
+            Some(("probation", pid)) => pid.parse().ok().map(Asked::Probation),
+            _ => None,
+        };
+        let Some(asked) = asked else {
             let answer = Reply::Failed(libc::EINVAL, format!("unknown request {line:?}"));
             let _ = (&stream).write_all(answer.line().as_bytes());
             return Err(fail(libc::EINVAL, format!("unknown request {line:.40?}")));
-        }
-        Ok(Request { stream })
+        };
+        Ok(Request { stream, asked })
     }
 
     pub(crate) fn answer(self, reply: &Reply) {
@@ -149,42 +173,55 @@ impl Request {
 /// Asks `pid` to restart and waits up to `timeout` for the outcome,
 /// following `serving PID` answers (the launcher, a draining generation).
 pub(crate) fn request_restart(mut pid: i32, timeout: Duration) -> io::Result<Reply> {
+    let deadline = Instant::now() + timeout;
+    let mut supervisor = None;
     for _ in 0..4 {
-        let stream = UnixStream::connect_addr(&address(pid)?).map_err(|e| {
-            with_context(
-                e,
-                format!(
-                    "pid {pid} has no grestart control socket (not a grestart server, or in \
-                     another network namespace)"
-                ),
-            )
-        })?;
-        stream.set_read_timeout(Some(timeout))?;
-        (&stream).write_all(b"restart\n")?;
-        let mut line = String::new();
-        let read = BufReader::new(&stream).read_line(&mut line);
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(fail(
-                    libc::ETIMEDOUT,
-                    format!("no outcome from pid {pid} within {timeout:?}"),
-                ));
+        match ask(pid, "restart", deadline)? {
+            Reply::Supervised(next) => (supervisor, pid) = (Some(pid), next),
+            Reply::Ask(next) if next != pid => pid = next,
+            // The restart is a success once the new generation is past the
+            // probation its supervisor keeps.
+            Reply::Restarted(new) if supervisor.is_some() => {
+                let supervisor = supervisor.expect("checked");
+                return ask(supervisor, &format!("probation {new}"), deadline);
             }
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        match Reply::parse(&line) {
-            Some(Reply::Ask(next)) if next != pid => pid = next,
-            Some(reply) => return Ok(reply),
-            None => {
-                return Err(fail(
-                    libc::EPROTO,
-                    format!("pid {pid} answered {line:.80?}, or nothing (it exited?)"),
-                ));
-            }
+            reply => return Ok(reply),
         }
     }
     Err(fail(libc::ELOOP, "the serving generation kept changing"))
+}
+
+/// Sends `pid` one request line and reads its answer, by `deadline`.
+fn ask(pid: i32, request: &str, deadline: Instant) -> io::Result<Reply> {
+    let stream = UnixStream::connect_addr(&address(pid)?).map_err(|e| {
+        with_context(
+            e,
+            format!(
+                "pid {pid} has no grestart control socket (not a grestart server, or in \
+                 another network namespace)"
+            ),
+        )
+    })?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
+    let mut line = String::new();
+    match BufReader::new(&stream).read_line(&mut line) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return Err(fail(
+                libc::ETIMEDOUT,
+                format!("no outcome from pid {pid} in time"),
+            ));
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    Reply::parse(&line).ok_or_else(|| {
+        fail(
+            libc::EPROTO,
+            format!("pid {pid} answered {line:.80?}, or nothing (it exited?)"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -196,6 +233,7 @@ mod tests {
         for reply in [
             Reply::Restarted(42),
             Reply::Ask(7),
+            Reply::Supervised(8),
             Reply::Failed(libc::ENOENT, "cannot execute /srv/app: No such file".into()),
         ] {
             assert_eq!(Reply::parse(&reply.line()), Some(reply));

@@ -22,7 +22,7 @@ use crate::control::{Reply, request_restart};
 use crate::error::{errno_of, fail};
 use crate::log::{error, info};
 use crate::notify;
-use crate::supervise::{FORWARDED, Restarter, Supervisor};
+use crate::supervise::{FORWARDED, Probe, Recovery, Restarter, Supervisor};
 
 const USAGE: &str = "\
 usage: grestart run [OPTIONS] -- PROGRAM [ARGS...]
@@ -41,6 +41,14 @@ generation that serves, exits with its status once no generation is left.
   --signal SIG             the restart signal (default USR2)
   --forward SIG,SIG...     signals forwarded to the serving generation
                            (default HUP,INT,QUIT,TERM,USR1,USR2)
+  --probation SECONDS      a new generation that dies (or fails the health
+                           check) this soon after it took over is replaced by
+                           the last good release, with the same sockets
+                           (default 10; 0: no probation). A generation that
+                           dies later is replaced the same way, once a window
+  --health-check URL       during the probation, GET http://HOST:PORT/PATH
+                           every 0.2 s; two failures in a row (no 2xx within
+                           1 s) kill the new generation and roll back
 With --listen only:
   --stop-signal SIG        asks the old instance to stop once the new one is
                            ready (default TERM)
@@ -71,6 +79,8 @@ struct Options {
     stop_signal: Signal,
     ready_timeout: Duration,
     ready_delay: Option<Duration>,
+    probation: Duration,
+    health_check: Option<String>,
     program: Vec<OsString>,
 }
 
@@ -137,6 +147,11 @@ fn run(options: Options) -> io::Result<i32> {
         ))
     };
     let standalone = restarter.is_some();
+    let health = options
+        .health_check
+        .as_deref()
+        .map(Probe::parse)
+        .transpose()?;
     let mut supervisor = Supervisor::new(notify::Listener::bind()?, options.forwarded, restarter)?;
     // A program that links grestart is started with its restart signal
     // ignored, until its library handles it: an early signal never kills it.
@@ -145,7 +160,12 @@ fn run(options: Options) -> io::Result<i32> {
     } else {
         crate::signal::bit(options.restart_signal as i32)
     };
-    let pid = supervisor.start(&exe, &argv, ignored, None)?;
+    supervisor.recover_with(
+        Recovery::new(options.probation, health),
+        ignored,
+        options.ready_timeout,
+    );
+    let pid = supervisor.start(&exe, &argv, ignored, None, None)?;
     info!(
         "started {} as pid {pid}{}",
         exe.to_string_lossy(),
@@ -177,7 +197,7 @@ fn restart(args: &[OsString]) -> i32 {
             eprintln!("grestart restart: the restart failed: {why}");
             1
         }
-        Ok(Reply::Ask(pid)) => {
+        Ok(Reply::Ask(pid) | Reply::Supervised(pid)) => {
             eprintln!("grestart restart: no answer, only a referral to pid {pid}");
             1
         }
@@ -269,6 +289,8 @@ fn parse(args: &[OsString]) -> io::Result<Options> {
         stop_signal: Signal::SIGTERM,
         ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
         ready_delay: None,
+        probation: crate::limits::DEFAULT_PROBATION,
+        health_check: None,
         program: Vec::new(),
     };
     let mut rest = args.iter();
@@ -312,6 +334,18 @@ fn parse(args: &[OsString]) -> io::Result<Options> {
             }
             "--ready-timeout" => options.ready_timeout = seconds(flag, &value()?)?,
             "--ready-delay" => options.ready_delay = Some(seconds(flag, &value()?)?),
+            "--probation" => {
+                let value = value()?;
+                options.probation = match value.trim() {
+                    "0" => Duration::ZERO,
+                    text => seconds(flag, text)?,
+                }
+            }
+            "--health-check" => {
+                let url = value()?;
+                Probe::parse(&url)?;
+                options.health_check = Some(url);
+            }
             _ => return Err(usage(format!("unknown option {arg:?}"))),
         }
     }

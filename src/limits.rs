@@ -48,3 +48,12 @@ pub const HAND_OVER_BOUND: Duration = Duration::from_millis(GR_HAND_OVER_BOUND_M
 
 /// [`GR_DEFAULT_IDLE_GRACE_MS`], as `grestart::tokio::drained` takes it.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_millis(GR_DEFAULT_IDLE_GRACE_MS);
+
+/// How long `grestart run` keeps a new generation on probation after it took
+/// over (`--probation`): if it dies or fails its health check within this,
+/// the last good release is started in its place.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(10);
+
+/// The most listeners the launcher keeps for a program that links grestart
+/// (the `$FDSTORE` it is started with).
+pub(crate) const FD_STORE_MAX: usize = 64;

@@ -3,8 +3,8 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSliceMut, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -12,7 +12,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials, recvmsg, sendmsg,
+    setsockopt, sockopt,
 };
 use nix::time::{ClockId, clock_gettime};
 
@@ -22,6 +23,15 @@ use nix::time::{ClockId, clock_gettime};
 /// the abstract namespace. The variable stays in the environment because the
 /// successor needs it too (with `NotifyAccess=all`).
 pub(crate) fn sd_notify(socket: Option<&OsString>, message: &str) -> io::Result<()> {
+    sd_notify_with_fds(socket, message, &[])
+}
+
+/// [`sd_notify`] carrying `fds` (`SCM_RIGHTS`), as `FDSTORE=1` wants them.
+pub(crate) fn sd_notify_with_fds(
+    socket: Option<&OsString>,
+    message: &str,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let Some(socket) = socket else {
         return Ok(());
     };
@@ -41,9 +51,28 @@ pub(crate) fn sd_notify(socket: Option<&OsString>, message: &str) -> io::Result<
     // restart; the message is lost and the caller logs it.
     let sender = UnixDatagram::unbound()?;
     sender.set_nonblocking(true)?;
-    sender.send_to_addr(message.as_bytes(), &address)?;
+    if fds.is_empty() {
+        sender.send_to_addr(message.as_bytes(), &address)?;
+        return Ok(());
+    }
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let to = match bytes[0] {
+        b'@' => UnixAddr::new_abstract(&bytes[1..])?,
+        _ => UnixAddr::new(Path::new(socket))?,
+    };
+    sendmsg(
+        sender.as_raw_fd(),
+        &[IoSlice::new(message.as_bytes())],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        Some(&to),
+    )?;
     Ok(())
 }
+
+/// The most fds one notification may carry (more are closed by the kernel,
+/// `MSG_CTRUNC`): a generation sends one listener a message.
+const MAX_FDS: usize = 16;
 
 /// The receiving end of a notification socket, as systemd holds one: the
 /// programs we start send `READY=1`, `MAINPID=`... to it, and the kernel
@@ -54,11 +83,13 @@ pub(crate) struct Listener {
     pub name: OsString,
 }
 
-/// One datagram: who sent it and its `KEY=VALUE` lines.
+/// One datagram: who sent it, its `KEY=VALUE` lines and the fds it carried
+/// (`FDSTORE=1`).
 pub(crate) struct Message {
     pub pid: i32,
     pub uid: u32,
     pub text: String,
+    pub fds: Vec<OwnedFd>,
 }
 
 impl Message {
@@ -102,8 +133,8 @@ impl Listener {
     pub(crate) fn receive(&self) -> Option<Message> {
         let mut buf = [0u8; 4096];
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!(UnixCredentials);
-        let (bytes, credentials) = {
+        let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS]);
+        let (bytes, credentials, fds) = {
             let received = recvmsg::<()>(
                 self.socket.as_raw_fd(),
                 &mut iov,
@@ -111,11 +142,22 @@ impl Listener {
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
             )
             .ok()?;
-            let credentials = received.cmsgs().ok()?.find_map(|c| match c {
-                ControlMessageOwned::ScmCredentials(c) => Some((c.pid(), c.uid())),
-                _ => None,
-            });
-            (received.bytes, credentials)
+            let (mut credentials, mut fds) = (None, Vec::new());
+            for message in received.cmsgs().ok()? {
+                match message {
+                    ControlMessageOwned::ScmCredentials(c) => {
+                        credentials = Some((c.pid(), c.uid()))
+                    }
+                    // SAFETY: the kernel just installed these fds in this
+                    // process (close-on-exec); nothing else owns them.
+                    ControlMessageOwned::ScmRights(raw) => fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    ),
+                    _ => {}
+                }
+            }
+            (received.bytes, credentials, fds)
         };
         // Without credentials (SO_PASSCRED not yet set when it was queued)
         // nobody can be believed: pid 0 matches no process.
@@ -124,6 +166,7 @@ impl Listener {
             pid,
             uid,
             text: String::from_utf8_lossy(&buf[..bytes]).into_owned(),
+            fds,
         })
     }
 }

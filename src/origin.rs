@@ -10,7 +10,9 @@
 //!   `getcwd()` (the shell keeps the symlinked path there; `getcwd()` gives
 //!   the resolved one, which a deploy may delete after the flip);
 //! * only when `argv[0]` does not lead to the running binary (a program that
-//!   set it to something else) is `/proc/self/exe` used.
+//!   set it to something else) is `/proc/self/exe` used; a release the
+//!   launcher restored from a kept copy (`GRESTART_RESTORED`) runs another
+//!   binary than its `argv[0]` on purpose, and restarts through it.
 //!
 //! All of it is captured by a constructor before `main` (or when the library is
 //! loaded), so an application that changes directory or rewrites its argv
@@ -97,7 +99,12 @@ extern "C" fn capture_at_start(
 fn capture(argv: Vec<Vec<u8>>) -> Result<Origin, String> {
     // When /proc/self/exe cannot be read no candidate matches, and the
     // fallback below says why.
-    let is_running_binary = |candidate: &Path| same_file(candidate, Path::new("/proc/self/exe"));
+    // A kept copy of an older release (the launcher's rollback) runs from an
+    // fd: its argv[0] leads to the release on disk, which its restarts start.
+    let restored = std::env::var_os(crate::protocol::RESTORED).is_some();
+    let is_running_binary = |candidate: &Path| {
+        same_file(candidate, Path::new("/proc/self/exe")) || (restored && candidate.is_file())
+    };
     let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
     let pwd = std::env::var_os("PWD").map(PathBuf::from);
     let start_dir = start_dir(pwd, cwd, same_file);

@@ -39,9 +39,13 @@ pub(crate) const DRAINING: &str = "GRESTART_DRAINING";
 /// only grows along a chain of quick restarts (each generation counts what its
 /// predecessor counted, while that one lives), long after the older ones exited.
 pub(crate) const DRAINING_PIDS: &str = "GRESTART_DRAINING_PIDS";
+/// Set by the launcher when it starts a kept copy of the last good release
+/// (`supervise/recovery.rs`): its `argv[0]` leads to the newer release on
+/// disk, which its own restarts must try again (`origin.rs`).
+pub(crate) const RESTORED: &str = "GRESTART_RESTORED";
 
 /// Every variable this protocol owns; a successor removes them all once read.
-pub(crate) const VARIABLES: [&str; 10] = [
+pub(crate) const VARIABLES: [&str; 11] = [
     LISTEN_FDS,
     LISTEN_PID,
     LISTEN_FDNAMES,
@@ -52,6 +56,7 @@ pub(crate) const VARIABLES: [&str; 10] = [
     IGNORED,
     DRAINING,
     DRAINING_PIDS,
+    RESTORED,
 ];
 
 /// The first passed fd, as in `sd_listen_fds` (`SD_LISTEN_FDS_START`).

@@ -300,3 +300,35 @@ fn a_port_only_socket_unit_reloads_under_load() {
 fn an_address_specific_socket_unit_reloads_under_load() {
     socket_unit_reloads("127.0.0.1:PORT", "127.0.0.1:PORT");
 }
+
+/// `Restart=on-failure` with the fd store: the serving generation (an heir,
+/// which systemd did not start) killed with SIGKILL under load. systemd starts
+/// the service again with the listener grestart left in its store, so no
+/// connection is refused, and it answers within 1 s; the only failed requests
+/// are those the killed generation held.
+#[test]
+fn a_generation_killed_under_systemd_comes_back_on_the_same_socket() {
+    let systemd = boot();
+    let addr = start_app(&systemd);
+    let heir = reload(&systemd, "app.service", addr, answer(addr).generation);
+    let load = Load::start(addr, 2, 2);
+    systemd.run(&["kill", "-KILL", &heir.to_string()]);
+    let killed = Instant::now();
+    let back = loop {
+        let response = answer(addr);
+        if response.pid != heir {
+            break killed.elapsed();
+        }
+    };
+    println!("answered again {} ms after SIGKILL", back.as_millis());
+    let stats = load.finish();
+    println!(
+        "{} requests answered, {} failed (held by the killed generation): {:?}",
+        stats.ok, stats.failed, stats.failures
+    );
+    assert_eq!(stats.refused, 0, "refused: {:?}", stats.failures);
+    assert!(stats.failed <= 4, "{:?}", stats.failures);
+    assert!(back < Duration::from_secs(1), "back within 1 s");
+    assert_eq!(systemd.show("app.service", "NRestarts"), "1");
+    stop(&systemd, "app.service", addr);
+}

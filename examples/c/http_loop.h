@@ -45,6 +45,11 @@
 #ifndef HTTP_LOOP_ON_ADOPT
 #define HTTP_LOOP_ON_ADOPT(fd) ((void)(fd))
 #endif
+/* The status line of an answer, from the request's head (in lower case); a
+ * test server defines it to fail a health check. */
+#ifndef HTTP_LOOP_STATUS
+#define HTTP_LOOP_STATUS(head, served) ((served) ? "200 OK" : "405 Method Not Allowed")
+#endif
 
 struct connection {
     int fd;
@@ -126,7 +131,7 @@ static int handle_requests(struct connection *c, int closing) {
         int n = snprintf(c->out + c->out_len, sizeof c->out - c->out_len,
                          "HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                          "X-Pid: %d\r\n%s%s%sX-Generation: %lld\r\nX-Version: %s\r\nConnection: %s\r\n\r\n%s",
-                         served ? "200 OK" : "405 Method Not Allowed", body_size, reported_pid,
+                         HTTP_LOOP_STATUS(head, served), body_size, reported_pid,
                          worker ? "X-Worker-Pid: " : "", worker ? worker_pid : "", worker ? "\r\n" : "",
                          (long long)gr_generation(), APP_VERSION, c->close_after_write ? "close" : "keep-alive",
                          body);

@@ -93,6 +93,9 @@ impl Engine {
                 inherited,
                 predecessor,
                 notify_socket,
+                // systemd (254 and later) sets it from FileDescriptorStoreMax=,
+                // `grestart run` for its program.
+                fd_store: std::env::var_os("FDSTORE").is_some_and(|n| n != "0"),
                 watch,
                 ignoring: heritage.ignored.unwrap_or_else(signal::started_ignoring),
                 older,

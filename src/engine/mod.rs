@@ -105,6 +105,8 @@ pub(crate) struct Engine {
     /// worker) shares its memory image but is not the generation.
     owner: u32,
     notify_socket: Option<OsString>,
+    /// The service manager keeps our listeners for the next start (`$FDSTORE`).
+    fd_store: bool,
     /// Readable once this process must drain; an event loop polls it. A forked
     /// worker shares it, so it drains with its master.
     shutdown_event: EventFd,
@@ -202,6 +204,7 @@ struct Parts {
     inherited: Vec<(String, OwnedFd)>,
     predecessor: Option<Predecessor>,
     notify_socket: Option<OsString>,
+    fd_store: bool,
     watch: Option<Watch>,
     /// The signals the first generation was started with ignored.
     ignoring: u64,
@@ -216,6 +219,7 @@ impl Engine {
             origin: parts.origin,
             owner: std::process::id(),
             notify_socket: parts.notify_socket,
+            fd_store: parts.fd_store,
             shutdown_event,
             state: Mutex::new(State {
                 phase: Phase::Starting,
@@ -312,6 +316,9 @@ impl Engine {
         // systemd must learn the new main pid before the parent exits, or it
         // would take the parent's exit for the service's.
         self.notify_serving();
+        if self.fd_store {
+            self.store_listeners(&state.registry);
+        }
         let adopting = self.adoption.get().is_some();
         if let Some(Err(e)) = (state.predecessor.as_ref()).map(|p| p.tell_ready(adopting)) {
             warning!("{e}");
@@ -348,6 +355,22 @@ impl Engine {
     /// a failed restart, whose successor may have named itself main pid first.
     fn notify_serving(&self) {
         self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    }
+
+    /// Leaves a copy of each listener in the service manager's fd store
+    /// (`FDSTORE=1`, named as registered): should every generation die, the
+    /// manager starts the next with them (`LISTEN_FDNAMES`), and the
+    /// connections that wait in their queues meanwhile are served. Each
+    /// generation stores them again; the manager keeps one of each socket.
+    fn store_listeners(&self, registry: &Registry) {
+        let (names, fds) = registry.handed_over();
+        for (name, fd) in names.iter().zip(fds) {
+            let message = format!("FDSTORE=1\nFDNAME={name}");
+            let sent = notify::sd_notify_with_fds(self.notify_socket.as_ref(), &message, &[fd]);
+            if let Err(e) = sent {
+                warning!("cannot store the listener {name:?} with the service manager: {e}");
+            }
+        }
     }
 
     fn notify(&self, message: &str) {

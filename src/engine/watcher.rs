@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use super::ENGINE;
-use crate::control::{Control, Reply};
+use crate::control::{Asked, Control, Reply};
 use crate::handover::Heir;
 use crate::log::info;
 use crate::signal;
@@ -15,7 +15,12 @@ use crate::stub::Watch;
 /// came with it. Requests that arrive during a restart get its outcome.
 pub(super) fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
     signal::become_watcher();
-    let requests = || control.as_ref().map(Control::requests).unwrap_or_default();
+    // Only the launcher keeps a probation; a generation is asked to restart.
+    let requests = || {
+        let mut requests = control.as_ref().map(Control::requests).unwrap_or_default();
+        requests.retain(|r| r.asked == Asked::Restart);
+        requests
+    };
     loop {
         let arrived = signal::wait(&pipe, control.as_ref().map(Control::fd));
         let mut waiting = if arrived.control {

@@ -21,6 +21,7 @@
 //! of the program is `start.rs`; the restart of a program that does not link
 //! grestart is `restart.rs`.
 
+mod recovery;
 mod restart;
 mod start;
 
@@ -41,6 +42,7 @@ use crate::error::with_context;
 use crate::log::{debug, error, info, warning};
 use crate::notify::{self, Message};
 
+pub(crate) use recovery::{Probe, Recovery};
 pub(crate) use restart::Restarter;
 
 /// The signals an operator sends a service, forwarded to the serving generation.
@@ -70,6 +72,14 @@ pub(crate) struct Supervisor {
     control: Option<Control>,
     /// Clients waiting for the outcome of the restart under way.
     waiting: Vec<Request>,
+    /// The sockets and the last good release, for `grestart run`
+    /// (`recovery.rs`).
+    recovery: Option<Recovery>,
+    /// The operator asked the service to stop: a generation's end is not a crash.
+    stopping: bool,
+    /// The signals a program we start gets ignored, and how long its exec may take.
+    restart_signal_ignored: u64,
+    ready_timeout: Duration,
 }
 
 impl Supervisor {
@@ -109,7 +119,24 @@ impl Supervisor {
                 .inspect_err(|e| warning!("`grestart restart` cannot reach the supervisor: {e}"))
                 .ok(),
             waiting: Vec::new(),
+            recovery: None,
+            stopping: false,
+            restart_signal_ignored: 0,
+            ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
         })
+    }
+
+    /// Brings the last good release back when the serving generation dies;
+    /// `ignored`: the signals a program we start gets ignored.
+    pub(crate) fn recover_with(
+        &mut self,
+        recovery: Recovery,
+        ignored: u64,
+        ready_timeout: Duration,
+    ) {
+        self.recovery = Some(recovery);
+        self.restart_signal_ignored = ignored;
+        self.ready_timeout = ready_timeout;
     }
 
     /// The signals a supervisor forwarding `forwarded` takes over.
@@ -122,6 +149,7 @@ impl Supervisor {
     /// Follows `pid` as the serving generation.
     pub(crate) fn serve(&mut self, pid: i32) {
         self.serving = Some(pid);
+        self.watch_serving(pid);
     }
 
     /// Runs until no generation is left; returns the exit status to leave with.
@@ -137,7 +165,12 @@ impl Supervisor {
                 return self.ended;
             }
             self.check_pending();
-            let timeout = self.next_deadline().map_or(PollTimeout::NONE, |left| {
+            self.check_probation();
+            let deadline = match (self.next_deadline(), self.probation_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = deadline.map_or(PollTimeout::NONE, |left| {
                 PollTimeout::try_from(left.max(Duration::from_millis(1)))
                     .unwrap_or(PollTimeout::MAX)
             });
@@ -145,15 +178,25 @@ impl Supervisor {
                 PollFd::new(self.notify.socket().as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             ];
-            fds.extend((self.control.as_ref()).map(|c| PollFd::new(c.fd(), PollFlags::POLLIN)));
+            let control = (self.control.as_ref()).map(|c| PollFd::new(c.fd(), PollFlags::POLLIN));
+            let serving = (self.recovery.as_ref().and_then(|r| r.pidfd()))
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+            let (has_control, has_serving) = (control.is_some(), serving.is_some());
+            fds.extend(control);
+            fds.extend(serving);
             if let Err(e) = poll(&mut fds, timeout) {
                 if e != Errno::EINTR {
                     error!("supervisor: poll failed: {e}");
                     return 1;
                 }
             }
-            let requested = fds.get(2).is_some_and(|fd| fd.any() == Some(true));
+            let fired = |fd: Option<&PollFd>| fd.is_some_and(|fd| fd.any() == Some(true));
+            let requested = has_control && fired(fds.get(2));
+            let died = has_serving && fired(fds.last());
             drop(fds);
+            if died {
+                self.on_serving_exit_seen();
+            }
             if requested {
                 let requests = self.control.as_ref().map(Control::requests);
                 for request in requests.unwrap_or_default() {
@@ -204,12 +247,13 @@ impl Supervisor {
             info!("serving generation {pid} exited with status {status}");
             self.serving = None;
             self.ended = status;
+            self.serving_died(pid, Some(status));
         } else {
             debug!("reaped {pid} (status {status})");
         }
     }
 
-    fn on_message(&mut self, message: Message) {
+    fn on_message(&mut self, mut message: Message) {
         let uid = geteuid().as_raw();
         if message.uid != uid && message.uid != 0 {
             warning!(
@@ -227,18 +271,34 @@ impl Supervisor {
                         info!("generation {pid} serves now");
                     }
                     self.serving = Some(pid);
+                    self.watch_serving(pid);
                 }
                 _ => warning!("ignoring MAINPID={main} sent by pid {}", message.pid),
             }
         }
         let ready = message.get("READY") == Some("1");
+        if ready && self.serving == Some(message.pid) {
+            self.ready_seen(message.pid);
+        }
         let pending = self.restarter.as_ref().and_then(|r| r.pending.as_ref());
         if ready && pending.is_some_and(|p| p.pid == message.pid) {
             self.promote();
         }
-        // Our own manager follows us, not the generations: their pids stay ours.
+        if message.get("FDSTORE") == Some("1") {
+            let name = message.get("FDNAME").unwrap_or("stored").to_string();
+            match self.recovery.as_mut() {
+                Some(recovery) => recovery.keep(&name, std::mem::take(&mut message.fds)),
+                None => debug!("not keeping the fds {} sent (FDSTORE=1)", message.pid),
+            }
+        }
+        // Our own manager follows us, not the generations: their pids stay
+        // ours, and so do the sockets they store.
         let relayed: Vec<&str> = (message.text.lines())
-            .filter(|line| !line.starts_with("MAINPID="))
+            .filter(|line| {
+                !["MAINPID=", "FDSTORE=", "FDNAME=", "FDPOLL="]
+                    .iter()
+                    .any(|k| line.starts_with(k))
+            })
             .collect();
         if !relayed.is_empty() {
             self.relay(&relayed.join("\n"));
@@ -257,6 +317,9 @@ impl Supervisor {
         }
         if !self.forwarded.contains(&signal) {
             return;
+        }
+        if [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT].contains(&signal) {
+            self.stopping = true;
         }
         let pending = self.restarter.as_ref().and_then(|r| r.pending.as_ref());
         for pid in self.serving.iter().chain(pending.map(|p| &p.pid)) {

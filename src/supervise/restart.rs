@@ -10,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Supervisor;
-use crate::control::{Reply, Request};
+use crate::control::{Asked, Reply, Request};
 use crate::log::{error, info};
 use crate::notify;
 
@@ -62,8 +62,12 @@ impl Supervisor {
     /// A `grestart restart`: ours to do for a program that does not link
     /// grestart, the serving generation's otherwise.
     pub(super) fn on_request(&mut self, request: Request) {
+        if let Asked::Probation(pid) = request.asked {
+            return self.on_probation_request(request, pid);
+        }
         if self.restarter.is_none() {
             match self.serving {
+                Some(pid) if self.recovery.is_some() => request.answer(&Reply::Supervised(pid)),
                 Some(pid) => request.answer(&Reply::Ask(pid)),
                 None => request.answer(&Reply::Failed(libc::ESRCH, "no generation serves".into())),
             }
@@ -103,6 +107,7 @@ impl Supervisor {
             &restarter.argv,
             0,
             Some(restarter.ready_timeout),
+            None,
         ) {
             Ok(pid) => {
                 info!(
@@ -130,6 +135,7 @@ impl Supervisor {
         };
         let stop = restarter.stop_signal;
         let old = self.serving.replace(pending.pid);
+        self.watch_serving(pending.pid);
         info!(
             "new instance {} ready after {} ms",
             pending.pid,
@@ -140,7 +146,8 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(old), stop);
         }
         self.relay(&format!("READY=1\nSTATUS=serving: pid {}", pending.pid));
-        self.answer_waiting(Reply::Restarted(pending.pid));
+        let waiting = std::mem::take(&mut self.waiting);
+        self.wait_for_probation(waiting);
     }
 
     /// Applies the ready delay and the ready timeout to the pending instance.

@@ -1,6 +1,6 @@
 //! Starting an instance of the program under the stable process.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use super::Supervisor;
 use crate::exec_watch::ExecWatch;
-use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, VARIABLES};
+use crate::protocol::{LISTEN_FDNAMES, LISTEN_FDS, RESTORED, VARIABLES};
 use crate::spawn::{self, Channel};
 
 impl Supervisor {
-    /// Starts the program (the first instance, or a new one for a restart):
+    /// Starts the program (the first instance, or a new one for a restart, or
+    /// the last good release `restored` with the environment it ran with):
     /// the listeners at fds 3.., our notification socket, an empty signal
     /// mask, and the dispositions we were started with (what systemd ignores
     /// stays ignored, as if it had started the program) plus `also_ignored`.
@@ -25,11 +26,24 @@ impl Supervisor {
         argv: &[CString],
         also_ignored: u64,
         exec_timeout: Option<Duration>,
+        restored: Option<&[(OsString, OsString)]>,
     ) -> io::Result<i32> {
-        let listeners = self.restarter.as_ref().map_or(&[][..], |r| &r.listeners);
-        let mut env: Vec<CString> = std::env::vars_os()
+        let listeners = match (&self.restarter, &self.recovery) {
+            (Some(restarter), _) => &restarter.listeners[..],
+            // The sockets a program that links grestart left with us, for a
+            // release we restore.
+            (None, Some(recovery)) if restored.is_some() => recovery.stored(),
+            _ => &[][..],
+        };
+        let base = match restored {
+            Some(env) => env.to_vec(),
+            None => std::env::vars_os().collect(),
+        };
+        let mut env: Vec<CString> = (base.into_iter())
             .filter(|(key, _)| {
-                key != "NOTIFY_SOCKET" && !VARIABLES.iter().any(|v| key.as_os_str() == *v)
+                key != "NOTIFY_SOCKET"
+                    && key != "FDSTORE"
+                    && !VARIABLES.iter().any(|v| key.as_os_str() == *v)
             })
             .filter_map(|(key, value)| {
                 let mut entry = key.into_vec();
@@ -38,6 +52,16 @@ impl Supervisor {
                 CString::new(entry).ok()
             })
             .collect();
+        if self.recovery.is_some() {
+            // We keep what a generation stores (`FDSTORE=1`), one per listener.
+            env.extend(CString::new(format!(
+                "FDSTORE={}",
+                crate::limits::FD_STORE_MAX
+            )));
+        }
+        if restored.is_some() {
+            env.extend(CString::new(format!("{RESTORED}=1")));
+        }
         let mut socket = b"NOTIFY_SOCKET=".to_vec();
         socket.extend(self.notify.name.clone().into_vec());
         env.extend(CString::new(socket));

@@ -16,6 +16,8 @@ use crate::http::{get, request};
 pub struct LoadStats {
     pub ok: u64,
     pub failed: u64,
+    /// Failed requests whose connection was refused (nothing listened).
+    pub refused: u64,
     /// The first few failures, for the assertion message.
     pub failures: Vec<String>,
     /// Requests answered per pid.
@@ -93,14 +95,18 @@ fn client(
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let sent = Instant::now();
         let result = if keep_alive {
+            let mut connect_error = None;
             if connection.is_none() {
-                connection = connect(addr).ok().map(|s| {
-                    let reader = BufReader::new(s.try_clone().expect("clone stream"));
-                    (s, reader)
-                });
+                match connect(addr) {
+                    Ok(s) => {
+                        let reader = BufReader::new(s.try_clone().expect("clone stream"));
+                        connection = Some((s, reader));
+                    }
+                    Err(e) => connect_error = Some(format!("connect: {e}")),
+                }
             }
             match connection.as_mut() {
-                None => Err("connect failed".to_string()),
+                None => Err(connect_error.unwrap_or_default()),
                 Some((stream, reader)) => {
                     let r = request(stream, reader, false);
                     // The server asked to close (it is draining), or it broke.
@@ -135,6 +141,9 @@ fn client(
             }
             Err(e) => {
                 stats.failed += 1;
+                if e.contains("refused") {
+                    stats.refused += 1;
+                }
                 if stats.failures.len() < 10 {
                     stats.failures.push(e);
                 }

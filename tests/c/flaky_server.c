@@ -43,6 +43,9 @@
  * GR_TEST_NOFILE (lower the soft RLIMIT_NOFILE to that before any grestart
  * call, so handed-over connections fail with EMFILE; SIGUSR1 lifts it back to
  * the hard limit).
+ * In keepalive mode: GR_TEST_CRASH_VERSION (that release dies of SIGSEGV
+ * GR_TEST_CRASH_AFTER_MS, default 1000, after gr_ready), GR_TEST_UNHEALTHY_VERSION
+ * (that release answers "GET /health" with 503).
  * "GET /restart" makes 8 threads call gr_restart() at once; each logs
  * "restart thread: RESULT ERRNO" (connections queue meanwhile).
  * "GET /shutdown" calls gr_shutdown() and logs "shutdown returned RESULT". */
@@ -67,12 +70,50 @@
 #include "grestart.h"
 
 static void log_adopted(int fd);
+static const char *status_of(const char *head, int served);
 #define HTTP_LOOP_ON_ADOPT(fd) log_adopted(fd)
+#define HTTP_LOOP_STATUS(head, served) status_of(head, served)
 #include "../../examples/c/http_loop.h"
 
 #ifndef APP_VERSION
 #define APP_VERSION "1"
 #endif
+
+/* GR_TEST_UNHEALTHY_VERSION: this release answers "GET /health" with 503. */
+static const char *status_of(const char *head, int served) {
+    const char *unhealthy = getenv("GR_TEST_UNHEALTHY_VERSION");
+    if (unhealthy && strcmp(unhealthy, APP_VERSION) == 0 && strncmp(head, "get /health ", 12) == 0) {
+        return "503 Service Unavailable";
+    }
+    return served ? "200 OK" : "405 Method Not Allowed";
+}
+
+/* GR_TEST_CRASH_VERSION: this release dies of SIGSEGV GR_TEST_CRASH_AFTER_MS
+ * (default 1000) after it is ready. */
+static void *crash_later(void *arg) {
+    long long ms = *(long long *)arg;
+    struct timespec delay = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&delay, &delay) < 0 && errno == EINTR) {
+    }
+    fprintf(stderr, "flaky_server: pid %d version %s crashing now\n", (int)getpid(), APP_VERSION);
+    signal(SIGSEGV, SIG_DFL);
+    raise(SIGSEGV);
+    return NULL;
+}
+
+static void crash_if_doomed(void) {
+    static long long after_ms = 1000;
+    const char *doomed = getenv("GR_TEST_CRASH_VERSION");
+    if (!doomed || strcmp(doomed, APP_VERSION) != 0) {
+        return;
+    }
+    const char *knob = getenv("GR_TEST_CRASH_AFTER_MS");
+    if (knob) {
+        after_ms = strtoll(knob, NULL, 10);
+    }
+    pthread_t thread;
+    pthread_create(&thread, NULL, crash_later, &after_ms);
+}
 
 static void die(const char *what) {
     fprintf(stderr, "flaky_server: %s: %s\n", what, gr_last_error());
@@ -402,6 +443,7 @@ int main(int argc, char **argv) {
         if (gr_ready() < 0) {
             die("ready");
         }
+        crash_if_doomed();
         if (serve_http(listener, adopt_fd) != 0) {
             return 1;
         }

@@ -188,6 +188,7 @@ pub(super) fn engine_from(
         inherited: Vec::new(),
         predecessor,
         notify_socket: None,
+        fd_store: false,
         watch: None,
         ignoring: 0,
         older,
