@@ -382,6 +382,17 @@ int gr_set_ready_timeout_ms(uint64_t timeout_ms);
 int gr_set_drain_deadline_ms(uint64_t deadline_ms);
 
 /**
+ * Sets how long this generation asks to be kept on probation after it took
+ * over, when it runs under `grestart run` (which otherwise applies its
+ * `--probation`, default 10 s): if it dies or fails the launcher's health
+ * check within that, the launcher starts the last good release in its place,
+ * on the same sockets. 0: no probation. Sent with the notification that it is
+ * ready, so it applies from the next `gr_ready`; without a launcher it has no
+ * effect. Returns 0.
+ */
+int gr_set_probation_ms(uint64_t probation_ms);
+
+/**
  * Sets the PID file each generation writes atomically when it becomes ready
  * (NULL: none, the default). `path` is copied. After a failed restart (whose
  * successor may have written it) the serving process writes it again. A

@@ -232,6 +232,15 @@ pub fn set_drain_deadline(deadline: Option<Duration>) -> io::Result<()> {
     Ok(())
 }
 
+/// How long this generation asks `grestart run` to keep it on probation after
+/// it took over (zero: none; unset: the launcher's `--probation`): if it dies
+/// or fails the health check within that, the last good release is started in
+/// its place. Applies from the next [`ready`]; see `gr_set_probation_ms`.
+pub fn set_probation(probation: Duration) -> io::Result<()> {
+    engine()?.set_probation(probation);
+    Ok(())
+}
+
 /// Where each generation writes its pid when it becomes ready (`None`: nowhere).
 pub fn set_pid_file(path: Option<&Path>) -> io::Result<()> {
     engine()?.set_pid_file(path.map(Path::to_path_buf));

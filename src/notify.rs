@@ -17,6 +17,10 @@ use nix::sys::socket::{
 };
 use nix::time::{ClockId, clock_gettime};
 
+/// The probation a generation asks its launcher for, in milliseconds, sent
+/// with its `READY=1` (`gr_set_probation_ms`).
+pub(crate) const PROBATION: &str = "X_GRESTART_PROBATION_MS";
+
 /// Sends `message` to `NOTIFY_SOCKET`, if systemd gave us one.
 ///
 /// `socket` is the variable's value read at start-up: a path, or `@name` for

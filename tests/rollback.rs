@@ -152,14 +152,20 @@ fn only_the_dead_generations_requests_failed(stats: &LoadStats) {
 /// v2 takes over, then crashes 1 s later, with v1's release deleted after the
 /// flip: the launcher starts v1 again from the executable it kept, on the same
 /// sockets, within 1 s; the waiting `grestart restart` hears "rolled back".
+/// The probation is the one the server asked for.
 /// A later restart tries the release `current` names (here v3) again.
 #[test]
 fn a_release_that_crashes_during_its_probation_is_rolled_back() {
     let dir = releases("rollback-crash", 3);
+    // No probation of the launcher's own: the one the server asks for
+    // (`gr_set_probation_ms`) is what catches the crash.
     let mut service = service(
         &dir,
-        &["--probation", "5"],
-        &[("GR_TEST_CRASH_VERSION", "2")],
+        &["--probation", "0"],
+        &[
+            ("GR_TEST_CRASH_VERSION", "2"),
+            ("GR_TEST_PROBATION_MS", "5000"),
+        ],
         "127.0.0.1:0",
     );
     let load = Load::start(service.addr, KEEP_ALIVE_CLIENTS, CLOSE_CLIENTS);

@@ -312,6 +312,13 @@ inline void set_drain_deadline(std::chrono::milliseconds deadline) {
     detail::check(gr_set_drain_deadline_ms(detail::setting_ms(deadline, "the drain deadline is negative")));
 }
 
+/// How long this generation asks grestart run to keep it on probation after
+/// it took over (zero: none; never called: the launcher's --probation);
+/// negative throws Error(EINVAL). See gr_set_probation_ms.
+inline void set_probation(std::chrono::milliseconds probation) {
+    detail::check(gr_set_probation_ms(detail::setting_ms(probation, "the probation is negative")));
+}
+
 inline void set_pid_file(const std::string &path) { detail::check(gr_set_pid_file(path.c_str())); }
 
 /// Starts successors from `path` with `argv` (empty: this process's own arguments).

@@ -58,7 +58,7 @@ use crate::error::fail;
 use crate::handover::{Adoption, Heir};
 use crate::link::{Older, Predecessor};
 use crate::log::{self, info, warning};
-use crate::notify;
+use crate::notify::{self, PROBATION};
 use crate::origin::Origin;
 use crate::registry::Registry;
 use crate::stub::Watch;
@@ -81,6 +81,9 @@ enum Phase {
 struct Settings {
     ready_timeout: Duration,
     drain_deadline: Option<Duration>,
+    /// The probation this generation asks its launcher for (`None`: the
+    /// launcher's own, `--probation`).
+    probation: Option<Duration>,
     pid_file: Option<PathBuf>,
     exe: Option<CString>,
     argv: Option<Vec<CString>>,
@@ -229,6 +232,7 @@ impl Engine {
                 settings: Settings {
                     ready_timeout: crate::limits::DEFAULT_READY_TIMEOUT,
                     drain_deadline: None,
+                    probation: None,
                     pid_file: None,
                     exe: None,
                     argv: None,
@@ -315,7 +319,7 @@ impl Engine {
         }
         // systemd must learn the new main pid before the parent exits, or it
         // would take the parent's exit for the service's.
-        self.notify_serving();
+        self.notify_serving(state.settings.probation);
         if self.fd_store {
             self.store_listeners(&state.registry);
         }
@@ -341,6 +345,10 @@ impl Engine {
         self.lock().settings.drain_deadline = deadline.filter(|d| !d.is_zero());
     }
 
+    pub(crate) fn set_probation(&self, probation: Duration) {
+        self.lock().settings.probation = Some(probation);
+    }
+
     pub(crate) fn set_pid_file(&self, path: Option<PathBuf>) {
         self.lock().settings.pid_file = path;
     }
@@ -353,8 +361,14 @@ impl Engine {
 
     /// Tells systemd this process is the one serving: after `ready`, and after
     /// a failed restart, whose successor may have named itself main pid first.
-    fn notify_serving(&self) {
-        self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    /// `probation`: what to ask the launcher for (`X_GRESTART_PROBATION_MS=`;
+    /// systemd ignores `X_` variables).
+    fn notify_serving(&self, probation: Option<Duration>) {
+        let mut message = format!("MAINPID={}\nREADY=1", std::process::id());
+        if let Some(probation) = probation {
+            message += &format!("\n{PROBATION}={}", probation.as_millis());
+        }
+        self.notify(&message);
     }
 
     /// Leaves a copy of each listener in the service manager's fd store

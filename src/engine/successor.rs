@@ -163,8 +163,8 @@ impl Engine {
             ignored: self.ignoring | signal::bit(restart_signal),
         };
         let fds = plan.fds.iter().map(AsFd::as_fd).collect::<Vec<_>>();
-        let successor =
-            (self.launch.start(&command, &fds, &exec)).inspect_err(|_| self.notify_serving())?;
+        let successor = (self.launch.start(&command, &fds, &exec))
+            .inspect_err(|_| self.notify_serving(None))?;
         drop(plan.fds);
         info!(
             "successor {} started as generation {}, waiting up to {:?} for it to be ready",
@@ -266,7 +266,7 @@ impl Engine {
                 )
             }
         };
-        self.notify_serving();
+        self.notify_serving(None);
         // A successor that called gr_ready wrote its pid there, and is
         // gone now: `kill -USR2 $(cat pidfile)` must reach us.
         let pid_file = self.lock().settings.pid_file.clone();

@@ -62,6 +62,21 @@ pub extern "C" fn gr_set_drain_deadline_ms(deadline_ms: u64) -> c_int {
     })
 }
 
+/// Sets how long this generation asks to be kept on probation after it took
+/// over, when it runs under `grestart run` (which otherwise applies its
+/// `--probation`, default 10 s): if it dies or fails the launcher's health
+/// check within that, the launcher starts the last good release in its place,
+/// on the same sockets. 0: no probation. Sent with the notification that it is
+/// ready, so it applies from the next `gr_ready`; without a launcher it has no
+/// effect. Returns 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn gr_set_probation_ms(probation_ms: u64) -> c_int {
+    call(|| {
+        engine()?.set_probation(Duration::from_millis(probation_ms));
+        Ok(0)
+    })
+}
+
 /// Sets the PID file each generation writes atomically when it becomes ready
 /// (NULL: none, the default). `path` is copied. After a failed restart (whose
 /// successor may have written it) the serving process writes it again. A

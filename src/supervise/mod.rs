@@ -149,7 +149,7 @@ impl Supervisor {
     /// Follows `pid` as the serving generation.
     pub(crate) fn serve(&mut self, pid: i32) {
         self.serving = Some(pid);
-        self.watch_serving(pid);
+        self.watch_serving(pid, None);
     }
 
     /// Runs until no generation is left; returns the exit status to leave with.
@@ -271,7 +271,10 @@ impl Supervisor {
                         info!("generation {pid} serves now");
                     }
                     self.serving = Some(pid);
-                    self.watch_serving(pid);
+                    let asked = (message.get(notify::PROBATION))
+                        .and_then(|ms| ms.trim().parse().ok())
+                        .map(Duration::from_millis);
+                    self.watch_serving(pid, asked);
                 }
                 _ => warning!("ignoring MAINPID={main} sent by pid {}", message.pid),
             }

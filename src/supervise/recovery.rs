@@ -181,8 +181,8 @@ impl Recovery {
 
 impl Supervisor {
     /// `pid` serves now: follow it, on probation when it took over from a
-    /// good release.
-    pub(super) fn watch_serving(&mut self, pid: i32) {
+    /// good release (for the window it `asked` for, or ours).
+    pub(super) fn watch_serving(&mut self, pid: i32, asked: Option<Duration>) {
         let Some(recovery) = self.recovery.as_mut() else {
             return;
         };
@@ -204,13 +204,10 @@ impl Supervisor {
             .ok();
         // The first generation, or the good one again (a failed restart).
         let known_good = (recovery.last_good.as_ref()).is_none_or(|good| good.pid == pid);
-        let until = (!known_good && !recovery.probation.is_zero())
-            .then(|| Instant::now() + recovery.probation);
+        let window = asked.unwrap_or(recovery.probation);
+        let until = (!known_good && !window.is_zero()).then(|| Instant::now() + window);
         if until.is_some() {
-            info!(
-                "generation {pid} is on probation for {:?}",
-                recovery.probation
-            );
+            info!("generation {pid} is on probation for {window:?}");
         }
         recovery.watched = Some(Watched {
             kept,
@@ -308,7 +305,7 @@ impl Supervisor {
     pub(super) fn check_probation(&mut self) {
         if let (Some(recovery), Some(pid)) = (&self.recovery, self.serving) {
             if recovery.watched.is_none() {
-                self.watch_serving(pid);
+                self.watch_serving(pid, None);
             }
         }
         let Some(recovery) = self.recovery.as_mut() else {
@@ -469,7 +466,7 @@ impl Supervisor {
                 if let Some(good) = &mut recovery.last_good {
                     good.pid = restored;
                 }
-                self.watch_serving(restored);
+                self.watch_serving(restored, None);
             }
             Err(e) => {
                 error!("cannot start the last good release: {e}");

@@ -135,7 +135,7 @@ impl Supervisor {
         };
         let stop = restarter.stop_signal;
         let old = self.serving.replace(pending.pid);
-        self.watch_serving(pending.pid);
+        self.watch_serving(pending.pid, None);
         info!(
             "new instance {} ready after {} ms",
             pending.pid,

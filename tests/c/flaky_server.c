@@ -23,6 +23,7 @@
  *            (gr_adopt_counted); none is handed over; gr_shutdown waits for
  *            them, then a hook logs "hooks ran"
  * Other knobs (environment): GR_TEST_READY_TIMEOUT_MS, GR_TEST_DRAIN_DEADLINE_MS,
+ * GR_TEST_PROBATION_MS (gr_set_probation_ms),
  * GR_TEST_PID_FILE, GR_TEST_BLOCK_SIGTERM and GR_TEST_IGNORE_SIGCHLD (first
  * generation only: block SIGTERM and ignore SIGHUP / ignore SIGCHLD, to check
  * the successor does not inherit that), GR_TEST_REAP_CHILDREN (a thread reaps
@@ -396,6 +397,9 @@ int main(int argc, char **argv) {
     }
     if ((knob = getenv("GR_TEST_DRAIN_DEADLINE_MS")) && gr_set_drain_deadline_ms(strtoull(knob, NULL, 10)) < 0) {
         die("drain deadline");
+    }
+    if ((knob = getenv("GR_TEST_PROBATION_MS")) && gr_set_probation_ms(strtoull(knob, NULL, 10)) < 0) {
+        die("probation");
     }
     if ((knob = getenv("GR_TEST_PID_FILE")) && gr_set_pid_file(knob) < 0) {
         die("pid file");

@@ -65,6 +65,7 @@ int main() {
         EXPECT(!grestart::wait_shutdown(std::chrono::milliseconds(-5)));
     }
     EXPECT(errno_of([] { grestart::set_drain_deadline(std::chrono::milliseconds(-1)); }) == EINVAL);
+    EXPECT(errno_of([] { grestart::set_probation(std::chrono::milliseconds(-1)); }) == EINVAL);
     EXPECT(errno_of([] { grestart::set_ready_timeout(std::chrono::milliseconds(-1)); }) == EINVAL);
     grestart::set_drain_deadline(std::chrono::milliseconds(0)); // none, as in C
 

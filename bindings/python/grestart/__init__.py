@@ -53,6 +53,7 @@ __all__ = [
     "generation",
     "set_ready_timeout",
     "set_drain_deadline",
+    "set_probation",
     "set_pid_file",
     "set_executable",
     "set_log_level",
@@ -471,6 +472,17 @@ def set_drain_deadline(seconds: Optional[float]) -> None:
         raise ValueError("the drain deadline cannot be negative")
     milliseconds = 0 if not seconds else max(1, math.ceil(seconds * 1000))
     check(lib.gr_set_drain_deadline_ms(milliseconds))
+
+
+def set_probation(seconds: float) -> None:
+    """How long this generation asks ``grestart run`` to keep it on probation
+    after it took over (0: none; never called: the launcher's ``--probation``).
+    If it dies or fails the health check within that, the launcher starts the
+    last good release in its place. Applies from the next :func:`ready`; without
+    a launcher it has no effect. Rounded up to whole milliseconds."""
+    if seconds < 0:
+        raise ValueError("the probation cannot be negative")
+    check(lib.gr_set_probation_ms(math.ceil(seconds * 1000)))
 
 
 def set_pid_file(path: Optional[Union[str, os.PathLike]]) -> None:

@@ -43,6 +43,7 @@ SIGNATURES = {
     "gr_generation": (c_int64, []),
     "gr_set_ready_timeout_ms": (c_int, [c_uint64]),
     "gr_set_drain_deadline_ms": (c_int, [c_uint64]),
+    "gr_set_probation_ms": (c_int, [c_uint64]),
     "gr_set_pid_file": (c_int, [c_char_p]),
     "gr_set_executable": (c_int, [c_char_p, ctypes.POINTER(c_char_p)]),
     "gr_set_log_level": (c_int, [c_int]),

@@ -276,6 +276,30 @@ def test_any_number_of_asyncio_waiters_wake():
     assert "all woke" in result.stdout
 
 
+def test_the_probation_asked_for_reaches_the_launcher_with_ready():
+    # The launcher's end of NOTIFY_SOCKET, as `grestart run` holds it.
+    name = f"grestart-test-probation-{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name)
+    listener.settimeout(20)
+    with listener:
+        result = run_python("""
+            import grestart
+            try:
+                grestart.set_probation(-1)
+            except ValueError:
+                print("negative refused")
+            grestart.set_probation(2.5)
+            grestart.ready()
+            grestart.shutdown()
+        """, env={**os.environ, "NOTIFY_SOCKET": "@" + name})
+        assert result.returncode == 0, result.stderr
+        assert "negative refused" in result.stdout
+        ready = listener.recv(4096).decode()
+    assert "READY=1" in ready.splitlines()
+    assert "X_GRESTART_PROBATION_MS=2500" in ready.splitlines()
+
+
 def test_a_zero_drain_deadline_is_none_as_in_every_language():
     result = run_python("""
         import grestart
