@@ -5,16 +5,20 @@
 //! namespace (its first generation becomes the stub), and under `grestart run`
 //! in a PID namespace (the signal goes to the launcher, which forwards it).
 //! Latency is from the signal to the first answer from the new generation.
+//! Then the recovery from a crash: the serving generation under `grestart
+//! run` killed with SIGKILL, 20 times, and the time until the release the
+//! launcher restores on the same sockets answers.
 //! Writes `target/bench/launcher-table.txt`.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::{Container, Server, TempDir};
 
 const ROUNDS: usize = 6;
 const PER_ROUND: usize = 10;
+const RESTORES: usize = 20;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -76,10 +80,52 @@ fn main() {
         "{} restarts each, interleaved in {ROUNDS} rounds; signal to the new generation's first answer",
         ROUNDS * PER_ROUND
     );
+    let restores = testkit::summarize(restores(&server));
+    let _ = writeln!(
+        table,
+        "\n{:<34} {:>10.2?} {:>10.2?}\n{RESTORES} SIGKILLs of the serving generation under grestart run; \
+         the kill to the first answer of the release it restored",
+        "crash to restored (same sockets)", restores.median, restores.max
+    );
     print!("{table}");
     let out = testkit::repo().join("target/bench");
     std::fs::create_dir_all(&out).expect("target/bench");
     std::fs::write(out.join("launcher-table.txt"), table).expect("write the table");
+}
+
+/// `RESTORES` times: SIGKILL to the serving generation under `grestart run`,
+/// and how long until the release the launcher starts in its place answers.
+fn restores(server: &std::path::Path) -> Vec<Duration> {
+    let launcher = OsString::from(env!("CARGO_BIN_EXE_grestart"));
+    let args: [&OsStr; 6] = [
+        &launcher,
+        OsStr::new("run"),
+        OsStr::new("--probation=0"),
+        OsStr::new("--"),
+        server.as_os_str(),
+        OsStr::new("127.0.0.1:0"),
+    ];
+    let mut container = Container::start(&args);
+    let latencies = (0..RESTORES)
+        .map(|_| {
+            let killed = Instant::now();
+            testkit::kill(container.host_pid(container.pid), libc::SIGKILL);
+            let answer = loop {
+                let answer = container.answer();
+                if answer.pid != container.pid {
+                    break answer;
+                }
+            };
+            let latency = killed.elapsed();
+            container.pid = answer.pid;
+            // The launcher restores at most once a second (a release that
+            // dies again that soon is left dead): wait that out.
+            std::thread::sleep(Duration::from_millis(1100));
+            latency
+        })
+        .collect();
+    container.stop();
+    latencies
 }
 
 /// `PER_ROUND` restarts of `command ADDRESS` as PID 1 of a PID namespace.

@@ -41,12 +41,14 @@ generation that serves, exits with its status once no generation is left.
   --signal SIG             the restart signal (default USR2)
   --forward SIG,SIG...     signals forwarded to the serving generation
                            (default HUP,INT,QUIT,TERM,USR1,USR2)
-  --probation SECONDS      a new generation that dies (or fails the health
-                           check) this soon after it took over is replaced by
-                           the last good release, with the same sockets
-                           (default 10; 0: no probation). A generation that
-                           dies later is replaced the same way, once a window
-  --health-check URL       during the probation, GET http://HOST:PORT/PATH
+  --probation SECONDS      a new generation that dies or fails the health
+                           check this soon after it took over is replaced by
+                           the last good release, on the same sockets
+                           (default 10; 0: none; the program may ask for its
+                           own with gr_set_probation_ms). A serving generation
+                           that dies later is restored the same way, at most
+                           once per probation window
+  --health-check URL       during a probation, GET http://HOST:PORT/PATH
                            every 0.2 s; two failures in a row (no 2xx within
                            1 s) kill the new generation and roll back
 With --listen only:
@@ -59,8 +61,9 @@ With --listen only:
 
 grestart restart asks a running server (or the launcher in front of it) to
 restart and waits for the outcome: prints the new generation's pid and exits
-0, or says why the restart failed and exits 1 (the server serves on). It is
-the ExecReload= of a systemd unit: systemctl reload then fails when the
+0, or says why the restart failed and exits 1 (the server serves on). Under
+the launcher the outcome comes after the probation (a rollback is a
+failure). It is the ExecReload= of a systemd unit: systemctl reload then fails when the
 restart did. --timeout defaults to 90 seconds.
 
 grestart stop sends SIGTERM to the process and waits until it has exited

@@ -164,6 +164,39 @@ fn a_new_instance_that_fails_leaves_the_old_one_serving() {
     assert!(container.stop().success());
 }
 
+/// An instance killed with SIGKILL (a crash outside any restart): the
+/// launcher, which holds the sockets, starts the program again on them.
+/// Nothing is refused; only what the killed instance held fails.
+#[test]
+fn a_killed_instance_is_started_again_on_the_sockets_the_launcher_holds() {
+    let mut container = start(
+        &run(&["--listen", "127.0.0.1:0"], &listen_fds_server(&[])),
+        None,
+    );
+    let load = Load::start(container.addr, 2, 2);
+    let killed = container.pid;
+    testkit::kill(container.host_pid(killed), libc::SIGKILL);
+    container
+        .log
+        .wait_for("was killed by signal 9", 1, Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    container.pid = loop {
+        let answer = container.answer();
+        if answer.pid != killed {
+            break answer.pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed instance answers"
+        );
+    };
+    container.settles_to(2, false);
+    let stats = load.finish();
+    assert_eq!(stats.refused, 0, "refused: {:?}", stats.failures);
+    assert!(stats.failed <= 4, "{:?}", stats.failures);
+    assert!(container.stop().success());
+}
+
 /// A deploy flips `current` onto a network mount that hangs: the new
 /// instance's exec never ends. The launcher (PID 1) kills it at the ready
 /// timeout instead of hanging with it, the old instance serves on, and after

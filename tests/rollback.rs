@@ -102,21 +102,6 @@ fn first_answer_of(container: &Container, version: &str, timeout: Duration) -> (
     }
 }
 
-/// The host's pid of the container's process `pid` (its `NSpid`).
-fn host_pid(container: &Container, pid: i32) -> i32 {
-    (container.processes().into_iter())
-        .map(|(host, _)| host)
-        .find(|host| {
-            std::fs::read_to_string(format!("/proc/{host}/status")).is_ok_and(|status| {
-                (status.lines())
-                    .find_map(|l| l.strip_prefix("NSpid:"))
-                    .and_then(|ids| ids.split_whitespace().last())
-                    == Some(&pid.to_string())
-            })
-        })
-        .unwrap_or_else(|| panic!("no process {pid} in the container"))
-}
-
 /// SIGTERM, as `docker stop`: the generation the operator stops is not
 /// restored, and the container ends (with its status: the test server has no
 /// stop signal of its own, so SIGTERM kills it).
@@ -261,7 +246,7 @@ fn a_release_past_its_probation_is_the_one_restored_after_a_crash() {
     service.settles_to(2, false);
     std::fs::remove_dir_all(dir.join("releases/v2")).unwrap();
 
-    testkit::kill(host_pid(&service, v2), libc::SIGKILL);
+    testkit::kill(service.host_pid(v2), libc::SIGKILL);
     let killed = Instant::now();
     let restored = loop {
         let answer = service.answer();
@@ -282,5 +267,16 @@ fn a_release_past_its_probation_is_the_one_restored_after_a_crash() {
         .wait_for("was killed by signal 9", 1, Duration::from_secs(1));
     let stats = load.finish();
     only_the_dead_generations_requests_failed(&stats);
+    stop(service);
+}
+
+/// `docker stop` (SIGTERM through the launcher) is no crash, though the test
+/// server dies of it: nothing is restored and the container ends with the
+/// serving generation's status.
+#[test]
+fn a_service_the_operator_stops_is_not_restored() {
+    let dir = releases("rollback-stop", 1);
+    let service = service(&dir, &[], &[], "127.0.0.1:0");
+    service.answer();
     stop(service);
 }

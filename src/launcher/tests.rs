@@ -34,14 +34,41 @@ fn options_and_program() {
     assert_eq!(options.ready_timeout, crate::limits::DEFAULT_READY_TIMEOUT);
 }
 
-/// The usage is a literal, so it states the default again: it must agree.
+/// The usage is a literal, so it states the defaults again: they must agree.
 #[test]
-fn the_usage_states_the_ready_timeouts_default() {
+fn the_usage_states_the_defaults() {
     let default = crate::limits::DEFAULT_READY_TIMEOUT.as_secs();
     assert!(
         USAGE.contains(&format!("serves on (default {default})")),
         "{USAGE}"
     );
+    let probation = crate::limits::DEFAULT_PROBATION.as_secs();
+    assert!(
+        USAGE.contains(&format!("(default {probation}; 0: none")),
+        "{USAGE}"
+    );
+}
+
+#[test]
+fn probation_and_health_check() {
+    let options = parse_args(&["--", "s"]).unwrap();
+    assert_eq!(options.probation, crate::limits::DEFAULT_PROBATION);
+    assert_eq!(options.health_check, None);
+    let options = parse_args(&[
+        "--probation=0",
+        "--health-check",
+        "http://127.0.0.1:8080/health",
+        "--",
+        "s",
+    ])
+    .unwrap();
+    assert_eq!(options.probation, Duration::ZERO);
+    assert_eq!(
+        options.health_check.as_deref(),
+        Some("http://127.0.0.1:8080/health")
+    );
+    let probe = Probe::parse("http://127.0.0.1:8080").unwrap();
+    assert_eq!(probe.path, "/");
 }
 
 #[test]
@@ -54,6 +81,15 @@ fn bad_input_is_refused_with_a_reason() {
         (&["--ready-timeout", "-1", "--", "s"][..], "positive number"),
         (&["--ready-delay", "1", "--", "s"][..], "need --listen"),
         (&["--listen"][..], "needs a value"),
+        (&["--probation", "-2", "--", "s"][..], "positive number"),
+        (
+            &["--health-check", "https://x/", "--", "s"][..],
+            "http://HOST:PORT/PATH",
+        ),
+        (
+            &["--health-check", "http://:/", "--", "s"][..],
+            "http://HOST:PORT/PATH",
+        ),
     ] {
         let err = parse_args(args).expect_err(why).to_string();
         assert!(err.contains(why), "{args:?}: {err}");

@@ -93,7 +93,7 @@ struct Watched {
 pub(crate) struct Probe {
     addr: SocketAddr,
     host: String,
-    path: String,
+    pub(crate) path: String,
 }
 
 impl Probe {

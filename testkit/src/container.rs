@@ -210,6 +210,21 @@ impl Container {
             .collect()
     }
 
+    /// Our pid of the namespace's process `pid` (its last `NSpid`).
+    pub fn host_pid(&self, pid: i32) -> i32 {
+        (self.processes().into_iter())
+            .map(|(host, _)| host)
+            .find(|host| {
+                std::fs::read_to_string(format!("/proc/{host}/status")).is_ok_and(|status| {
+                    (status.lines())
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .and_then(|ids| ids.split_whitespace().last())
+                        == Some(pid.to_string().as_str())
+                })
+            })
+            .unwrap_or_else(|| panic!("no process {pid} in the container"))
+    }
+
     /// Waits until the namespace holds `count` processes, none of them a
     /// zombie, and (with `stub`) one of them the stub the first generation
     /// became: every old generation has exited and been reaped.
