@@ -89,7 +89,8 @@ struct Watched {
     probes_failed: u32,
 }
 
-/// `--health-check http://HOST:PORT/PATH`: a 2xx answer is healthy.
+/// `--health-check http://HOST:PORT/PATH`: a 2xx answer is healthy. A probe
+/// runs in the launcher's loop and holds it for at most `PROBE_TIMEOUT`.
 pub(crate) struct Probe {
     addr: SocketAddr,
     host: String,
@@ -389,9 +390,6 @@ impl Supervisor {
     /// `pid`, the serving generation, died (`status` as a shell says it, when
     /// we know it): bring the last good release back if we can.
     pub(super) fn serving_died(&mut self, pid: i32, status: Option<i32>) {
-        if self.stopping || status == Some(0) || self.recovery.is_none() {
-            return;
-        }
         let how = status.map_or_else(
             || "died (reaped by its parent)".to_string(),
             |s| match s {
@@ -399,7 +397,17 @@ impl Supervisor {
                 _ => format!("exited with status {s}"),
             },
         );
-        self.restore(pid, &how);
+        if !self.stopping && status != Some(0) {
+            self.restore(pid, &how);
+        }
+        // Not restored (stopped, or nothing to restore): whoever waits for
+        // its probation hears that it ended.
+        if let Some(recovery) = self.recovery.as_mut() {
+            let why = format!("generation {pid} {how} during its probation");
+            for request in recovery.waiting.drain(..) {
+                request.answer(&Reply::Failed(libc::ESRCH, why.clone()));
+            }
+        }
     }
 
     /// Starts the last good release in place of `pid`, which `how`.
