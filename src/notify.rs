@@ -74,9 +74,9 @@ pub(crate) fn sd_notify_with_fds(
     Ok(())
 }
 
-/// The most fds one notification may carry (more are closed by the kernel,
-/// `MSG_CTRUNC`): a generation sends one listener a message.
-const MAX_FDS: usize = 16;
+/// Room for the most fds one message can carry (the kernel's `SCM_MAX_FD`):
+/// none is ever installed in this process without being owned (and closed).
+const MAX_FDS: usize = 253;
 
 /// The receiving end of a notification socket, as systemd holds one: the
 /// programs we start send `READY=1`, `MAINPID=`... to it, and the kernel

@@ -17,9 +17,13 @@ pub(super) fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
     signal::become_watcher();
     // Only the launcher keeps a probation; a generation is asked to restart.
     let requests = || {
-        let mut requests = control.as_ref().map(Control::requests).unwrap_or_default();
-        requests.retain(|r| r.asked == Asked::Restart);
-        requests
+        let requests = control.as_ref().map(Control::requests).unwrap_or_default();
+        let (restarts, others): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .partition(|r| r.asked == Asked::Restart);
+        let reply = Reply::Failed(libc::EINVAL, "only a launcher keeps a probation".into());
+        others.into_iter().for_each(|r| r.answer(&reply));
+        restarts
     };
     loop {
         let arrived = signal::wait(&pipe, control.as_ref().map(Control::fd));

@@ -10,7 +10,8 @@
 //!   generation runs (`/proc/PID/exe`, opened while it serves), so a deploy
 //!   may flip the symlink and delete that release: it is started from the fd.
 //! * **Probation.** A generation that takes over from a good one is on
-//!   probation for a window. If it dies in it (any end we did not ask for) or
+//!   probation for a window. If it dies in it (any end we did not ask for,
+//!   but exit status 0) or
 //!   fails the health probe, the last good release is started with the same
 //!   sockets: connections wait in the kernel's queues meanwhile, none is
 //!   refused. A rolled-back release is not tried again until the next restart
@@ -24,7 +25,7 @@
 //! docs/architecture.md, "Probation and rollback".
 
 use std::ffi::{CString, OsString};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
@@ -117,10 +118,14 @@ impl Probe {
 
     /// One GET on a new connection; `Err` says why it is not healthy.
     fn check(&self) -> Result<(), String> {
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        let left = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            Some(left.max(Duration::from_millis(1)))
+        };
         let stream = TcpStream::connect_timeout(&self.addr, PROBE_TIMEOUT)
             .map_err(|e| format!("connect to {}: {e}", self.addr))?;
-        let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
+        let _ = stream.set_write_timeout(left());
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.path, self.host
@@ -128,10 +133,21 @@ impl Probe {
         (&stream)
             .write_all(request.as_bytes())
             .map_err(|e| format!("send: {e}"))?;
-        let mut status = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut status)
-            .map_err(|e| format!("read: {e}"))?;
+        // The status line, at most 1 KiB of it, by the deadline.
+        let mut status = Vec::new();
+        let mut byte = [0u8; 1];
+        while status.len() < 1024 && !status.ends_with(b"\n") {
+            let _ = stream.set_read_timeout(left());
+            match (&stream).read(&mut byte) {
+                Ok(1) => status.push(byte[0]),
+                Ok(_) => break,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no answer within {PROBE_TIMEOUT:?}"));
+            }
+        }
+        let status = String::from_utf8_lossy(&status);
         match status.split(' ').nth(1) {
             Some(code) if code.starts_with('2') => Ok(()),
             _ => Err(format!("answered {:?}", status.trim_end())),
@@ -194,8 +210,8 @@ impl Supervisor {
         let kept = match keep_executable(pid) {
             Ok(kept) => kept,
             // Between two execs (a wrapper that execs the server) /proc shows
-            // nothing yet: `check_probation` looks again shortly.
-            Err(_) if std::path::Path::new(&format!("/proc/{pid}")).exists() => return,
+            // no command line yet: `check_probation` looks again shortly.
+            Err(e) if crate::error::errno_of(&e) == libc::EAGAIN => return,
             Err(e) => {
                 return warning!("cannot keep the executable of {pid}; no rollback to it: {e}");
             }
@@ -253,9 +269,7 @@ impl Supervisor {
         let pid = watched.kept.pid;
         let was_on_probation = watched.until.take().is_some();
         recovery.last_good = Some(watched.kept.clone());
-        for request in recovery.waiting.drain(..) {
-            request.answer(&Reply::Restarted(pid));
-        }
+        self.answer_probation(&Reply::Restarted(pid));
         if was_on_probation {
             info!("generation {pid} passed its probation; it is the last good release");
             self.relay(&format!("STATUS=serving: pid {pid}"));
@@ -319,25 +333,36 @@ impl Supervisor {
             return;
         };
         let now = Instant::now();
-        if let Some(probe) = &recovery.health {
-            if now >= watched.next_probe {
-                let outcome = probe.check();
-                watched.next_probe = Instant::now() + PROBE_EVERY;
-                match outcome {
-                    Ok(()) => watched.probes_failed = 0,
-                    Err(why) => {
-                        watched.probes_failed += 1;
-                        warning!("health check of {} failed: {why}", watched.kept.pid);
-                        if watched.probes_failed >= PROBE_FAILURES {
-                            let pid = watched.kept.pid;
-                            error!("generation {pid} is unhealthy ({why}); killing it");
-                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                            self.restore(pid, &format!("failed its health check ({why})"));
-                            return;
-                        }
+        let mut unhealthy = None;
+        if let Some(probe) = (recovery.health.as_ref()).filter(|_| now >= watched.next_probe) {
+            let outcome = probe.check();
+            watched.next_probe = Instant::now() + PROBE_EVERY;
+            match outcome {
+                Ok(()) => watched.probes_failed = 0,
+                Err(why) => {
+                    watched.probes_failed += 1;
+                    warning!("health check of {} failed: {why}", watched.kept.pid);
+                    if watched.probes_failed >= PROBE_FAILURES {
+                        unhealthy = Some((watched.kept.pid, why));
                     }
                 }
             }
+        }
+        if let Some((pid, why)) = unhealthy {
+            let how = format!("failed its health check ({why})");
+            if self.restorable(pid, &how) {
+                error!("generation {pid} is unhealthy ({why}); killing it");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                if let Some(recovery) = self.recovery.as_mut() {
+                    recovery.watched = None;
+                }
+                self.restore(pid, &how, true);
+            } else {
+                // Killing it would leave nothing serving: it stays, off probation.
+                error!("generation {pid} is unhealthy ({why}), but nothing can replace it");
+                self.passed_probation();
+            }
+            return;
         }
         if now >= until {
             self.passed_probation();
@@ -363,10 +388,18 @@ impl Supervisor {
     /// `reap` (which knows its status); another's (it died while its parent
     /// still drained) is gone now.
     pub(super) fn on_serving_exit_seen(&mut self) {
+        // A `MAINPID=` sent before the death (a failed restart's parent naming
+        // itself again) changes who serves.
+        while let Some(message) = self.notify.receive() {
+            self.on_message(message);
+        }
         let Some(watched) = self.recovery.as_mut().and_then(|r| r.watched.as_mut()) else {
             return;
         };
-        let Some(pidfd) = watched.pidfd.take() else {
+        let Some(pidfd) = watched
+            .pidfd
+            .take_if(|fd| crate::sys::has_exited(fd.as_fd()))
+        else {
             return;
         };
         let pid = watched.kept.pid;
@@ -388,8 +421,14 @@ impl Supervisor {
     }
 
     /// `pid`, the serving generation, died (`status` as a shell says it, when
-    /// we know it): bring the last good release back if we can.
+    /// we know it): bring the last good release back if we can. Once per
+    /// death: the generation stops being watched here.
     pub(super) fn serving_died(&mut self, pid: i32, status: Option<i32>) {
+        let Some(recovery) = self.recovery.as_mut() else {
+            return;
+        };
+        let watched = (recovery.watched).take_if(|w| w.kept.pid == pid);
+        let on_probation = watched.is_some_and(|w| w.until.is_some());
         let how = status.map_or_else(
             || "died (reaped by its parent)".to_string(),
             |s| match s {
@@ -397,33 +436,43 @@ impl Supervisor {
                 _ => format!("exited with status {s}"),
             },
         );
-        if !self.stopping && status != Some(0) {
-            self.restore(pid, &how);
+        if !self.stopping && status != Some(0) && self.restorable(pid, &how) {
+            self.restore(pid, &how, on_probation);
         }
-        // Not restored (stopped, or nothing to restore): whoever waits for
-        // its probation hears that it ended.
+        if self.serving == Some(pid) {
+            // Not restored, and not our child (`reap` sets these for one).
+            self.serving = None;
+            self.ended = status.unwrap_or(if self.stopping { 0 } else { 1 });
+        }
+        // Whoever still waits for its probation hears that it ended.
+        self.answer_probation(&Reply::Failed(
+            libc::ESRCH,
+            format!("generation {pid} {how} during its probation"),
+        ));
+    }
+
+    /// Answers the clients waiting for the probation's outcome.
+    fn answer_probation(&mut self, reply: &Reply) {
         if let Some(recovery) = self.recovery.as_mut() {
-            let why = format!("generation {pid} {how} during its probation");
             for request in recovery.waiting.drain(..) {
-                request.answer(&Reply::Failed(libc::ESRCH, why.clone()));
+                request.answer(reply);
             }
         }
     }
 
-    /// Starts the last good release in place of `pid`, which `how`.
-    fn restore(&mut self, pid: i32, how: &str) {
-        let Some(recovery) = self.recovery.as_mut() else {
-            return;
+    /// Whether the last good release can be started in place of `pid`, which
+    /// `how`; says why not.
+    fn restorable(&self, pid: i32, how: &str) -> bool {
+        let Some(recovery) = self.recovery.as_ref() else {
+            return false;
         };
-        let on_probation =
-            (recovery.watched.take()).filter(|w| w.kept.pid == pid && w.until.is_some());
-        let Some(good) = &recovery.last_good else {
+        if recovery.last_good.is_none() {
             error!("generation {pid} {how}; no release to bring back");
-            return;
-        };
+            return false;
+        }
         if self.restarter.is_none() && recovery.store.is_empty() {
             error!("generation {pid} {how}; it left us no socket, so none is restored");
-            return;
+            return false;
         }
         if let Some(at) = recovery
             .restored_at
@@ -434,9 +483,21 @@ impl Supervisor {
                  not restoring it again",
                 at.elapsed().as_millis()
             );
-            return;
+            return false;
         }
-        let why = if on_probation.is_some() {
+        true
+    }
+
+    /// Starts the last good release in place of `pid`, which `how` (checked
+    /// [`Supervisor::restorable`]).
+    fn restore(&mut self, pid: i32, how: &str, on_probation: bool) {
+        let Some(recovery) = self.recovery.as_mut() else {
+            return;
+        };
+        let Some(good) = &recovery.last_good else {
+            return;
+        };
+        let why = if on_probation {
             format!("rolled back: generation {pid} {how} during its probation")
         } else {
             format!("generation {pid} {how}")
@@ -455,11 +516,9 @@ impl Supervisor {
         .expect("no NUL in numbers");
         let (argv, env) = (good.argv.clone(), good.env.clone());
         recovery.restored_at = Some(Instant::now());
-        if on_probation.is_some() {
+        if on_probation {
             recovery.rolled_back = Some((pid, why.clone()));
-            for request in recovery.waiting.drain(..) {
-                request.answer(&Reply::Failed(libc::ECANCELED, why.clone()));
-            }
+            self.answer_probation(&Reply::Failed(libc::ECANCELED, why.clone()));
         }
         let ignored = self.restart_signal_ignored;
         match self.start(&exe, &argv, ignored, Some(self.ready_timeout), Some(&env)) {
@@ -470,7 +529,6 @@ impl Supervisor {
                 ));
                 self.serving = Some(restored);
                 let recovery = self.recovery.as_mut().expect("checked above");
-                recovery.watched = None;
                 if let Some(good) = &mut recovery.last_good {
                     good.pid = restored;
                 }
@@ -486,8 +544,9 @@ impl Supervisor {
     }
 }
 
-/// `pid` as it was started: an fd of its executable, its argv and environment
-/// (as exec'd: what a program changes later does not show).
+/// `pid` as it runs: an fd of its executable, and its argv and environment as
+/// `/proc` shows them (a program that rewrites its argv, setproctitle, is
+/// restored with what it wrote).
 fn keep_executable(pid: i32) -> io::Result<Kept> {
     let read = |what: &str| {
         let path = format!("/proc/{pid}/{what}");
@@ -506,7 +565,10 @@ fn keep_executable(pid: i32) -> io::Result<Kept> {
         .map(|arg| CString::new(arg).expect("split at NUL"))
         .collect::<Vec<_>>();
     if argv.is_empty() {
-        return Err(fail(libc::ESRCH, format!("pid {pid} has exited")));
+        return Err(fail(
+            libc::EAGAIN,
+            format!("pid {pid} shows no command line"),
+        ));
     }
     let env = (strings(read("environ")?).into_iter())
         .filter_map(|entry| {
