@@ -62,6 +62,9 @@ pub(crate) struct Recovery {
     last_good: Option<Kept>,
     /// The serving generation, followed by its pidfd.
     watched: Option<Watched>,
+    /// A serving generation whose executable cannot be kept (not dumpable:
+    /// file capabilities, setuid): not retried.
+    unkept: Option<i32>,
     /// When we last started the last good release by ourselves.
     restored_at: Option<Instant>,
     /// The last generation rolled back, and why: a client may ask after it.
@@ -163,6 +166,7 @@ impl Recovery {
             store: Vec::new(),
             last_good: None,
             watched: None,
+            unkept: None,
             restored_at: None,
             rolled_back: None,
             waiting: Vec::new(),
@@ -213,6 +217,7 @@ impl Supervisor {
             // no command line yet: `check_probation` looks again shortly.
             Err(e) if crate::error::errno_of(&e) == libc::EAGAIN => return,
             Err(e) => {
+                recovery.unkept = Some(pid); // not looked at again
                 return warning!("cannot keep the executable of {pid}; no rollback to it: {e}");
             }
         };
@@ -319,7 +324,7 @@ impl Supervisor {
     /// Ends the probation that is over, and probes the generation on it.
     pub(super) fn check_probation(&mut self) {
         if let (Some(recovery), Some(pid)) = (&self.recovery, self.serving) {
-            if recovery.watched.is_none() {
+            if recovery.watched.is_none() && recovery.unkept != Some(pid) {
                 self.watch_serving(pid, None);
             }
         }
@@ -374,7 +379,9 @@ impl Supervisor {
         let recovery = self.recovery.as_ref()?;
         let Some(watched) = recovery.watched.as_ref() else {
             // Look again at a serving generation we could not read yet.
-            return self.serving.map(|_| RETRY_KEEP);
+            return (self.serving)
+                .filter(|&pid| recovery.unkept != Some(pid))
+                .map(|_| RETRY_KEEP);
         };
         let until = watched.until?;
         let next = match recovery.health {
