@@ -66,6 +66,9 @@ pub(crate) struct Supervisor {
     serving: Option<i32>,
     /// How the last serving generation ended, as a shell reports it.
     ended: i32,
+    /// The serving generation that died while another process was its
+    /// parent: its status is the service's when it is reparented and reaped.
+    gone: Option<i32>,
     /// For a program that does not link grestart: the restart is ours.
     restarter: Option<Restarter>,
     /// `grestart restart` reaches us here (`control.rs`).
@@ -114,6 +117,7 @@ impl Supervisor {
             upstream: std::env::var_os("NOTIFY_SOCKET"),
             serving: None,
             ended: 0,
+            gone: None,
             restarter,
             control: Control::bind()
                 .inspect_err(|e| warning!("`grestart restart` cannot reach the supervisor: {e}"))
@@ -248,6 +252,9 @@ impl Supervisor {
             self.serving = None;
             self.ended = status;
             self.serving_died(pid, Some(status));
+        } else if self.gone == Some(pid) {
+            debug!("reaped {pid}, which served (status {status})");
+            (self.gone, self.ended) = (None, status);
         } else {
             debug!("reaped {pid} (status {status})");
         }

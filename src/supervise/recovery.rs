@@ -447,9 +447,10 @@ impl Supervisor {
             self.restore(pid, &how, on_probation);
         }
         if self.serving == Some(pid) {
-            // Not restored, and not our child (`reap` sets these for one).
+            // Not restored, and not our child (`reap` sets these for one):
+            // its status, if it comes to us to be reaped, or a failure.
             self.serving = None;
-            self.ended = status.unwrap_or(if self.stopping { 0 } else { 1 });
+            (self.gone, self.ended) = (Some(pid), if self.stopping { 0 } else { 1 });
         }
         // Whoever still waits for its probation hears that it ended.
         self.answer_probation(&Reply::Failed(
