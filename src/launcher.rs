@@ -83,7 +83,7 @@ struct Options {
     ready_timeout: Duration,
     ready_delay: Option<Duration>,
     probation: Duration,
-    health_check: Option<String>,
+    health_check: Option<Probe>,
     program: Vec<OsString>,
 }
 
@@ -150,11 +150,6 @@ fn run(options: Options) -> io::Result<i32> {
         ))
     };
     let standalone = restarter.is_some();
-    let health = options
-        .health_check
-        .as_deref()
-        .map(Probe::parse)
-        .transpose()?;
     let mut supervisor = Supervisor::new(notify::Listener::bind()?, options.forwarded, restarter)?;
     // A program that links grestart is started with its restart signal
     // ignored, until its library handles it: an early signal never kills it.
@@ -164,7 +159,7 @@ fn run(options: Options) -> io::Result<i32> {
         crate::signal::bit(options.restart_signal as i32)
     };
     supervisor.recover_with(
-        Recovery::new(options.probation, health),
+        Recovery::new(options.probation, options.health_check),
         ignored,
         options.ready_timeout,
     );
@@ -345,9 +340,7 @@ fn parse(args: &[OsString]) -> io::Result<Options> {
                 }
             }
             "--health-check" => {
-                let url = value()?;
-                Probe::parse(&url)?;
-                options.health_check = Some(url);
+                options.health_check = Some(Probe::parse(&value()?)?);
             }
             _ => return Err(usage(format!("unknown option {arg:?}"))),
         }

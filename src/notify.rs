@@ -41,8 +41,8 @@ pub(crate) fn sd_notify_with_fds(
     };
     let bytes = socket.as_bytes();
     let address = match bytes.first() {
-        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,
-        Some(b'/') => SocketAddr::from_pathname(Path::new(socket))?,
+        Some(b'@') => UnixAddr::new_abstract(&bytes[1..])?,
+        Some(b'/') => UnixAddr::new(Path::new(socket))?,
         _ => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -54,22 +54,14 @@ pub(crate) fn sd_notify_with_fds(
     // `net.unix.max_dgram_qlen` datagrams, 10 by default) must not stall a
     // restart; the message is lost and the caller logs it.
     let sender = UnixDatagram::unbound()?;
-    sender.set_nonblocking(true)?;
-    if fds.is_empty() {
-        sender.send_to_addr(message.as_bytes(), &address)?;
-        return Ok(());
-    }
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let to = match bytes[0] {
-        b'@' => UnixAddr::new_abstract(&bytes[1..])?,
-        _ => UnixAddr::new(Path::new(socket))?,
-    };
+    let rights = [ControlMessage::ScmRights(&raw)];
     sendmsg(
         sender.as_raw_fd(),
         &[IoSlice::new(message.as_bytes())],
-        &[ControlMessage::ScmRights(&raw)],
+        if raw.is_empty() { &[] } else { &rights },
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        Some(&to),
+        Some(&address),
     )?;
     Ok(())
 }

@@ -64,8 +64,8 @@ fn probation_and_health_check() {
     .unwrap();
     assert_eq!(options.probation, Duration::ZERO);
     assert_eq!(
-        options.health_check.as_deref(),
-        Some("http://127.0.0.1:8080/health")
+        options.health_check,
+        Some(Probe::parse("http://127.0.0.1:8080/health").unwrap())
     );
     let probe = Probe::parse("http://127.0.0.1:8080").unwrap();
     assert_eq!(probe.path, "/");

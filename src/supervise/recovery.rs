@@ -95,6 +95,7 @@ struct Watched {
 
 /// `--health-check http://HOST:PORT/PATH`: a 2xx answer is healthy. A probe
 /// runs in the launcher's loop and holds it for at most `PROBE_TIMEOUT`.
+#[derive(Debug, PartialEq)]
 pub(crate) struct Probe {
     addr: SocketAddr,
     host: String,
