@@ -28,6 +28,7 @@ mod latency;
 mod memory;
 mod plot;
 mod server;
+mod svg;
 mod timeline;
 
 use std::ffi::OsStr;
