@@ -4,6 +4,9 @@
 //! fail, every old generation must exit, and nothing may be left behind.
 
 use std::ffi::OsStr;
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
@@ -128,4 +131,45 @@ fn python_examples_restart_under_load() {
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
         testkit::restarts_of(command, RESTARTS, None::<fn()>);
     }
+}
+
+/// The threaded Python example writes an answer's head and body apart: with
+/// Nagle's algorithm on, the body waits for the client's delayed ACK, about
+/// 40 ms per request on a kept-alive connection. Its end of the connection
+/// must say TCP_NODELAY.
+#[test]
+fn python_example_sends_without_waiting_for_acks() {
+    let mut command = testkit::python_example("http_server.py");
+    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+    let server = Server::launch(command);
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    // Answered: the server's thread holds its end and has set it up.
+    testkit::request(&mut stream, &mut reader, false).expect("an answer");
+    let ours = stream.local_addr().expect("our address");
+    let theirs = (connections_of(server.pid).into_iter())
+        .find(|c| c.peer_addr().is_ok_and(|a| a == ours))
+        .expect("the server's end of our connection");
+    assert!(theirs.nodelay().expect("TCP_NODELAY"));
+    server.stop();
+}
+
+/// Copies of the sockets process `pid` holds (pidfd_getfd), as TCP streams:
+/// those that are not connected TCP sockets answer no peer address.
+fn connections_of(pid: i32) -> Vec<TcpStream> {
+    let pidfd = testkit::pidfd(pid).expect("pidfd");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("its fds");
+    (fds.flatten())
+        .filter(|e| {
+            (std::fs::read_link(e.path())).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|fd| {
+            // SAFETY: pidfd_getfd takes a pidfd, an fd number in that process
+            // and flags, and returns a new fd of ours or -1.
+            let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+            // SAFETY: a new fd that only we hold.
+            (copy >= 0).then(|| TcpStream::from(unsafe { OwnedFd::from_raw_fd(copy as i32) }))
+        })
+        .collect()
 }

@@ -28,6 +28,9 @@ served_lock = threading.Lock()
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # The head and the body go out in two writes: with Nagle's algorithm the
+    # body would wait for the client's delayed ACK, 40 ms per kept-alive request.
+    disable_nagle_algorithm = True
 
     def handle(self) -> None:
         # Wait for each next request with a short timeout, so that an idle
