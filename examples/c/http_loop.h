@@ -1,5 +1,5 @@
 /*
- * The HTTP/1.1 machinery of the C examples: a one-thread poll() loop over a
+ * The HTTP/1.1 machinery of the C examples: a one-thread epoll loop over a
  * listener, its connections and grestart's shutdown fd, answering every GET
  * and POST with 200 and the headers X-Pid, X-Generation and X-Version (and
  * X-Worker-Pid when a prefork worker answers for its master).
@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +38,7 @@
 #define APP_VERSION "1"
 #endif
 
-#define MAX_CONNECTIONS 16384
+#define MAX_CONNECTIONS 65536
 #define BUFFER_SIZE 8192 /* a request, head and body */
 #define OUT_SIZE 2048    /* answers queued; a few pipelined ones */
 /* Called with each connection adopted from the previous generation; a test
@@ -53,11 +54,17 @@
 
 struct connection {
     int fd;
+    int index;       /* in `connections` */
+    uint32_t events; /* what epoll waits for on it: EPOLLIN or EPOLLOUT, 0 before it is added */
     size_t in_len, out_len, out_sent;
     int close_after_write;
     long long last_active_ms;
-    char in[BUFFER_SIZE];
-    char out[OUT_SIZE];
+    /* Only while a request is read or answered: an idle connection holds
+     * none, which keeps thousands of them cheap to hold, hand over and adopt. */
+    struct buffers {
+        char in[BUFFER_SIZE];
+        char out[OUT_SIZE];
+    } *buffers;
 };
 
 /* The pid the answers name in X-Pid: the process an operator signals. */
@@ -68,6 +75,7 @@ static int handing_over;
 
 static struct connection *connections[MAX_CONNECTIONS];
 static int connection_count;
+static int epoll_fd = -1;
 static unsigned long long requests_served;
 
 static long long now_ms(void) {
@@ -76,10 +84,36 @@ static long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Makes epoll wait on `c` for what it needs next: room to send what is
+ * queued, else a request. Returns -1 when epoll cannot take it. */
+static int watch(struct connection *c) {
+    uint32_t events = c->out_len > c->out_sent ? EPOLLOUT : EPOLLIN;
+    if (events == c->events) {
+        return 0;
+    }
+    struct epoll_event event = {.events = events, .data.ptr = c};
+    if (epoll_ctl(epoll_fd, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &event) < 0) {
+        perror("epoll_ctl");
+        return -1;
+    }
+    c->events = events;
+    return 0;
+}
+
 static void drop_connection(int index) {
-    close(connections[index]->fd);
-    free(connections[index]);
-    connections[index] = connections[--connection_count];
+    struct connection *c = connections[index];
+    /* Taken out of epoll first: a connection handed over lives on in
+     * grestart's copy, and epoll forgets a socket only when its last copy closes. */
+    if (c->events) {
+        epoll_ctl(epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
+    }
+    close(c->fd);
+    free(c->buffers);
+    free(c);
+    if (index != --connection_count) {
+        connections[index] = connections[connection_count];
+        connections[index]->index = index;
+    }
 }
 
 /* The value of header `name` (lower case, with the colon) in the lower-cased
@@ -94,20 +128,21 @@ static const char *header(const char *headers, const char *name) {
  * connection must be dropped at once (garbage). */
 static int handle_requests(struct connection *c, int closing) {
     for (;;) {
-        char *end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+        char *in = c->buffers->in, *out = c->buffers->out;
+        char *end = memmem(in, c->in_len, "\r\n\r\n", 4);
         if (!end) {
-            return c->in_len == sizeof c->in ? -1 : 0; /* header too large */
+            return c->in_len == BUFFER_SIZE ? -1 : 0; /* header too large */
         }
-        size_t head_len = (size_t)(end - c->in) + 4;
+        size_t head_len = (size_t)(end - in) + 4;
         char head[BUFFER_SIZE + 1];
         for (size_t i = 0; i < head_len; i++) {
-            head[i] = (char)tolower((unsigned char)c->in[i]);
+            head[i] = (char)tolower((unsigned char)in[i]);
         }
         head[head_len] = '\0';
 
         const char *length_value = header(head, "\r\ncontent-length:");
         size_t body_len = length_value ? strtoul(length_value, NULL, 10) : 0;
-        if (body_len > sizeof c->in - head_len) {
+        if (body_len > BUFFER_SIZE - head_len) {
             return -1;
         }
         if (c->in_len < head_len + body_len) {
@@ -128,21 +163,21 @@ static int handle_requests(struct connection *c, int closing) {
         int body_size = served ? snprintf(body, sizeof body, "served by pid %d generation %lld\n", (int)getpid(),
                                           (long long)gr_generation())
                                : snprintf(body, sizeof body, "only GET and POST are served here\n");
-        int n = snprintf(c->out + c->out_len, sizeof c->out - c->out_len,
+        int n = snprintf(out + c->out_len, OUT_SIZE - c->out_len,
                          "HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                          "X-Pid: %d\r\n%s%s%sX-Generation: %lld\r\nX-Version: %s\r\nConnection: %s\r\n\r\n%s",
                          HTTP_LOOP_STATUS(head, served), body_size, reported_pid,
                          worker ? "X-Worker-Pid: " : "", worker ? worker_pid : "", worker ? "\r\n" : "",
                          (long long)gr_generation(), APP_VERSION, c->close_after_write ? "close" : "keep-alive",
                          body);
-        if (n < 0 || (size_t)n >= sizeof c->out - c->out_len) {
+        if (n < 0 || (size_t)n >= OUT_SIZE - c->out_len) {
             return -1; /* pipelined faster than we can answer */
         }
         c->out_len += (size_t)n;
         requests_served++;
 
         size_t used = head_len + body_len;
-        memmove(c->in, c->in + used, c->in_len - used);
+        memmove(in, in + used, c->in_len - used);
         c->in_len -= used;
         if (c->close_after_write) {
             c->in_len = 0; /* nothing after a closing request is answered */
@@ -153,15 +188,18 @@ static int handle_requests(struct connection *c, int closing) {
 
 /* Reads what arrived and answers it. Returns -1 when the connection is done. */
 static int on_readable(struct connection *c, int closing) {
+    if (!c->buffers && !(c->buffers = malloc(sizeof *c->buffers))) {
+        return -1;
+    }
     for (;;) {
-        ssize_t n = recv(c->fd, c->in + c->in_len, sizeof c->in - c->in_len, 0);
+        ssize_t n = recv(c->fd, c->buffers->in + c->in_len, BUFFER_SIZE - c->in_len, 0);
         if (n > 0) {
             c->in_len += (size_t)n;
             c->last_active_ms = now_ms();
             if (handle_requests(c, closing) < 0) {
                 return -1;
             }
-            if (c->close_after_write || c->in_len == sizeof c->in) {
+            if (c->close_after_write || c->in_len == BUFFER_SIZE) {
                 return 0;
             }
             continue;
@@ -176,7 +214,7 @@ static int on_readable(struct connection *c, int closing) {
 /* Sends what is queued. Returns -1 when the connection is done. */
 static int on_writable(struct connection *c) {
     while (c->out_sent < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, c->buffers->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
         if (n < 0) {
             return errno == EAGAIN || errno == EINTR ? 0 : -1;
         }
@@ -187,16 +225,19 @@ static int on_writable(struct connection *c) {
 }
 
 static int add_connection(int fd) {
-    /* Only the header is cleared: the buffers' pages are touched when used,
-     * which keeps thousands of idle connections cheap to hold and to free. */
-    struct connection *c = malloc(sizeof *c);
+    struct connection *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
         return -1;
     }
-    memset(c, 0, offsetof(struct connection, in));
     c->fd = fd;
     c->last_active_ms = now_ms();
+    if (watch(c) < 0) {
+        close(fd);
+        free(c);
+        return -1;
+    }
+    c->index = connection_count;
     connections[connection_count++] = c;
     return 0;
 }
@@ -299,69 +340,112 @@ static void print_listening(const char *name, int listener) {
     fflush(stdout);
 }
 
-/* Serves HTTP on `listener` (non-blocking) until this process must drain and
- * every connection is finished or handed over. `adopt_fd` (gr_adopt_fd, or -1)
- * brings the connections the previous generation handed over. Returns 0, or 1
- * when poll() failed. */
-static int serve_http(int listener, int adopt_fd) {
-    int shutdown_fd = gr_shutdown_fd();
-    int draining = 0;
-    enum { SHUTDOWN, LISTENER, ADOPT, FIRST };
-    static struct pollfd fds[MAX_CONNECTIONS + FIRST];
-    while (!draining || connection_count > 0) {
-        fds[SHUTDOWN] = (struct pollfd){.fd = shutdown_fd, .events = POLLIN};
-        fds[LISTENER] = (struct pollfd){.fd = draining ? -1 : listener, .events = POLLIN};
-        fds[ADOPT] = (struct pollfd){.fd = draining ? -1 : adopt_fd, .events = POLLIN};
-        for (int i = 0; i < connection_count; i++) {
-            struct connection *c = connections[i];
-            fds[i + FIRST] = (struct pollfd){.fd = c->fd, .events = c->out_len > c->out_sent ? POLLOUT : POLLIN};
+/* What an epoll event is about, when it is not a connection. */
+static char shutdown_event, listener_event, adopt_event;
+
+static int watch_fd(int fd, char *what) {
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = what};
+    return fd < 0 ? 0 : epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &event);
+}
+
+/* Serves what epoll said of connection `c`. Returns 1 when it is done
+ * (closed, or handed over while draining). */
+static int on_event(struct connection *c, uint32_t events, int draining) {
+    int closing = draining && !handing_over;
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && on_readable(c, closing) < 0) {
+        return 1;
+    }
+    if (c->out_len > c->out_sent && on_writable(c) < 0) {
+        return 1;
+    }
+    if (c->in_len == 0 && c->out_len == 0) {
+        free(c->buffers); /* idle */
+        c->buffers = NULL;
+    }
+    if (draining && hand_over_if_idle(c)) {
+        return 1;
+    }
+    return watch(c) < 0;
+}
+
+/* Draining: hands over every idle connection, and closes those silent for
+ * the idle grace when the successor takes none (one that sends a request
+ * gets its answer first). */
+static void sweep(void) {
+    long long now = now_ms();
+    /* Walk backwards: drop_connection moves the last connection into the gap. */
+    for (int i = connection_count - 1; i >= 0; i--) {
+        struct connection *c = connections[i];
+        int done = hand_over_if_idle(c);
+        if (!done && !handing_over && c->out_len == 0 && now - c->last_active_ms > GR_DEFAULT_IDLE_GRACE_MS) {
+            done = 1;
         }
-        int n = poll(fds, (nfds_t)connection_count + FIRST, draining ? 100 : -1);
-        if (n < 0 && errno != EINTR) {
-            perror("poll");
-            return 1;
-        }
-        if (!draining && (fds[SHUTDOWN].revents & POLLIN)) {
-            /* A successor serves now. The shared listening socket stays open in
-             * it, so connections still queued there are its to accept. */
-            draining = 1;
-            close(listener);
-            for (int i = 0; i < connection_count; i++) {
-                connections[i]->last_active_ms = now_ms();
-            }
-        }
-        int polled = connection_count;
-        if (!draining && (fds[LISTENER].revents & POLLIN)) {
-            accept_all(listener); /* appended after the polled ones */
-        }
-        if (!draining && (fds[ADOPT].revents & POLLIN)) {
-            adopt_all(); /* appended too */
-        }
-        /* Walk backwards: drop_connection moves the last connection into the gap. */
-        for (int i = polled - 1; i >= 0; i--) {
-            struct connection *c = connections[i];
-            int done = 0;
-            int closing = draining && !handing_over;
-            if (fds[i + FIRST].revents & (POLLIN | POLLHUP | POLLERR)) {
-                done = on_readable(c, closing) < 0;
-            }
-            if (!done && c->out_len > c->out_sent) {
-                done = on_writable(c) < 0;
-            }
-            if (!done && draining) {
-                done = hand_over_if_idle(c);
-            }
-            /* Draining, a keep-alive connection silent for the idle grace is
-             * closed; one that sends a request gets its answer first. */
-            if (!done && draining && !handing_over && c->out_len == 0 &&
-                now_ms() - c->last_active_ms > GR_DEFAULT_IDLE_GRACE_MS) {
-                done = 1;
-            }
-            if (done) {
-                drop_connection(i);
-            }
+        if (done) {
+            drop_connection(i);
         }
     }
+}
+
+/* Serves HTTP on `listener` (non-blocking) until this process must drain and
+ * every connection is finished or handed over. `adopt_fd` (gr_adopt_fd, or -1)
+ * brings the connections the previous generation handed over. epoll, not
+ * poll(): a wake-up costs what is ready, not every connection held. Returns
+ * 0, or 1 when epoll failed. */
+static int serve_http(int listener, int adopt_fd) {
+    int shutdown_fd = gr_shutdown_fd();
+    epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (epoll_fd < 0 || watch_fd(shutdown_fd, &shutdown_event) < 0 || watch_fd(listener, &listener_event) < 0 ||
+        watch_fd(adopt_fd, &adopt_event) < 0) {
+        perror("epoll");
+        return 1;
+    }
+    int draining = 0;
+    long long swept_ms = 0;
+    static struct epoll_event events[256];
+    while (!draining || connection_count > 0) {
+        int n = epoll_wait(epoll_fd, events, sizeof events / sizeof events[0], draining ? 100 : -1);
+        if (n < 0 && errno != EINTR) {
+            perror("epoll_wait");
+            return 1;
+        }
+        int drain_began = 0;
+        for (int e = 0; e < n; e++) {
+            char *what = events[e].data.ptr;
+            if (what == &shutdown_event) {
+                /* A successor serves now. The shared listening socket stays open in
+                 * it, so connections still queued there are its to accept. */
+                draining = drain_began = 1;
+                epoll_ctl(epoll_fd, EPOLL_CTL_DEL, shutdown_fd, NULL);
+                epoll_ctl(epoll_fd, EPOLL_CTL_DEL, listener, NULL);
+                close(listener);
+                if (adopt_fd >= 0) {
+                    epoll_ctl(epoll_fd, EPOLL_CTL_DEL, adopt_fd, NULL);
+                }
+                for (int i = 0; i < connection_count; i++) {
+                    connections[i]->last_active_ms = now_ms();
+                }
+            } else if (what == &listener_event) {
+                if (!draining) {
+                    accept_all(listener);
+                }
+            } else if (what == &adopt_event) {
+                if (!draining) {
+                    adopt_all();
+                }
+            } else {
+                struct connection *c = (struct connection *)what;
+                if (on_event(c, events[e].events, draining)) {
+                    drop_connection(c->index);
+                }
+            }
+        }
+        /* After the events: the sweep drops connections later events may name. */
+        if (draining && (drain_began || now_ms() - swept_ms >= 100)) {
+            sweep();
+            swept_ms = now_ms();
+        }
+    }
+    close(epoll_fd);
     return 0;
 }
 
