@@ -1,23 +1,32 @@
 //! `cargo bench --bench handover`: what idle keep-alive connections cost a
-//! restart. The C example holds 10, 1000 and 10000 idle keep-alive
+//! restart. The C example holds 10, 1000, 10000 and 50000 idle keep-alive
 //! connections when it is restarted; the benchmark reports how long the old
 //! generation takes to exit after the signal when the successor adopts them
 //! (hand-over) and when it does not (a successor that never asks: the old
 //! generation closes idle connections after the idle grace,
 //! `GR_DEFAULT_IDLE_GRACE_MS`, as before hand-over), and
-//! the hand-over's cost per connection. Needs `ulimit -n` above 10000.
-//! Writes `target/bench/handover-table.txt`.
+//! the hand-over's cost per connection. Raises its `ulimit -n` to what
+//! 50000 connections need (the old generation holds each twice for a moment),
+//! which takes root or a hard limit that high; `GR_BENCH_COUNTS=10,1000`
+//! measures only those. Writes `target/bench/handover-table.txt`.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn};
 use testkit::{Server, TempDir};
 
 const RUNS: usize = 5;
+const COUNTS: [usize; 4] = [10, 1000, 10000, 50000];
+/// Connections to one server address from one client address: fewer than
+/// the ephemeral ports (32768 to 60999 by default).
+const PER_SOURCE: usize = 20000;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -40,11 +49,30 @@ fn main() {
 
     let mut table = String::from(
         "old generation's exit after the signal, idle keep-alive connections held (median of 5)\n\n\
-         | idle connections | hand-over | of which: to ready, handing over and adopting, the old process's exit | without (successor takes none) | per connection |\n\
-         |---|---|---|---|---|\n",
+         | idle connections | hand-over | of which: to ready, handing over and adopting, the old process's exit | without (successor takes none) | per connection | handing over and adopting, per connection |\n\
+         |---|---|---|---|---|---|\n",
     );
     let mut base = None;
-    for count in [10, 1000, 10000] {
+    let counts: Vec<usize> = std::env::var("GR_BENCH_COUNTS").map_or(COUNTS.to_vec(), |c| {
+        c.split(',')
+            .map(|n| n.parse().expect("GR_BENCH_COUNTS: numbers"))
+            .collect()
+    });
+    for count in counts {
+        // The old generation holds each connection twice for a moment (its own
+        // and grestart's copy until the receipt); with the receipts flowing,
+        // twice as many as it holds is more than enough, and a few thousand over it is.
+        let (want, need) = ((2 * count + 1000) as u64, (count + 2000) as u64);
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let raised = setrlimit(Resource::RLIMIT_NOFILE, want.max(hard), want.max(hard));
+        if let (Err(e), true) = (raised, hard < need) {
+            let line = format!(
+                "| {count} | not measured: needs `ulimit -n` {need}, the hard limit is {hard} ({e}) | | | | |"
+            );
+            println!("{line}");
+            let _ = writeln!(table, "{line}");
+            continue;
+        }
         let mut runs: Vec<Phases> = (0..RUNS)
             .map(|_| exit_time(&server, &flaky, &mode, count, true))
             .collect();
@@ -57,13 +85,14 @@ fn main() {
         base.get_or_insert((count, with.total));
         let _ = writeln!(
             table,
-            "| {count} | {:.1} ms | {:.1} + {:.1} + {:.1} ms | {:.0} ms | {} |",
+            "| {count} | {:.1} ms | {:.1} + {:.1} + {:.1} ms | {:.0} ms | {} | {:.2} µs |",
             ms(with.total),
             ms(with.to_ready),
             ms(with.handing_over),
             ms(with.exit),
             ms(without),
-            per.map_or("(the baseline)".to_string(), |us| format!("{us:.1} µs"))
+            per.map_or("(the baseline)".to_string(), |us| format!("{us:.2} µs")),
+            with.handing_over.as_secs_f64() * 1e6 / count as f64
         );
         println!("{count} connections: done");
     }
@@ -94,7 +123,9 @@ fn exit_time(server: &Path, flaky: &Path, mode: &Path, count: usize, adopting: b
         .env("GRESTART_LOG", "info")
         .env("GR_TEST_MODE_FILE", mode);
     let mut running = Server::launch(command);
-    let mut idle: Vec<TcpStream> = (0..count).map(|_| keep_alive(running.addr)).collect();
+    let mut idle: Vec<TcpStream> = (0..count)
+        .map(|i| keep_alive(running.addr, i / PER_SOURCE))
+        .collect();
     if !adopting {
         std::fs::copy(flaky, server.with_extension("new")).unwrap();
         std::fs::rename(server.with_extension("new"), server).unwrap();
@@ -121,9 +152,23 @@ fn exit_time(server: &Path, flaky: &Path, mode: &Path, count: usize, adopting: b
     phases
 }
 
-/// A connection that has been answered once and stays open.
-fn keep_alive(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+/// A connection from 127.0.0.`2 + source` that has been answered once and stays open.
+fn keep_alive(addr: SocketAddr, source: usize) -> TcpStream {
+    let socket = nix::sys::socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let from = SockaddrIn::new(127, 0, 0, 2 + source as u8, 0);
+    nix::sys::socket::bind(socket.as_raw_fd(), &from).expect("bind to a loopback address");
+    let to = SockaddrIn::from(match addr {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => panic!("the C example listens on 127.0.0.1"),
+    });
+    nix::sys::socket::connect(socket.as_raw_fd(), &to).expect("connect");
+    let mut stream = TcpStream::from(socket);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::with_context;
-use crate::handover::{ADOPT_BYTE, IDS_BYTE};
+use crate::handover::{ADOPT_BYTE, BATCHES_BYTE, IDS_BYTE};
 use crate::log::warning;
 use crate::protocol::Draining;
 use crate::spawn::READY_BYTE;
@@ -55,11 +55,11 @@ impl Predecessor {
     }
 
     /// Says "ready" (the predecessor begins to drain), and whether we adopt
-    /// its idle connections (and name each in our receipts). "Ready" comes
-    /// first: it is all an older grestart reads.
+    /// its idle connections (and name each in our receipts, and read them in
+    /// batches). "Ready" comes first: it is all an older grestart reads.
     pub(crate) fn tell_ready(&self, adopting: bool) -> io::Result<()> {
         let message: &[u8] = if adopting {
-            &[READY_BYTE, ADOPT_BYTE, IDS_BYTE]
+            &[READY_BYTE, ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE]
         } else {
             &[READY_BYTE]
         };
@@ -68,7 +68,7 @@ impl Predecessor {
 
     /// Says we adopt connections, once already ready.
     pub(crate) fn tell_adopting(&self) -> io::Result<()> {
-        self.tell(&[ADOPT_BYTE, IDS_BYTE])
+        self.tell(&[ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE])
     }
 
     fn tell(&self, message: &[u8]) -> io::Result<()> {

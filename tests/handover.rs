@@ -427,7 +427,7 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     assert_eq!(server.pid, heir);
     lines.extend(server.log_lines());
     let adopted = adopted_ports(&lines);
-    let (mut served, mut closed) = (0, 0);
+    let (mut served, mut closed, mut lost) = (0, 0, Vec::new());
     for (i, (stream, reader)) in first.iter_mut().chain(later.iter_mut()).enumerate() {
         let port = stream.local_addr().unwrap().port();
         if adopted.contains(&port) {
@@ -443,15 +443,33 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
                 Ok(()),
                 "connection {i}, lost by the heir"
             );
+            lost.push(port);
             closed += 1;
         }
     }
+    // ...and held by nobody: the heir keeps no fd of a connection it lost.
+    let held = held_open(server.addr.port());
+    let leaked: Vec<_> = lost.iter().filter(|port| held.contains(port)).collect();
+    assert!(leaked.is_empty(), "lost connections still held open (fds leaked): {leaked:?}");
     println!("EMFILE heir: {served} connections adopted and served, {closed} closed in order");
     assert!(
         closed > 0 && served > LATER,
         "some lost, the later ones adopted"
     );
     server.stop();
+}
+
+/// The client ports of the connections to `server_port` whose server end is
+/// still open in some process: `/proc/net/tcp` gives a socket an inode while
+/// an fd refers to it.
+fn held_open(server_port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{server_port:04X}");
+    (table.lines().skip(1))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields[1].ends_with(&local) && fields[9] != "0")
+        .filter_map(|fields| u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok())
+        .collect()
 }
 
 /// A thread-per-connection heir that lets `gr_shutdown` wait for its

@@ -125,6 +125,10 @@ pub(crate) struct Engine {
     /// The ready successor, once there is one: connections are handed to it.
     /// Its channel stays open until we exit, so that it can see when we are gone.
     heir: Mutex<Option<Heir>>,
+    /// Signalled when the heir's batch of connections began: a thread of
+    /// its own sends it when due (started with the first).
+    batch_began: Condvar,
+    batch_sender: OnceCell<()>,
     /// Connections handed to us, once the application asked for them.
     adoption: OnceCell<&'static Adoption>,
     /// When our exit would end the service (a container's PID 1): how we
@@ -244,6 +248,8 @@ impl Engine {
             hooks: Hooks::new(),
             work,
             heir: Mutex::new(None),
+            batch_began: Condvar::new(),
+            batch_sender: OnceCell::new(),
             adoption: OnceCell::new(),
             watch: parts.watch,
             ignoring: parts.ignoring,

@@ -5,11 +5,13 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::MutexGuard;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use super::{Engine, Phase};
 use crate::handover::{Adoption, Handed, Heir, Offer};
-use crate::log;
+use crate::log::{self, warning};
+use crate::signal;
 use crate::sys;
 
 impl Engine {
@@ -20,19 +22,57 @@ impl Engine {
     /// Offers the idle `connection`, accepted on the listener `name` (`None`:
     /// the one its address belongs to), to the ready successor.
     pub(crate) fn hand_over(
-        &self,
+        &'static self,
         connection: BorrowedFd<'_>,
         name: Option<&str>,
     ) -> io::Result<Offer> {
         // What the hand-over logs goes out after the lock is released.
         let _defer = log::Defer::new();
         match self.heir_lock().as_mut() {
-            Some(heir) => heir.hand_over(connection, name),
+            Some(heir) => {
+                let waiting = heir.batch_due().is_some();
+                let offer = heir.hand_over(connection, name);
+                if !waiting && heir.batch_due().is_some() {
+                    self.send_batch_when_due(heir);
+                }
+                offer
+            }
             None => Ok(Offer::Declined(
                 "no successor to hand the connection to (not restarting, or the restart failed): \
                  close it"
                     .into(),
             )),
+        }
+    }
+
+    /// Has the heir's batch, which just began, sent when it is due, by a
+    /// thread of its own that waits for each batch to begin; without the
+    /// thread, sends it now.
+    fn send_batch_when_due(&'static self, heir: &mut Heir) {
+        let started = self.batch_sender.get_or_try_init(|| {
+            signal::spawn_thread("grestart-batch", move || {
+                loop {
+                    let _defer = log::Defer::new(); // what the batch logs goes out unlocked
+                    let mut heir = self.heir_lock();
+                    match heir.as_ref().and_then(Heir::batch_due) {
+                        None => drop(self.batch_began.wait(heir)),
+                        Some(due) if due > Instant::now() => {
+                            drop(heir);
+                            thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
+                        Some(_) => {
+                            let _ = heir.as_mut().map(Heir::flush);
+                        }
+                    }
+                }
+            })
+        });
+        match started {
+            Ok(()) => self.batch_began.notify_one(),
+            Err(e) => {
+                warning!("{e}: connections are handed over one by one");
+                let _ = heir.flush();
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 //! duplicates.
 
 use std::io;
-use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,18 +10,18 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, SockType, getsockopt, recvmsg, send, sockopt,
-};
+use nix::sys::socket::{MsgFlags, getsockopt, send, sockopt};
 use once_cell::sync::OnceCell;
 
 use super::poll_timeout;
 use super::queue::{Handed, Queue};
-use super::wire::{ACK_BYTE, ID_LEN, NAME_MAX, TAKEN_BYTE};
+use super::send::BATCH_WAIT;
+use super::wire::{
+    ACK_BYTE, BATCH_MARK, HEAD_LEN, ID_LEN, Incoming, MAX_BATCH, RECORD_MAX, TAKEN_BYTE,
+};
 use crate::error::{fail, with_context};
 use crate::log::{debug, warning};
 use crate::signal;
-use crate::sys::socket_type;
 
 /// The heir's side: the connections received and not yet adopted by the
 /// application, and an fd that is readable while there are some.
@@ -31,16 +30,27 @@ pub(crate) struct Adoption {
     queue: Queue,
     /// The link to the predecessor, for the receipts; `None` on a fresh start.
     channel: Option<Arc<OwnedFd>>,
-    /// Receipts not sent yet: the predecessor's buffer was full.
-    receipts: Mutex<Vec<u8>>,
+    /// Receipts not sent yet: more adoptions follow, or the predecessor's
+    /// buffer was full.
+    receipts: Mutex<Receipts>,
     /// Written when receipts are left unsent: the receiving thread then
-    /// waits for room to send them too.
+    /// sends them when due, once there is room.
     unsent: EventFd,
     /// Once this generation drains behind a successor of its own, what the
     /// predecessor still hands over goes on to that successor, the newest
     /// generation: our event loop no longer adopts anything.
     relay: OnceCell<Relay>,
 }
+
+/// Receipts not sent yet, and since when the oldest waits.
+struct Receipts {
+    bytes: Vec<u8>,
+    since: Instant,
+}
+
+/// Receipts go out together when so many wait (a stream socket's message
+/// takes a buffer's worth of send budget, whatever its size).
+const RECEIPTS_AT_ONCE: usize = 4096;
 
 /// Hands a connection (accepted on the named listener) on; `false` when it cannot.
 pub(crate) type Relay = Box<dyn Fn(BorrowedFd<'_>, &str) -> bool + Send + Sync>;
@@ -62,7 +72,10 @@ impl Adoption {
         let adoption: &'static Adoption = Box::leak(Box::new(Adoption {
             queue: Queue::new(waiting),
             channel: channel.as_ref().map(|(c, _)| Arc::clone(c)),
-            receipts: Mutex::new(Vec::new()),
+            receipts: Mutex::new(Receipts {
+                bytes: Vec::new(),
+                since: Instant::now(),
+            }),
             unsent,
             relay: OnceCell::new(),
         }));
@@ -79,17 +92,24 @@ impl Adoption {
     /// Receives connections until the predecessor closes the channel, and
     /// sends the receipts left unsent when there is room.
     fn receive(&self, channel: &OwnedFd) {
-        let mut message = [0u8; 1 + NAME_MAX + ID_LEN];
+        let mut message = vec![0u8; HEAD_LEN + MAX_BATCH * RECORD_MAX];
+        let mut incoming = Incoming::default();
         loop {
-            let mut events = PollFlags::POLLIN;
-            if !self.receipts().is_empty() {
-                events |= PollFlags::POLLOUT;
+            let (mut events, mut timeout) = (PollFlags::POLLIN, PollTimeout::NONE);
+            let receipts = self.receipts();
+            if !receipts.bytes.is_empty() {
+                let left = (receipts.since + BATCH_WAIT).saturating_duration_since(Instant::now());
+                match left.is_zero() {
+                    true => events |= PollFlags::POLLOUT,
+                    false => timeout = poll_timeout(left),
+                }
             }
+            drop(receipts);
             let mut fds = [
                 PollFd::new(channel.as_fd(), events),
                 PollFd::new(self.unsent.as_fd(), PollFlags::POLLIN),
             ];
-            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+            if let Err(e) = poll(&mut fds, timeout) {
                 if e != Errno::EINTR {
                     warning!("cannot wait for handed-over connections: {e}");
                     return;
@@ -101,20 +121,12 @@ impl Adoption {
             }
             let link = fds[0].revents().unwrap_or(PollFlags::empty());
             if link.contains(PollFlags::POLLOUT) {
-                send_receipts(channel, &mut self.receipts());
+                send_receipts(channel, &mut self.receipts().bytes);
             }
             if !link.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 continue;
             }
-            let mut space = nix::cmsg_space!([RawFd; 1]);
-            let mut iov = [IoSliceMut::new(&mut message)];
-            let received = recvmsg::<()>(
-                channel.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            );
-            let received = match received {
+            let (count, fds, truncated) = match receive_message(channel, &mut message) {
                 Ok(received) => received,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -122,51 +134,32 @@ impl Adoption {
                     return;
                 }
             };
-            let truncated = received.flags.contains(MsgFlags::MSG_CTRUNC);
-            let mut fds = Vec::new();
-            for cmsg in received.cmsgs().into_iter().flatten() {
-                if let ControlMessageOwned::ScmRights(rights) = cmsg {
-                    // SAFETY: the kernel installed these fds for us just now.
-                    fds.extend(
-                        rights
-                            .into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            let bytes = received.bytes;
-            if bytes == 0 && fds.is_empty() {
+            let bytes = &message[..count];
+            if bytes.is_empty() && fds.is_empty() {
                 debug!("the previous generation has exited; no more connections come");
                 return;
             }
-            if truncated {
-                warning!("a handed-over connection was lost: out of file descriptors");
-            }
-            // The name, then the id (from a predecessor that sends ids).
-            let length = usize::from(message[0]);
-            let id = match bytes.checked_sub(1 + length) {
-                Some(0) => None,
-                Some(ID_LEN) => {
-                    let id = &message[1 + length..bytes];
-                    Some(u64::from_le_bytes(id.try_into().expect("ID_LEN bytes")))
+            let handed = if incoming.is_empty() && bytes.first() != Some(&BATCH_MARK) {
+                one_connection(bytes, fds, truncated) // from an older grestart
+            } else {
+                incoming.add(bytes, fds, truncated);
+                let mut records = Vec::new();
+                match incoming.take(&mut records) {
+                    Ok(0) => {}
+                    Ok(lost) => {
+                        warning!(
+                            "{lost} handed-over connections were lost: out of file descriptors"
+                        )
+                    }
+                    Err(e) => {
+                        warning!("cannot read what the previous generation hands over: {e}");
+                        return;
+                    }
                 }
-                _ => {
-                    warning!("ignoring a malformed message from the previous generation");
-                    continue;
-                }
+                records.into_iter().map(Handed::from).collect()
             };
-            let listener = String::from_utf8_lossy(&message[1..1 + length]).into_owned();
-            for connection in fds {
-                if socket_type(connection.as_fd()) != Some(SockType::Stream) {
-                    warning!("ignoring a handed-over fd that is not a stream socket");
-                    continue;
-                }
-                self.queue.push_back(Handed {
-                    connection,
-                    listener: listener.clone(),
-                    id,
-                });
-            }
+            // The predecessor checked each is a connected stream socket.
+            self.queue.push_all(handed);
             self.relay_waiting();
         }
     }
@@ -194,23 +187,36 @@ impl Adoption {
         }
     }
 
-    /// Tells the predecessor a connection was taken: it drops its copy.
+    /// Tells the predecessor a connection was taken: it drops its copy. The
+    /// receipts of a burst of adoptions go together: once the application has
+    /// taken every connection waiting, else by the receiving thread when due.
     fn acknowledge(&self, id: Option<u64>) {
-        if let Some(channel) = &self.channel {
-            let mut receipts = self.receipts();
-            match id {
-                Some(id) => {
-                    receipts.push(TAKEN_BYTE);
-                    receipts.extend_from_slice(&id.to_le_bytes());
-                }
-                None => receipts.push(ACK_BYTE),
-            }
-            send_receipts(channel, &mut receipts);
-            if !receipts.is_empty() {
-                // Never wait here: the application's event loop runs on this thread.
-                let _ = self.unsent.write(1);
-            }
+        let Some(channel) = &self.channel else {
+            return;
+        };
+        let caught_up = self.queue.is_empty();
+        let mut receipts = self.receipts();
+        let first = receipts.bytes.is_empty();
+        if first {
+            receipts.since = Instant::now();
         }
+        match id {
+            Some(id) => {
+                receipts.bytes.push(TAKEN_BYTE);
+                receipts.bytes.extend_from_slice(&id.to_le_bytes());
+            }
+            None => receipts.bytes.push(ACK_BYTE),
+        }
+        if caught_up || receipts.bytes.len() >= RECEIPTS_AT_ONCE {
+            send_receipts(channel, &mut receipts.bytes);
+            if receipts.bytes.is_empty() {
+                return;
+            }
+        } else if !first {
+            return; // the receiving thread knows
+        }
+        // Never wait here: the application's event loop runs on this thread.
+        let _ = self.unsent.write(1);
     }
 
     /// The first connection waiting that was accepted on the listener `name`
@@ -246,9 +252,81 @@ impl Adoption {
         Ok(Some(handed))
     }
 
-    fn receipts(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    fn receipts(&self) -> std::sync::MutexGuard<'_, Receipts> {
         self.receipts.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// One `recvmsg` on `channel`: the bytes it put in `message`, the fds it
+/// brought, and whether some were lost (out of fds). Read by hand, not with
+/// nix's iterator, which gives nothing when some were lost: the fds that did
+/// come would leak.
+fn receive_message(
+    channel: &OwnedFd,
+    message: &mut [u8],
+) -> nix::Result<(usize, Vec<OwnedFd>, bool)> {
+    // A cmsghdr and MAX_BATCH fds, in u64s for the header's alignment.
+    const WORDS: usize = (size_of::<libc::cmsghdr>() + MAX_BATCH * size_of::<RawFd>()).div_ceil(8);
+    let mut space = [0u64; WORDS];
+    let mut iov = libc::iovec {
+        iov_base: message.as_mut_ptr().cast(),
+        iov_len: message.len(),
+    };
+    // SAFETY: zero is a valid msghdr; every pointer in it outlives the call.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = space.as_mut_ptr().cast();
+    header.msg_controllen = std::mem::size_of_val(&space);
+    // SAFETY: `header` describes buffers we own, for the kernel to fill.
+    let bytes = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
+    let bytes = usize::try_from(bytes).map_err(|_| Errno::last())?;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled the control buffer `header` points to; each
+    // SCM_RIGHTS message holds as many fds as its length says, installed for us.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+    }
+    Ok((bytes, fds, header.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// The connection of a message from a predecessor that sends no batches:
+/// the length of its listener's name, the name, and its id, if it sends ids.
+fn one_connection(message: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Vec<Handed> {
+    if truncated {
+        warning!("a handed-over connection was lost: out of file descriptors");
+    }
+    let length = usize::from(message[0]);
+    let id = match message.len().checked_sub(1 + length) {
+        Some(0) => None,
+        Some(ID_LEN) => {
+            let id = &message[1 + length..];
+            Some(u64::from_le_bytes(id.try_into().expect("ID_LEN bytes")))
+        }
+        _ => {
+            warning!("ignoring a malformed message from the previous generation");
+            return Vec::new();
+        }
+    };
+    let listener = String::from_utf8_lossy(&message[1..1 + length]).into_owned();
+    (fds.into_iter())
+        .map(|connection| Handed {
+            connection,
+            listener: listener.clone(),
+            id,
+        })
+        .collect()
 }
 
 /// Sends as much of `receipts` as the predecessor has room for, without

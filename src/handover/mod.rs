@@ -49,8 +49,12 @@ use nix::poll::PollTimeout;
 pub(crate) use adopt::Adoption;
 pub(crate) use queue::Handed;
 pub(crate) use send::{Heir, Offer};
-pub(crate) use wire::{ADOPT_BYTE, IDS_BYTE};
+pub(crate) use wire::{ADOPT_BYTE, BATCHES_BYTE, IDS_BYTE};
 
+/// `left` for `poll`, in whole milliseconds rounded up: a wait of less than
+/// one is one, never a busy loop of zeros.
 fn poll_timeout(left: Duration) -> PollTimeout {
-    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+    let millis = left.as_micros().div_ceil(1000);
+    PollTimeout::try_from(Duration::from_millis(millis.try_into().unwrap_or(u64::MAX)))
+        .unwrap_or(PollTimeout::MAX)
 }

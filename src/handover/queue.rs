@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use nix::sys::eventfd::EventFd;
 
+use super::wire::Record;
 use crate::error::fail;
 use crate::log::warning;
 
@@ -17,6 +18,16 @@ pub(crate) struct Handed {
     pub(crate) listener: String,
     /// Its id, for the receipt; `None` from a predecessor that sends none.
     pub(super) id: Option<u64>,
+}
+
+impl From<Record> for Handed {
+    fn from(record: Record) -> Handed {
+        Handed {
+            connection: record.connection,
+            listener: record.listener,
+            id: Some(record.id),
+        }
+    }
 }
 
 /// The connections received and not yet adopted, oldest first.
@@ -39,15 +50,23 @@ impl Queue {
         self.waiting.as_fd()
     }
 
-    /// Queues a connection the predecessor handed over.
-    pub(super) fn push_back(&self, handed: Handed) {
+    /// Queues connections the predecessor handed over.
+    pub(super) fn push_all(&self, handed: impl IntoIterator<Item = Handed>) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.push_back(handed);
-        if queue.len() == 1 {
+        let was_empty = queue.is_empty();
+        queue.extend(handed);
+        if was_empty && !queue.is_empty() {
             if let Err(e) = self.waiting.write(1) {
                 warning!("cannot signal a handed-over connection: {e}");
             }
         }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Puts back, first in line, a connection the relay could not hand on.

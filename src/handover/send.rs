@@ -1,39 +1,46 @@
-//! The old generation's side: idle connections handed to its ready heir, a
-//! duplicate of each kept until the heir's receipt for it.
+//! The old generation's side: idle connections handed to its ready heir, in
+//! batches, a duplicate of each kept until the heir's receipt for it.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{
-    MsgFlags, Shutdown, SockType, SockaddrStorage, getpeername, recv, shutdown,
+    MsgFlags, Shutdown, SockType, SockaddrStorage, getpeername, recv, send, shutdown,
 };
 
 use super::listeners::listener_of;
 use super::poll_timeout;
-use super::wire::{ACK_BYTE, ADOPT_BYTE, ID_LEN, IDS_BYTE, TAKEN_BYTE, send_connection};
+use super::wire::{
+    ACK_BYTE, ADOPT_BYTE, BATCHES_BYTE, ID_LEN, IDS_BYTE, MAX_BATCH, TAKEN_BYTE, add_record,
+    empty_batch, send_batch, send_connection,
+};
 use crate::error::{fail, with_context};
 use crate::log::warning;
 use crate::sys::socket_type;
 
 pub(crate) use crate::limits::HAND_OVER_BOUND as BOUND;
-/// How many connections are sent between two reads of the receipts.
+/// How many connections are handed over between two reads of the receipts.
 const RECEIPTS_EVERY: u64 = 64;
+/// A connection handed over less than this after the last message went out
+/// waits in the batch, which goes out when it is full or this long after its
+/// first connection: a burst travels in few messages, a lone connection at once.
+pub(crate) const BATCH_WAIT: Duration = Duration::from_micros(500);
 
 /// What became of a connection offered to the heir.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Offer {
-    /// The heir holds it now.
+    /// The heir holds it now, or will with the next batch.
     Taken,
     /// No heir takes it (why): close it as without grestart.
     Declined(String),
 }
 
-/// The old generation's side: its ready heir, and the connections handed to
-/// it that it has not taken yet.
+/// The old generation's side: its ready heir, the connections handed to it
+/// that it has not taken yet, and the batch not sent yet.
 pub(crate) struct Heir {
     channel: OwnedFd,
     pid: libc::pid_t,
@@ -43,18 +50,24 @@ pub(crate) struct Heir {
     adopts: bool,
     /// Its receipts name the connection (it said `IDS_BYTE`).
     ids: bool,
+    /// It reads batches (it said `BATCHES_BYTE`).
+    batches: bool,
     /// The heir closed the channel: it exited.
     gone: bool,
-    /// Our duplicates of the connections sent and not yet taken, oldest
-    /// first, with their ids.
+    /// Our duplicates of the connections handed over and not yet taken,
+    /// oldest first, with their ids; the last `unsent` are in `batch`.
     pending: VecDeque<(u64, OwnedFd)>,
-    /// The id of the next connection sent.
+    /// The batch not sent yet: its head and the records of its connections.
+    batch: Vec<u8>,
+    unsent: usize,
+    /// When the first connection of the batch was handed over.
+    batch_began: Instant,
+    /// The id of the next connection handed over.
     next_id: u64,
     /// What the heir said that is not complete yet (a receipt cut in two).
     unread: Vec<u8>,
-    /// Connections sent, to read the receipts every so often.
-    sent: u64,
-    /// When the last one was sent: the heir has until then + BOUND to take it.
+    /// When the last message went out: the heir has until then + BOUND to
+    /// take what it carried.
     last_sent: Instant,
 }
 
@@ -71,18 +84,22 @@ impl Heir {
         listeners: Vec<(String, Option<SockaddrStorage>)>,
         said: &[u8],
     ) -> Heir {
+        let now = Instant::now();
         let mut heir = Heir {
             channel,
             pid,
             listeners,
             adopts: false,
             ids: false,
+            batches: false,
             gone: false,
             pending: VecDeque::new(),
+            batch: empty_batch(),
+            unsent: 0,
+            batch_began: now,
             next_id: 0,
             unread: said.to_vec(),
-            sent: 0,
-            last_sent: Instant::now(),
+            last_sent: now,
         };
         heir.take_what_was_said();
         heir
@@ -118,6 +135,7 @@ impl Heir {
             match byte {
                 ADOPT_BYTE => self.adopts = true,
                 IDS_BYTE => self.ids = true,
+                BATCHES_BYTE => self.batches = true,
                 // The heir holds it now: closing ours closes nothing.
                 ACK_BYTE => drop(self.pending.pop_front()),
                 TAKEN_BYTE => {
@@ -125,6 +143,7 @@ impl Heir {
                         break;
                     };
                     let id = u64::from_le_bytes(id.try_into().expect("ID_LEN bytes"));
+                    // Receipts come in order, but for the lost ones: look from the front.
                     if let Some(i) = self.pending.iter().position(|(sent, _)| *sent == id) {
                         drop(self.pending.remove(i));
                     }
@@ -143,8 +162,10 @@ impl Heir {
     }
 
     /// Closes the connections the heir did not take, in order (a FIN, not a
-    /// reset), whatever else holds them.
+    /// reset), whatever else holds them; the batch not sent goes with them.
     fn close_pending(&mut self, why: &str) {
+        self.batch = empty_batch();
+        self.unsent = 0;
         if self.pending.is_empty() {
             return;
         }
@@ -164,9 +185,10 @@ impl Heir {
     }
 
     /// Sends `connection`, accepted on the listener `name` (`None`: the one
-    /// its local address belongs to), to the heir. Taken, the caller drops its
-    /// own descriptor and the heir serves it; declined, the caller closes it.
-    /// An error is a connection that cannot be handed over by anyone.
+    /// its local address belongs to), to the heir, with the next batch. Taken,
+    /// the caller drops its own descriptor and the heir serves it; declined,
+    /// the caller closes it. An error is a connection that cannot be handed
+    /// over by anyone.
     pub(crate) fn hand_over(
         &mut self,
         connection: BorrowedFd<'_>,
@@ -174,7 +196,7 @@ impl Heir {
     ) -> io::Result<Offer> {
         // The receipts wait in our buffer; read them every so often (they let
         // us drop our duplicates), and while the heir has not said it adopts.
-        if !self.adopts || self.sent % RECEIPTS_EVERY == 0 {
+        if !self.adopts || self.next_id % RECEIPTS_EVERY == 0 {
             self.read();
         }
         let pid = self.pid;
@@ -197,28 +219,94 @@ impl Heir {
             .try_clone_to_owned()
             .map_err(|e| with_context(e, "cannot keep a copy of the connection"))?;
         let id = self.next_id;
-        // An heir that never said IDS_BYTE reads a name and nothing after it.
-        let sent_id = self.ids.then_some(id);
+        self.next_id += 1;
+        if !self.batches {
+            // An heir that never said IDS_BYTE reads a name and nothing after it.
+            let sent_id = self.ids.then_some(id);
+            let sent =
+                self.send_waiting(|channel| send_connection(channel, &name, sent_id, connection));
+            if let Err(why) = sent {
+                return Ok(Offer::Declined(format!("{why}: close the connection")));
+            }
+            self.pending.push_back((id, ours));
+            return Ok(Offer::Taken);
+        }
+        if self.unsent == 0 {
+            self.batch_began = Instant::now();
+        }
+        add_record(&mut self.batch, &name, id);
+        self.pending.push_back((id, ours));
+        self.unsent += 1;
+        if self.unsent == MAX_BATCH || self.last_sent.elapsed() >= BATCH_WAIT {
+            if let Err(why) = self.flush() {
+                return Ok(Offer::Declined(why));
+            }
+        }
+        Ok(Offer::Taken)
+    }
+
+    /// When the batch not sent yet is due to go, if there is one.
+    pub(crate) fn batch_due(&self) -> Option<Instant> {
+        (self.unsent > 0).then(|| self.batch_began + BATCH_WAIT)
+    }
+
+    /// Sends the batch (waiting, within the bound, for the heir to make room).
+    /// When it cannot, hand-over ends and every connection not taken is
+    /// closed, in order: `Err` says why.
+    pub(crate) fn flush(&mut self) -> Result<(), String> {
+        let flushed = self.send_batch();
+        if let Err(why) = &flushed {
+            self.adopts = false; // and the next connections are closed at once
+            self.close_pending(why);
+        }
+        flushed
+    }
+
+    fn send_batch(&mut self) -> Result<(), String> {
+        if self.unsent == 0 {
+            return Ok(());
+        }
+        let mut fds: [RawFd; MAX_BATCH] = [-1; MAX_BATCH];
+        let batch = self.pending.range(self.pending.len() - self.unsent..);
+        for ((_, connection), fd) in batch.zip(fds.iter_mut()) {
+            *fd = connection.as_raw_fd();
+        }
+        let batch = std::mem::replace(&mut self.batch, empty_batch());
+        let fds = &fds[..self.unsent];
+        let mut sent = self.send_waiting(|channel| send_batch(channel, &batch, fds))?;
+        self.unsent = 0;
+        // The rest of a batch sent in part (its fds went with the first part).
+        while sent < batch.len() {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            sent +=
+                self.send_waiting(|channel| send(channel.as_raw_fd(), &batch[sent..], flags))?;
+        }
+        Ok(())
+    }
+
+    /// Sends what `send` sends, without waiting, trying again while the heir's
+    /// buffer is full or too many fds are in flight (`RLIMIT_NOFILE`), within
+    /// the bound: `Err` says why it could not.
+    fn send_waiting(
+        &mut self,
+        mut send: impl FnMut(BorrowedFd<'_>) -> nix::Result<usize>,
+    ) -> Result<usize, String> {
+        let pid = self.pid;
         let give_up = Instant::now() + BOUND;
         loop {
-            match send_connection(self.channel.as_fd(), &name, sent_id, connection) {
-                Ok(_) => {
-                    self.pending.push_back((id, ours));
-                    self.next_id += 1;
-                    self.sent += 1;
+            match send(self.channel.as_fd()) {
+                Ok(n) => {
                     self.last_sent = Instant::now();
-                    return Ok(Offer::Taken);
+                    return Ok(n);
                 }
                 Err(Errno::EINTR) => {}
-                // The heir's buffer is full, or too many fds are in flight
-                // (RLIMIT_NOFILE): wait for it to take some, within the bound.
                 Err(Errno::EAGAIN | Errno::ETOOMANYREFS) => {
                     let left = give_up.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.adopts = false; // and the next connections are closed at once
-                        return Ok(Offer::Declined(format!(
-                            "successor {pid} did not take connections within {BOUND:?}: close the connection"
-                        )));
+                        return Err(format!(
+                            "successor {pid} did not take connections within {BOUND:?}"
+                        ));
                     }
                     let mut fds = [PollFd::new(
                         self.channel.as_fd(),
@@ -228,23 +316,30 @@ impl Heir {
                     let _ = poll(&mut fds, poll_timeout(left.min(Duration::from_millis(1))));
                     self.read();
                     if self.gone {
-                        return Ok(Offer::Declined(format!("successor {pid} has exited")));
+                        return Err(format!("successor {pid} has exited"));
                     }
                 }
                 Err(Errno::EPIPE | Errno::ECONNRESET) => {
                     self.heir_gone();
-                    return Ok(Offer::Declined(format!("successor {pid} has exited")));
+                    return Err(format!("successor {pid} has exited"));
                 }
                 Err(e) => {
-                    return Err(with_context(e.into(), "cannot hand the connection over"));
+                    self.adopts = false;
+                    return Err(format!(
+                        "cannot hand connections over to successor {pid}: {e}"
+                    ));
                 }
             }
         }
     }
 
-    /// Waits until the heir took every connection handed to it, or the bound
-    /// passed since the last one; then closes, in order, those it did not take.
+    /// Sends the batch, then waits until the heir took every connection
+    /// handed to it, or the bound passed since the last message; then closes,
+    /// in order, those it did not take.
     pub(crate) fn finish(&mut self) {
+        if self.flush().is_err() {
+            return;
+        }
         let deadline = self.last_sent + BOUND;
         loop {
             self.read();

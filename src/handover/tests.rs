@@ -12,7 +12,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
 
 use super::send::BOUND;
-use super::wire::{ACK_BYTE, ID_LEN, TAKEN_BYTE, send_connection};
+use super::wire::{
+    ACK_BYTE, BATCHES_BYTE, ID_LEN, Incoming, MAX_BATCH, TAKEN_BYTE, add_record, empty_batch,
+    send_connection,
+};
 use super::*;
 
 /// Receives one connection message on `heir_end`: its id and the fd.
@@ -217,4 +220,94 @@ fn a_late_hand_over_gets_the_whole_bound() {
             .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
         "the adopted connection stays open: {read:?}"
     );
+}
+
+/// A burst of connections on two listeners goes in batches (more than
+/// one's worth of fds) to an heir that reads them: each arrives once, in
+/// order, on its listener, and the heir's receipts reach the old generation,
+/// which then closes none of them.
+#[test]
+fn a_burst_goes_in_batches_and_every_connection_arrives_on_its_listener() {
+    const CONNECTIONS: usize = 2 * MAX_BATCH + 100;
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    let pid = std::process::id() as i32;
+    let adoption = Adoption::start(Some((Arc::new(OwnedFd::from(heir_end)), pid))).unwrap();
+    let listeners = vec![("http".into(), None), ("admin".into(), None)];
+    let said = [ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE];
+    let mut heir = Heir::new(OwnedFd::from(old_end), pid, listeners, &said);
+    let mut clients = Vec::new();
+    for i in 0..CONNECTIONS {
+        let (connection, client) = UnixStream::pair().unwrap();
+        let name = ["http", "admin"][i % 2];
+        assert_eq!(
+            heir.hand_over(connection.as_fd(), Some(name)).unwrap(),
+            Offer::Taken
+        );
+        clients.push(client);
+    }
+    let adopter = thread::spawn(move || {
+        let mut kept = Vec::new();
+        for i in 0..CONNECTIONS {
+            let handed = adoption.adopt(Some(Duration::from_secs(10)), |_| true);
+            let handed = handed.unwrap().expect("every connection arrives");
+            assert_eq!(handed.listener, ["http", "admin"][i % 2], "connection {i}");
+            assert_eq!(handed.id, Some(i as u64), "in order");
+            kept.push(handed.connection);
+        }
+        kept
+    });
+    heir.finish(); // sends the last batch, waits for every receipt
+    let kept = adopter.join().unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.set_nonblocking(true).unwrap();
+        let read = client.read(&mut [0u8; 1]);
+        let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+        assert!(open, "connection {i}, adopted, stays open");
+    }
+    drop(kept);
+}
+
+/// The kernel may cut a batch's bytes in parts, its fds with the first:
+/// each connection comes out once its record is whole, and a batch whose
+/// fds were cut (the heir out of fds) gives the ones that came.
+#[test]
+fn a_batch_cut_in_parts_gives_its_connections_once_whole() {
+    let mut batch = empty_batch();
+    for (name, id) in [("http", 7), ("admin", 8), ("http", 9)] {
+        add_record(&mut batch, name, id);
+    }
+    for cut in 1..batch.len() {
+        let mut incoming = Incoming::default();
+        let fds = (0..3)
+            .map(|_| OwnedFd::from(UnixStream::pair().unwrap().0))
+            .collect();
+        incoming.add(&batch[..cut], fds, false);
+        let mut records = Vec::new();
+        assert_eq!(incoming.take(&mut records), Ok(0));
+        assert!(
+            records.is_empty(),
+            "cut at {cut}: nothing before the last record"
+        );
+        incoming.add(&batch[cut..], Vec::new(), false);
+        assert_eq!(incoming.take(&mut records), Ok(0));
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| (r.listener.as_str(), r.id))
+            .collect();
+        assert_eq!(
+            got,
+            [("http", 7), ("admin", 8), ("http", 9)],
+            "cut at {cut}"
+        );
+        assert!(incoming.is_empty());
+    }
+    let mut incoming = Incoming::default();
+    incoming.add(
+        &batch,
+        vec![OwnedFd::from(UnixStream::pair().unwrap().0)],
+        true,
+    );
+    let mut records = Vec::new();
+    assert_eq!(incoming.take(&mut records), Ok(2), "two lost");
+    assert_eq!((records.len(), records[0].id), (1, 7), "the first came");
 }
