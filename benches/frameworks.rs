@@ -1,25 +1,24 @@
-//! `cargo bench --bench frameworks`: the framework examples (axum, aiohttp,
-//! uvicorn, Asio) beside the hand-written C example: restart latency idle and
-//! under load, and failed requests, over `GRESTART_BENCH_RESTARTS` (default
-//! 200) restarts each, half idle and half under keep-alive and
-//! connection-per-request load. For the Python servers it also prints what
-//! the interpreter and the framework's own import cost, and what grestart
-//! adds to a restart beyond what a plain start of the same application costs:
-//! its import and its adapter's, the example's own set-up and the hand-over
-//! itself (target: at most 3 ms). `GRESTART_BENCH_ONLY=python` runs only
-//! that comparison (under a minute).
+//! `cargo bench --bench frameworks`: every example server (C, C++ and Rust
+//! `http_server`, Python's thread-per-connection `http_server.py`, axum,
+//! Asio, aiohttp, uvicorn) restarted `GRESTART_BENCH_RESTARTS` (default 20)
+//! times idle, as many under wrk's keep-alive load and as many under its
+//! connection-per-request load (32 connections each); it prints each one's
+//! restart latency, its ratio to the C example's under the same load
+//! (target: at most 2) and the requests that failed. For the Python servers
+//! it also prints what the interpreter and the framework's own import cost,
+//! and what is left of the restart beyond them: grestart, its adapter, the
+//! example's own set-up and the hand-over itself (target: at most 10 ms).
 //!
-//! Needs what `scripts/test` installs: libasio-dev and the virtualenv of
-//! `scripts/python-venv`. Writes `target/bench/frameworks-table.txt` (only
-//! the comparison: `target/bench/frameworks-python-table.txt`).
+//! Needs what `scripts/test` installs: wrk, libasio-dev and the virtualenv of
+//! `scripts/python-venv`. Writes `target/bench/frameworks-table.txt`.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{Leaving, Load, Server, Summary, TempDir, summarize};
+use testkit::{Server, Summary, TempDir, summarize};
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -28,22 +27,17 @@ fn main() {
         return;
     }
     testkit::become_subreaper();
-    compile_python_package();
-    let out = testkit::repo().join("target/bench");
-    std::fs::create_dir_all(&out).expect("target/bench");
-    if std::env::var_os("GRESTART_BENCH_ONLY").is_some_and(|only| only == "python") {
-        let table = python_comparison();
-        println!("\n{table}");
-        std::fs::write(out.join("frameworks-python-table.txt"), &table).expect("write the table");
-        return;
-    }
     let restarts: usize = std::env::var("GRESTART_BENCH_RESTARTS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(20);
     let dir = TempDir::new("bench-frameworks");
     let c = dir.join("http_server");
     testkit::build_c_example(&c, 1);
+    let cpp = dir.join("http_server_cpp");
+    testkit::build_cpp_example(&cpp, 1);
+    let rust = dir.join("http_server_rust");
+    testkit::build_rust_example("http_server", &[], &rust, 1);
     let axum = dir.join("axum_server");
     testkit::build_rust_example("axum_server", &["axum"], &axum, 1);
     let asio = dir.join("asio_server");
@@ -53,118 +47,75 @@ fn main() {
         command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
         command
     };
+    let python = |script: &str| {
+        let mut command = testkit::python_example(script);
+        command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
+        command
+    };
+    // The C example first: every other row is a ratio to it.
     let servers = [
-        ("C (hand-written)", binary(&c)),
+        ("C (poll loop)", binary(&c)),
+        ("C++ (thread per connection)", binary(&cpp)),
+        ("Rust (thread per connection)", binary(&rust)),
+        (
+            "Python http.server (thread per connection)",
+            python("http_server.py"),
+        ),
         ("axum (tokio)", binary(&axum)),
         ("Asio (C++)", binary(&asio)),
-        ("aiohttp", python_server("aiohttp_server.py")),
-        ("uvicorn", python_server("uvicorn_server.py")),
+        ("aiohttp", python("aiohttp_server.py")),
+        ("uvicorn", python("uvicorn_server.py")),
     ];
 
     let mut table = format!(
-        "Restarts per server: {restarts} ({} idle, {} under load: 4 keep-alive + 4 connection-per-request clients)\n\n",
-        restarts / 2,
-        restarts - restarts / 2
+        "Restart latency, signal to the successor's first answer on a fresh connection: median \
+         (p99) of {restarts} restarts per server and load; × C: the median over the C example's \
+         under the same load (target: at most 2). Load: wrk -t2 -c32, keep-alive or with \
+         `Connection: close` (a connection per request); failed: wrk's socket errors and \
+         non-2xx answers.\n\n\
+         | server | idle | keep-alive | × C | connection per request | × C | requests | failed |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
-    table.push_str(
-        "| server | idle median | idle p99 | under load median | under load p99 | requests | failed |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
+    let mut c_medians = None;
+    let mut idle_medians = Vec::new();
     for (name, command) in servers {
-        let (idle, loaded, ok, failed) = measure(command, restarts);
+        let [idle, keep_alive, per_request] = measure(command, restarts);
+        let (c_keep_alive, c_per_request) =
+            *c_medians.get_or_insert((keep_alive.latency.median, per_request.latency.median));
+        let ratio = |d: Duration, c: Duration| d.as_secs_f64() / c.as_secs_f64();
         let _ = writeln!(
             table,
-            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {ok} | {failed} |",
-            ms(idle.median),
-            ms(idle.p99),
-            ms(loaded.median),
-            ms(loaded.p99)
+            "| {name} | {} | {} | {:.1} | {} | {:.1} | {} | {} |",
+            spread(&idle.latency),
+            spread(&keep_alive.latency),
+            ratio(keep_alive.latency.median, c_keep_alive),
+            spread(&per_request.latency),
+            ratio(per_request.latency.median, c_per_request),
+            keep_alive.answered + per_request.answered,
+            keep_alive.failed + per_request.failed,
         );
+        idle_medians.push((name, idle.latency.median));
         println!("{name}: done");
     }
 
-    table.push('\n');
-    table.push_str(&python_comparison());
-    println!("\n{table}");
-    std::fs::write(out.join("frameworks-table.txt"), &table).expect("write the table");
-}
-
-/// Restart latencies idle, then under load, and what the load saw.
-fn measure(command: Command, restarts: usize) -> (Summary, Summary, u64, u64) {
-    let mut server = Server::launch(command);
-    let idle = (0..restarts / 2)
-        .map(|_| server.restart(libc::SIGUSR2).latency)
-        .collect();
-    let load = Load::start(server.addr, 4, 4);
-    let loaded = (restarts / 2..restarts)
-        .map(|_| server.restart(libc::SIGUSR2).latency)
-        .collect();
-    let stats = load.finish();
-    server.stop();
-    (summarize(idle), summarize(loaded), stats.ok, stats.failed)
-}
-
-/// `python examples/python/SCRIPT` serving on a free port.
-fn python_server(script: &str) -> Command {
-    let mut command = testkit::python_example(script);
-    command.arg("127.0.0.1:0").env("GRESTART_LOG", "warn");
-    command
-}
-
-/// Byte-compiles the package in `bindings/python`, which the Python servers
-/// import from there, as `pip install` does for a user's: in an environment
-/// with PYTHONDONTWRITEBYTECODE (this sandbox's) every start would compile
-/// it again, 5 ms that no installed grestart costs.
-fn compile_python_package() {
-    let package = testkit::repo().join("bindings/python/grestart");
-    let status = Command::new(testkit::python_venv())
-        .args(["-m", "compileall", "-q"])
-        .arg(&package)
-        .status()
-        .expect("run compileall");
-    assert!(status.success(), "compileall {}", package.display());
-}
-
-/// A Python restart against what starting the same application costs
-/// without grestart, and what the interpreter and the imports cost of it.
-/// Each idle restart is followed by a plain start, so that the load other
-/// processes put on the machine falls on both alike.
-fn python_comparison() -> String {
-    const RUNS: usize = 30;
-    let mut table = format!(
-        "A Python restart against what starting the same application costs without \
-         grestart (medians of {RUNS} idle restarts, each followed by a plain start, spawn to \
-         first answer; added: the median of the {RUNS} differences):\n\n\
+    table.push_str(
+        "\nA Python restart against what starting the same application costs without \
+         grestart (medians of 30 runs; the plain start is spawn to first answer):\n\n\
          | server | restart, idle | plain start | added by grestart | interpreter start | framework import | grestart + adapter import |\n\
          |---|---|---|---|---|---|---|\n",
     );
-    let interpreter = summarize((0..RUNS).map(|_| python_run("pass").0).collect()).median;
-    for (name, script, framework, adapter) in [
-        (
-            "aiohttp",
-            "aiohttp_server.py",
-            "from aiohttp import web",
-            "grestart.aiohttp",
-        ),
-        (
-            "uvicorn",
-            "uvicorn_server.py",
-            "import uvicorn",
-            "grestart.uvicorn",
-        ),
+    let interpreter = summarize((0..30).map(|_| python_run("pass").0).collect()).median;
+    for (name, framework, adapter) in [
+        ("aiohttp", "from aiohttp import web", "grestart.aiohttp"),
+        ("uvicorn", "import uvicorn", "grestart.uvicorn"),
     ] {
-        let mut server = Server::launch(python_server(script));
-        let (restarts, plains): (Vec<_>, Vec<_>) = (0..RUNS)
-            .map(|_| (quiet_restart(&mut server), plain_start(name)))
-            .unzip();
-        server.stop();
-        // Each pair saw the same load: the median of their differences.
-        let mut added: Vec<f64> = (restarts.iter().zip(&plains))
-            .map(|(restart, plain)| ms(*restart) - ms(*plain))
-            .collect();
-        added.sort_by(f64::total_cmp);
-        let (restart, plain) = (summarize(restarts).median, summarize(plains).median);
-        let (imports, adapters): (Vec<_>, Vec<_>) = (0..RUNS)
+        let restart = idle_medians
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, m)| *m)
+            .expect("measured");
+        let plain = summarize((0..30).map(|_| plain_start(name)).collect()).median;
+        let (imports, adapters): (Vec<_>, Vec<_>) = (0..30)
             .map(|_| python_run(&timed_imports(framework, adapter)).1)
             .map(|times| (times[0], times[1]))
             .unzip();
@@ -173,51 +124,91 @@ fn python_comparison() -> String {
             "| {name} | {:.1} ms | {:.1} ms | {:+.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             ms(restart),
             ms(plain),
-            added[RUNS / 2],
+            ms(restart) - ms(plain),
             ms(interpreter),
             ms(summarize(imports).median),
             ms(summarize(adapters).median),
         );
     }
-    table
+    println!("\n{table}");
+    let out = testkit::repo().join("target/bench");
+    std::fs::create_dir_all(&out).expect("target/bench");
+    std::fs::write(out.join("frameworks-table.txt"), &table).expect("write the table");
 }
 
-/// How often [`quiet_restart`] asks who serves.
-const PROBE_PAUSE: Duration = Duration::from_micros(500);
+/// What one server's restarts under one load gave.
+struct Restarts {
+    latency: Summary,
+    answered: u64,
+    failed: u64,
+}
 
-/// An idle restart's latency, signal to the successor's first answer, asked
-/// every [`PROBE_PAUSE`] rather than back to back as `Server::restart` asks:
-/// the old generation answering probes without a pause keeps a core busy
-/// while its successor starts, on a machine of two, which a plain start
-/// never competes with. Over-counts by up to the pause.
-fn quiet_restart(server: &mut Server) -> Duration {
-    let old = server.pid;
-    let exit = testkit::pidfd(old).expect("pidfd of the serving generation");
-    let signalled = Instant::now();
-    testkit::kill(old, libc::SIGUSR2);
-    let answer = loop {
-        let answer = testkit::get(server.addr, true).expect("the service answers during a restart");
-        if !server.pids.contains(&answer.pid) {
-            break answer;
+/// `restarts` restarts of the server `command` starts: idle, under wrk's
+/// keep-alive load, under wrk's connection-per-request load.
+fn measure(command: Command, restarts: usize) -> [Restarts; 3] {
+    let mut server = Server::launch(command);
+    let mut under = |load: Option<&[&str]>| {
+        let wrk = load.map(|extra| Wrk::start(server.addr, extra));
+        let latencies = (0..restarts)
+            .map(|_| server.restart(libc::SIGUSR2).latency)
+            .collect();
+        let (answered, failed) = wrk.map_or((0, 0), Wrk::finish);
+        Restarts {
+            latency: summarize(latencies),
+            answered,
+            failed,
         }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "pid {old} never handed over"
-        );
-        std::thread::sleep(PROBE_PAUSE);
     };
-    let latency = signalled.elapsed();
-    (server.pid, server.generation) = (answer.pid, answer.generation);
-    server.pids.push(answer.pid);
-    let leaving = Leaving {
-        pid: old,
-        exit,
-        signalled,
-        latency,
-        version: answer.version,
-    };
-    server.wait_gone(&leaving, Duration::from_secs(40));
-    latency
+    let measured = [
+        under(None),
+        under(Some(&[])),
+        under(Some(&["-H", "Connection: close"])),
+    ];
+    server.stop();
+    measured
+}
+
+/// wrk hammering a server with 32 connections on 2 threads until finished.
+struct Wrk(Child);
+
+impl Wrk {
+    fn start(addr: SocketAddr, extra: &[&str]) -> Wrk {
+        let child = Command::new("wrk")
+            .args(["-t2", "-c32", "-d600s"])
+            .args(extra)
+            .arg(format!("http://{addr}/"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("wrk (scripts/test installs it)");
+        // Every connection open and busy before the first restart.
+        std::thread::sleep(Duration::from_millis(500));
+        Wrk(child)
+    }
+
+    /// Stops wrk (SIGINT: it prints its summary) and reads from it the
+    /// requests answered and those that failed.
+    fn finish(self) -> (u64, u64) {
+        testkit::kill(self.0.id() as i32, libc::SIGINT);
+        let out = self.0.wait_with_output().expect("wrk's summary");
+        let out = String::from_utf8_lossy(&out.stdout);
+        let numbers = |line: &str| -> Vec<u64> {
+            line.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        };
+        let line = |needle: &str| out.lines().find(|l| l.contains(needle));
+        let requests = line("requests in").map_or(0, |l| numbers(l)[0]);
+        // "Socket errors: connect 0, read 0, write 0, timeout 0"; "Non-2xx or 3xx responses: 0"
+        let errors: u64 = line("Socket errors").map_or(0, |l| numbers(l).iter().sum());
+        let non_2xx = line("Non-2xx").map_or(0, |l| numbers(l).last().copied().unwrap_or(0));
+        assert!(requests > 0, "wrk got no answer:\n{out}");
+        (requests - non_2xx, errors + non_2xx)
+    }
+}
+
+/// "median ms (p99)".
+fn spread(latency: &Summary) -> String {
+    format!("{:.1} ms ({:.1})", ms(latency.median), ms(latency.p99))
 }
 
 /// Spawn to first answer of `benches/python/plain_server.py FRAMEWORK`.
