@@ -6,20 +6,31 @@
 //!
 //! * heir to old: `R` ready (the first byte, as every grestart has said it),
 //!   `A` "I adopt connections" (with `R`, or later) followed by `I` "my
-//!   receipts name the connection", then per connection adopted `T` and its
-//!   id (8 bytes, little-endian), or `K` from an heir that never said `I`;
-//! * old to heir: one message per connection: the length of the listener's
-//!   name in a byte, the name, the connection's id when the heir said `I`,
-//!   and the socket as `SCM_RIGHTS`. The kernel never merges data across a
-//!   message that carries fds, so each `recvmsg` returns one whole message.
+//!   receipts name the connection" and `B` "I read batches", then per
+//!   connection adopted `T` and its id (8 bytes, little-endian), or `K` from an
+//!   heir that never said `I`;
+//! * old to heir, to an heir that said `B`: batches of up to 253 connections
+//!   (the most fds a message carries): a 0 byte, the number of connections, and
+//!   per connection the length of its listener's name in a byte, the name and
+//!   its id, with the sockets as `SCM_RIGHTS` in the same order. The kernel
+//!   hands the fds over with the message's first bytes and may cut the rest, so
+//!   the heir keeps them until the batch is whole. To an older heir: one message
+//!   per connection, the name's length, the name, the id when the heir said
+//!   `I`, one fd; the kernel never merges data across a message that carries
+//!   fds, so each `recvmsg` returns one whole message.
+//!
+//! A burst of connections handed over travels in few messages: one goes at once
+//! when no message went out lately, else it joins the batch, which goes when
+//! full or [`BATCH_WAIT`](send::BATCH_WAIT) after its first connection.
 //!
 //! Receipts name the connection, not its place in the order: an heir that
 //! loses one (out of fds, `MSG_CTRUNC`) sends no receipt for it, and receipts
 //! counted in order would then make the old generation shut down another one,
-//! which the heir serves. The heir never waits to send a receipt: each is a
-//! small message that takes a whole buffer's worth of the socket's send budget,
-//! so a few hundred fill it while a busy old generation reads none; they wait
-//! in the heir's memory and its receiving thread sends them when there is room.
+//! which the heir serves. The heir never waits to send a receipt: a message
+//! takes a whole buffer's worth of the socket's send budget, so a few hundred
+//! fill it while a busy old generation reads none. A burst's receipts go
+//! together; what does not fit waits in the heir's memory, and its receiving
+//! thread sends it when there is room.
 //!
 //! The old generation keeps its own duplicate of each connection until the
 //! heir's receipt for it. An heir that asked for connections but never takes them
