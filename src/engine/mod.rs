@@ -46,6 +46,7 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -126,9 +127,10 @@ pub(crate) struct Engine {
     /// Its channel stays open until we exit, so that it can see when we are gone.
     heir: Mutex<Option<Heir>>,
     /// Signalled when the heir's batch of connections began: a thread of
-    /// its own sends it when due (started with the first).
+    /// its own sends it when due (started with the first), and says here
+    /// whether it waits for one.
     batch_began: Condvar,
-    batch_sender: OnceCell<()>,
+    batch_sender_waits: OnceCell<AtomicBool>,
     /// Connections handed to us, once the application asked for them.
     adoption: OnceCell<&'static Adoption>,
     /// When our exit would end the service (a container's PID 1): how we
@@ -249,7 +251,7 @@ impl Engine {
             work,
             heir: Mutex::new(None),
             batch_began: Condvar::new(),
-            batch_sender: OnceCell::new(),
+            batch_sender_waits: OnceCell::new(),
             adoption: OnceCell::new(),
             watch: parts.watch,
             ignoring: parts.ignoring,

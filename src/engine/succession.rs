@@ -5,6 +5,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::MutexGuard;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -46,16 +47,22 @@ impl Engine {
     }
 
     /// Has the heir's batch, which just began, sent when it is due, by a
-    /// thread of its own that waits for each batch to begin; without the
-    /// thread, sends it now.
+    /// thread of its own that waits for each batch to begin (woken only when
+    /// it waits: asleep, it looks again when it wakes); without the thread,
+    /// sends it now.
     fn send_batch_when_due(&'static self, heir: &mut Heir) {
-        let started = self.batch_sender.get_or_try_init(|| {
+        let started = self.batch_sender_waits.get_or_try_init(|| {
             signal::spawn_thread("grestart-batch", move || {
                 loop {
                     let _defer = log::Defer::new(); // what the batch logs goes out unlocked
                     let mut heir = self.heir_lock();
                     match heir.as_ref().and_then(Heir::batch_due) {
-                        None => drop(self.batch_began.wait(heir)),
+                        None => {
+                            let waits = self.batch_sender_waits.get().expect("started");
+                            waits.store(true, Ordering::Relaxed); // under the heir's lock
+                            drop(self.batch_began.wait(heir));
+                            waits.store(false, Ordering::Relaxed);
+                        }
                         Some(due) if due > Instant::now() => {
                             drop(heir);
                             thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -66,9 +73,11 @@ impl Engine {
                     }
                 }
             })
+            .map(|()| AtomicBool::new(false))
         });
         match started {
-            Ok(()) => self.batch_began.notify_one(),
+            Ok(waits) if waits.load(Ordering::Relaxed) => self.batch_began.notify_one(),
+            Ok(_) => {}
             Err(e) => {
                 warning!("{e}: connections are handed over one by one");
                 let _ = heir.flush();
