@@ -450,7 +450,10 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     // ...and held by nobody: the heir keeps no fd of a connection it lost.
     let held = held_open(server.addr.port());
     let leaked: Vec<_> = lost.iter().filter(|port| held.contains(port)).collect();
-    assert!(leaked.is_empty(), "lost connections still held open (fds leaked): {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "lost connections still held open (fds leaked): {leaked:?}"
+    );
     println!("EMFILE heir: {served} connections adopted and served, {closed} closed in order");
     assert!(
         closed > 0 && served > LATER,
