@@ -6,7 +6,7 @@
  * disk, and nothing is lost.
  *
  * Every GET and POST is answered with 200 and the headers X-Pid, X-Generation
- * and X-Version. One thread, poll(): the listener, the connections, grestart's
+ * and X-Version. One thread, epoll: the listener, the connections, grestart's
  * shutdown fd and its adopt fd (see http_loop.h). When the shutdown fd turns
  * readable a successor serves: stop accepting, finish what each connection
  * sent, hand the idle connections to the successor (no connection is closed
