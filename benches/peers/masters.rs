@@ -63,6 +63,27 @@ impl Master {
     fn workers(&self) -> Vec<i32> {
         children(self.pid, false)
     }
+
+    /// A binary upgrade as nginx and gunicorn do it: USR2 to the master, which
+    /// starts a new master of its own; once the new workers answer, `stop` to
+    /// the old master, which must exit `within`. Returns the restart latency.
+    fn upgrade(&mut self, stop: libc::c_int, within: Duration, name: &str) -> Duration {
+        let old_workers = self.workers();
+        let old_exit = pidfd(self.pid).expect("pidfd of the old master");
+        let signalled = Instant::now();
+        kill(self.pid, libc::SIGUSR2);
+        let (latency, _) =
+            first_answer_from(self.addr, &old_workers, signalled, Some(&self.log_path()));
+        let new_master = new_master(self.pid, &old_workers);
+        kill(self.pid, stop);
+        assert!(
+            wait_exit(&old_exit, within),
+            "the old {name} master did not exit on signal {stop}"
+        );
+        reap(self.pid);
+        self.pid = new_master;
+        latency
+    }
 }
 
 impl Drop for Master {
@@ -113,26 +134,8 @@ impl Peer for Nginx {
     }
 
     fn restart(&mut self) -> Duration {
-        let master = &mut self.0;
-        let old_workers = master.workers();
-        let old_exit = pidfd(master.pid).expect("pidfd of the old master");
-        let signalled = Instant::now();
-        kill(master.pid, libc::SIGUSR2);
-        let (latency, _) = first_answer_from(
-            master.addr,
-            &old_workers,
-            signalled,
-            Some(&master.log_path()),
-        );
-        let new_master = new_master(master.pid, &old_workers);
-        kill(master.pid, libc::SIGQUIT);
-        assert!(
-            wait_exit(&old_exit, Duration::from_secs(30)),
-            "the old nginx master did not exit on QUIT"
-        );
-        reap(master.pid);
-        master.pid = new_master;
-        latency
+        self.0
+            .upgrade(libc::SIGQUIT, Duration::from_secs(30), "nginx")
     }
 }
 
@@ -247,25 +250,10 @@ impl Peer for Gunicorn {
     }
 
     fn restart(&mut self) -> Duration {
-        let master = &mut self.master;
-        let old_workers = master.workers();
-        let old_exit = pidfd(master.pid).expect("pidfd of the old master");
-        let signalled = Instant::now();
-        kill(master.pid, libc::SIGUSR2);
-        let (latency, _) = first_answer_from(
-            master.addr,
-            &old_workers,
-            signalled,
-            Some(&master.log_path()),
-        );
-        let new_master = new_master(master.pid, &old_workers);
-        kill(master.pid, libc::SIGTERM);
-        assert!(
-            wait_exit(&old_exit, Duration::from_secs(40)),
-            "the old gunicorn master did not exit on TERM"
-        );
-        reap(master.pid);
-        master.pid = new_master;
+        let latency = self
+            .master
+            .upgrade(libc::SIGTERM, Duration::from_secs(40), "gunicorn");
+        let master = &self.master;
         // The new master ignores USR2 until it has seen that its parent is
         // gone ("Master has been promoted"), which it checks about once a second.
         self.promotions += 1;
