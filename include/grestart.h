@@ -272,7 +272,9 @@ int gr_accept(int listener);
  * the listener named `listener` (NULL: the one whose address it was
  * accepted on; only read during the call), to the successor, which serves
  * it as if it had just accepted it. On success close your `fd`: that closes
- * nothing, the successor holds the connection. Idle means the application
+ * nothing, grestart holds the connection until the successor does (it goes
+ * with others in one message, within half a millisecond, at `gr_shutdown`, or
+ * at the latest when the process exits). Idle means the application
  * has nothing of it buffered (no request read and not answered, no response
  * pending); bytes the client sends meanwhile wait in the kernel for the
  * successor.

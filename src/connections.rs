@@ -19,8 +19,9 @@ use crate::{ready, shutdown}; // the doc comments link to them
 /// In a draining process, hands the idle `connection`, accepted on the
 /// listener named `listener` (`None`: the one whose address it was accepted
 /// on), to the successor, which serves it as if it had just accepted it; then
-/// drop your own descriptor (that closes nothing: the successor holds the
-/// connection).
+/// drop your own descriptor (that closes nothing: grestart holds the
+/// connection until the successor does; it goes with others in one message,
+/// within half a millisecond, at [`shutdown`], or at the latest at exit).
 ///
 /// [`HandOver::Declined`] when no successor takes connections (C's `ESRCH`):
 /// then close the connection as you would without grestart. An error is

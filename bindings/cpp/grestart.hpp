@@ -230,8 +230,8 @@ inline std::optional<Connection> accept(int listener) {
 /// In a draining process, hands the idle connection `fd`, accepted on the
 /// listener `listener` (empty: the one whose address it was accepted on), to
 /// the successor, which serves it next. Returns true
-/// when it did: then close your fd (that closes nothing, the successor holds
-/// the connection); false when no successor takes connections: close it as
+/// when it did: then close your fd (that closes nothing: grestart holds the
+/// connection until the successor does, at the latest at exit); false when no successor takes connections: close it as
 /// you would without grestart. Throws on bad arguments.
 inline bool hand_over(int fd, const std::string &listener = "") {
     if (gr_hand_over(fd, listener.empty() ? nullptr : listener.c_str()) == 0) {

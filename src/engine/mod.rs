@@ -128,9 +128,9 @@ pub(crate) struct Engine {
     heir: Mutex<Option<Heir>>,
     /// Signalled when the heir's batch of connections began: a thread of
     /// its own sends it when due (started with the first), and says here
-    /// whether it waits for one.
+    /// whether it waits for one (`None`: it could not start).
     batch_began: Condvar,
-    batch_sender_waits: OnceCell<AtomicBool>,
+    batch_sender_waits: OnceCell<Option<AtomicBool>>,
     /// Connections handed to us, once the application asked for them.
     adoption: OnceCell<&'static Adoption>,
     /// When our exit would end the service (a container's PID 1): how we

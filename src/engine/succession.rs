@@ -46,19 +46,20 @@ impl Engine {
         }
     }
 
-    /// Has the heir's batch, which just began, sent when it is due, by a
-    /// thread of its own that waits for each batch to begin (woken only when
-    /// it waits: asleep, it looks again when it wakes); without the thread,
-    /// sends it now.
+    /// Sees that the heir's batch, which just began, goes out when due. A
+    /// thread of its own sends it: started with the first batch, woken only
+    /// while it waits for one (asleep, it looks again when it wakes). If the
+    /// thread cannot start, the batch goes now.
     fn send_batch_when_due(&'static self, heir: &mut Heir) {
-        let started = self.batch_sender_waits.get_or_try_init(|| {
-            signal::spawn_thread("grestart-batch", move || {
+        let started = self.batch_sender_waits.get_or_init(|| {
+            let started = signal::spawn_thread("grestart-batch", move || {
                 loop {
                     let _defer = log::Defer::new(); // what the batch logs goes out unlocked
                     let mut heir = self.heir_lock();
                     match heir.as_ref().and_then(Heir::batch_due) {
                         None => {
-                            let waits = self.batch_sender_waits.get().expect("started");
+                            let waits = self.batch_sender_waits.get().and_then(Option::as_ref);
+                            let waits = waits.expect("set before the heir's lock was released");
                             waits.store(true, Ordering::Relaxed); // under the heir's lock
                             drop(self.batch_began.wait(heir));
                             waits.store(false, Ordering::Relaxed);
@@ -72,14 +73,19 @@ impl Engine {
                         }
                     }
                 }
-            })
-            .map(|()| AtomicBool::new(false))
+            });
+            if let Err(e) = started {
+                warning!("{e}: each connection handed over goes at once");
+                return None;
+            }
+            // SAFETY: registers a function that takes no argument.
+            unsafe { libc::atexit(send_batch_at_exit) };
+            Some(AtomicBool::new(false))
         });
         match started {
-            Ok(waits) if waits.load(Ordering::Relaxed) => self.batch_began.notify_one(),
-            Ok(_) => {}
-            Err(e) => {
-                warning!("{e}: connections are handed over one by one");
+            Some(waits) if waits.load(Ordering::Relaxed) => self.batch_began.notify_one(),
+            Some(_) => {}
+            None => {
                 let _ = heir.flush();
             }
         }
@@ -159,5 +165,21 @@ impl Engine {
                 matches!(self.hand_over(connection, Some(name)), Ok(Offer::Taken))
             }));
         }
+    }
+}
+
+/// At exit, what is batched still goes to the heir: an application may
+/// return from `main` without `gr_shutdown` right after its last hand-over.
+/// Not from a forked child (its copy of the batch is not its to send), nor
+/// while the batch thread holds the heir (it is sending).
+extern "C" fn send_batch_at_exit() {
+    let Some(engine) = super::ENGINE.get() else {
+        return;
+    };
+    if std::process::id() != engine.owner {
+        return;
+    }
+    if let Ok(mut heir) = engine.heir.try_lock() {
+        let _ = heir.as_mut().map(Heir::flush);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub(crate) struct Adoption {
     /// Written when receipts are left unsent: the receiving thread then
     /// sends them when due, once there is room.
     unsent: EventFd,
+    /// The receiving thread runs (it stops early only on an error).
+    receiving: AtomicBool,
     /// Once this generation drains behind a successor of its own, what the
     /// predecessor still hands over goes on to that successor, the newest
     /// generation: our event loop no longer adopts anything.
@@ -77,10 +80,16 @@ impl Adoption {
                 since: Instant::now(),
             }),
             unsent,
+            receiving: AtomicBool::new(channel.is_some()),
             relay: OnceCell::new(),
         }));
         if let Some((channel, _)) = channel {
-            signal::spawn_thread("grestart-adopt", move || adoption.receive(&channel))?;
+            signal::spawn_thread("grestart-adopt", move || {
+                adoption.receive(&channel);
+                // No thread sends what waits from now on: the application's calls do.
+                adoption.receiving.store(false, Ordering::Relaxed);
+                send_receipts(&channel, &mut adoption.receipts().bytes);
+            })?;
         }
         Ok(adoption)
     }
@@ -99,9 +108,10 @@ impl Adoption {
             let receipts = self.receipts();
             if !receipts.bytes.is_empty() {
                 let left = (receipts.since + BATCH_WAIT).saturating_duration_since(Instant::now());
-                match left.is_zero() {
-                    true => events |= PollFlags::POLLOUT,
-                    false => timeout = poll_timeout(left),
+                if left.is_zero() {
+                    events |= PollFlags::POLLOUT;
+                } else {
+                    timeout = poll_timeout(left);
                 }
             }
             drop(receipts);
@@ -207,7 +217,8 @@ impl Adoption {
             }
             None => receipts.bytes.push(ACK_BYTE),
         }
-        if caught_up || receipts.bytes.len() >= RECEIPTS_AT_ONCE {
+        let now = caught_up || !self.receiving.load(Ordering::Relaxed);
+        if now || receipts.bytes.len() >= RECEIPTS_AT_ONCE {
             send_receipts(channel, &mut receipts.bytes);
             if receipts.bytes.is_empty() {
                 return;
@@ -265,9 +276,9 @@ fn receive_message(
     channel: &OwnedFd,
     message: &mut [u8],
 ) -> nix::Result<(usize, Vec<OwnedFd>, bool)> {
-    // A cmsghdr and MAX_BATCH fds, in u64s for the header's alignment.
-    const WORDS: usize = (size_of::<libc::cmsghdr>() + MAX_BATCH * size_of::<RawFd>()).div_ceil(8);
-    let mut space = [0u64; WORDS];
+    // SAFETY: CMSG_SPACE only computes a length.
+    let room = unsafe { libc::CMSG_SPACE((MAX_BATCH * size_of::<RawFd>()) as u32) } as usize;
+    let mut space = vec![0u64; room.div_ceil(8)]; // u64s: aligned for a cmsghdr
     let mut iov = libc::iovec {
         iov_base: message.as_mut_ptr().cast(),
         iov_len: message.len(),
@@ -277,26 +288,32 @@ fn receive_message(
     header.msg_iov = &mut iov;
     header.msg_iovlen = 1;
     header.msg_control = space.as_mut_ptr().cast();
-    header.msg_controllen = std::mem::size_of_val(&space);
+    header.msg_controllen = room;
     // SAFETY: `header` describes buffers we own, for the kernel to fill.
     let bytes = unsafe { libc::recvmsg(channel.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) };
     let bytes = usize::try_from(bytes).map_err(|_| Errno::last())?;
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled the control buffer `header` points to; each
-    // SCM_RIGHTS message holds as many fds as its length says, installed for us.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let count =
-                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
+    // SAFETY: the kernel filled the control buffer `header` points to.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&header) };
+    while !cmsg.is_null() {
+        // SAFETY: a header within the control buffer, as CMSG_FIRSTHDR and
+        // CMSG_NXTHDR give them.
+        let (level, kind, length) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a length.
+            let count = (length - unsafe { libc::CMSG_LEN(0) } as usize) / size_of::<RawFd>();
+            // SAFETY: the message's data holds `count` fds the kernel installed for us.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: within the message's data (unaligned: read as bytes are).
+                let fd = unsafe { data.add(i).read_unaligned() };
+                // SAFETY: installed for us just now, and ours alone.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
-            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
+        // SAFETY: `cmsg` is a header of this message.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
     }
     Ok((bytes, fds, header.msg_flags & libc::MSG_CTRUNC != 0))
 }

@@ -65,7 +65,7 @@ pub(crate) use wire::{ADOPT_BYTE, BATCHES_BYTE, IDS_BYTE};
 /// `left` for `poll`, in whole milliseconds rounded up: a wait of less than
 /// one is one, never a busy loop of zeros.
 fn poll_timeout(left: Duration) -> PollTimeout {
-    let millis = left.as_micros().div_ceil(1000);
+    let millis = left.as_nanos().div_ceil(1_000_000);
     PollTimeout::try_from(Duration::from_millis(millis.try_into().unwrap_or(u64::MAX)))
         .unwrap_or(PollTimeout::MAX)
 }

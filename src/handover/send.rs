@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{
-    MsgFlags, Shutdown, SockType, SockaddrStorage, getpeername, recv, send, shutdown,
+    MsgFlags, Shutdown, SockType, SockaddrStorage, getpeername, recv, shutdown,
 };
 
 use super::listeners::listener_of;
 use super::poll_timeout;
 use super::wire::{
     ACK_BYTE, ADOPT_BYTE, BATCHES_BYTE, ID_LEN, IDS_BYTE, MAX_BATCH, TAKEN_BYTE, add_record,
-    empty_batch, send_batch, send_connection,
+    empty_batch, send_batch, send_connection, send_rest,
 };
 use crate::error::{fail, with_context};
 use crate::log::warning;
@@ -136,15 +136,17 @@ impl Heir {
                 ADOPT_BYTE => self.adopts = true,
                 IDS_BYTE => self.ids = true,
                 BATCHES_BYTE => self.batches = true,
-                // The heir holds it now: closing ours closes nothing.
-                ACK_BYTE => drop(self.pending.pop_front()),
+                // The heir holds it now: closing ours closes nothing. (Only
+                // one sent can be taken: the last `unsent` are still ours.)
+                ACK_BYTE if self.pending.len() > self.unsent => drop(self.pending.pop_front()),
                 TAKEN_BYTE => {
                     let Some(id) = self.unread.get(at + 1..at + 1 + ID_LEN) else {
                         break;
                     };
                     let id = u64::from_le_bytes(id.try_into().expect("ID_LEN bytes"));
                     // Receipts come in order, but for the lost ones: look from the front.
-                    if let Some(i) = self.pending.iter().position(|(sent, _)| *sent == id) {
+                    let sent = self.pending.len() - self.unsent;
+                    if let Some(i) = self.pending.iter().take(sent).position(|(s, _)| *s == id) {
                         drop(self.pending.remove(i));
                     }
                     at += ID_LEN;
@@ -238,8 +240,14 @@ impl Heir {
         self.pending.push_back((id, ours));
         self.unsent += 1;
         if self.unsent == MAX_BATCH || self.last_sent.elapsed() >= BATCH_WAIT {
-            if let Err(why) = self.flush() {
-                return Ok(Offer::Declined(why));
+            if let Err(why) = self.send_batch() {
+                if self.unsent > 0 {
+                    // Not sent: this call's connection goes back to its caller untouched.
+                    self.pending.pop_back();
+                    self.unsent -= 1;
+                }
+                self.give_up(&why);
+                return Ok(Offer::Declined(format!("{why}: close the connection")));
             }
         }
         Ok(Offer::Taken)
@@ -251,15 +259,30 @@ impl Heir {
     }
 
     /// Sends the batch (waiting, within the bound, for the heir to make room).
-    /// When it cannot, hand-over ends and every connection not taken is
-    /// closed, in order: `Err` says why.
+    /// When it cannot, hand-over ends and the batch's connections are closed,
+    /// in order: `Err` says why.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
         let flushed = self.send_batch();
         if let Err(why) = &flushed {
-            self.adopts = false; // and the next connections are closed at once
-            self.close_pending(why);
+            self.give_up(why);
         }
         flushed
+    }
+
+    /// Hand-over ends: the next connections are declined at once, and those
+    /// of the batch not sent are closed in order. Those sent wait for their
+    /// receipts until `finish`'s deadline, as ever.
+    fn give_up(&mut self, why: &str) {
+        self.adopts = false;
+        let unsent = self.pending.split_off(self.pending.len() - self.unsent);
+        self.batch = empty_batch();
+        self.unsent = 0;
+        if !unsent.is_empty() {
+            warning!("closing {} handed-over connections: {why}", unsent.len());
+        }
+        for (_, connection) in unsent {
+            let _ = shutdown(connection.as_raw_fd(), Shutdown::Both);
+        }
     }
 
     fn send_batch(&mut self) -> Result<(), String> {
@@ -277,9 +300,7 @@ impl Heir {
         self.unsent = 0;
         // The rest of a batch sent in part (its fds went with the first part).
         while sent < batch.len() {
-            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-            sent +=
-                self.send_waiting(|channel| send(channel.as_raw_fd(), &batch[sent..], flags))?;
+            sent += self.send_waiting(|channel| send_rest(channel, &batch[sent..]))?;
         }
         Ok(())
     }
@@ -300,7 +321,7 @@ impl Heir {
                     return Ok(n);
                 }
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN | Errno::ETOOMANYREFS) => {
+                Err(e @ (Errno::EAGAIN | Errno::ETOOMANYREFS)) => {
                     let left = give_up.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         self.adopts = false; // and the next connections are closed at once
@@ -308,11 +329,13 @@ impl Heir {
                             "successor {pid} did not take connections within {BOUND:?}"
                         ));
                     }
-                    let mut fds = [PollFd::new(
-                        self.channel.as_fd(),
-                        PollFlags::POLLOUT | PollFlags::POLLIN,
-                    )];
-                    // With fds in flight the buffer may have room: look again soon.
+                    // Too many fds in flight: the buffer has room (POLLOUT) but
+                    // the heir must take some first; look again soon either way.
+                    let events = match e {
+                        Errno::EAGAIN => PollFlags::POLLOUT | PollFlags::POLLIN,
+                        _ => PollFlags::POLLIN,
+                    };
+                    let mut fds = [PollFd::new(self.channel.as_fd(), events)];
                     let _ = poll(&mut fds, poll_timeout(left.min(Duration::from_millis(1))));
                     self.read();
                     if self.gone {
@@ -337,9 +360,7 @@ impl Heir {
     /// handed to it, or the bound passed since the last message; then closes,
     /// in order, those it did not take.
     pub(crate) fn finish(&mut self) {
-        if self.flush().is_err() {
-            return;
-        }
+        let _ = self.flush();
         let deadline = self.last_sent + BOUND;
         loop {
             self.read();

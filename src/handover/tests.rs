@@ -301,13 +301,71 @@ fn a_batch_cut_in_parts_gives_its_connections_once_whole() {
         );
         assert!(incoming.is_empty());
     }
+    // One read may bring a batch's last bytes and the next batch with its fds.
+    let fds = |n| {
+        (0..n)
+            .map(|_| OwnedFd::from(UnixStream::pair().unwrap().0))
+            .collect()
+    };
     let mut incoming = Incoming::default();
-    incoming.add(
-        &batch,
-        vec![OwnedFd::from(UnixStream::pair().unwrap().0)],
-        true,
-    );
+    incoming.add(&batch[..5], fds(3), false);
+    incoming.add(&[&batch[5..], &batch[..]].concat(), fds(3), false);
+    let mut records = Vec::new();
+    assert_eq!(incoming.take(&mut records), Ok(0));
+    assert_eq!(records.len(), 6, "both batches, each with its fds");
+    assert!(incoming.is_empty());
+    let mut incoming = Incoming::default();
+    incoming.add(&batch, fds(1), true);
     let mut records = Vec::new();
     assert_eq!(incoming.take(&mut records), Ok(2), "two lost");
     assert_eq!((records.len(), records[0].id), (1, 7), "the first came");
+}
+
+/// A batch that cannot go (the heir reads nothing for the whole bound) ends
+/// the hand-over and closes that batch's connections in order, but not those
+/// sent before it, which the heir may serve while their receipts come, nor
+/// the connection of the call that found out, which goes back to its caller.
+#[test]
+fn a_batch_that_cannot_go_closes_only_its_own_connections() {
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&old_end, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let pid = std::process::id() as i32;
+    let said = [ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE];
+    let mut heir = Heir::new(
+        OwnedFd::from(old_end),
+        pid,
+        vec![("http".into(), None)],
+        &said,
+    );
+    let mut clients = Vec::new();
+    let (declined, mut its_client) = loop {
+        assert!(
+            clients.len() < 100 * MAX_BATCH,
+            "the heir's buffer never filled"
+        );
+        let (connection, client) = UnixStream::pair().unwrap();
+        match heir.hand_over(connection.as_fd(), Some("http")).unwrap() {
+            Offer::Taken => clients.push(client),
+            Offer::Declined(_) => break (connection, client),
+        }
+    };
+    let read = |client: &mut UnixStream| {
+        client.set_nonblocking(true).unwrap();
+        client.read(&mut [0u8; 1])
+    };
+    let open = |read: io::Result<usize>| read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+    assert!(
+        open(read(&mut clients[0])),
+        "sent in the first batch: it stays open"
+    );
+    let last = clients.last_mut().unwrap();
+    assert!(
+        matches!(read(last), Ok(0)),
+        "in the batch that could not go: closed"
+    );
+    assert!(
+        open(read(&mut its_client)),
+        "the declined one is its caller's, untouched"
+    );
+    drop((declined, heir_end));
 }

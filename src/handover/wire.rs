@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, send, sendmsg};
 
 /// Sent with (or after) "ready": the heir adopts connections.
 pub(crate) const ADOPT_BYTE: u8 = b'A';
@@ -77,19 +77,23 @@ pub(super) fn send_connection(
     send_with(channel, &message, &[connection.as_raw_fd()])
 }
 
+/// Sends the rest of a batch sent in part (its fds went with the first part),
+/// as much as fits, without waiting: the bytes sent.
+pub(super) fn send_rest(channel: BorrowedFd<'_>, rest: &[u8]) -> nix::Result<usize> {
+    send(channel.as_raw_fd(), rest, FLAGS)
+}
+
+/// Never waits, and a vanished heir is `EPIPE`, not `SIGPIPE`.
+const FLAGS: MsgFlags = MsgFlags::MSG_DONTWAIT.union(MsgFlags::MSG_NOSIGNAL);
+
+/// Sends `message` with the `fds`, without waiting: the bytes sent.
 fn send_with(
     channel: BorrowedFd<'_>,
     message: &[IoSlice<'_>],
     fds: &[RawFd],
 ) -> nix::Result<usize> {
     let rights = [ControlMessage::ScmRights(fds)];
-    sendmsg::<()>(
-        channel.as_raw_fd(),
-        message,
-        &rights,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
+    sendmsg::<()>(channel.as_raw_fd(), message, &rights, FLAGS, None)
 }
 
 /// One connection received in a batch.

@@ -394,8 +394,8 @@ def hand_over(sock: Union[socket.socket, int], listener: Optional[str] = None) -
     """In a draining process, hands the idle connection ``sock``, accepted on
     the listener named ``listener`` (None: the one whose address it was
     accepted on), to the successor, which serves it next.
-    True when it did: then close ``sock`` (that closes nothing, the successor
-    holds the connection). False when no successor takes connections (a plain
+    True when it did: then close ``sock`` (that closes nothing: grestart holds
+    the connection until the successor does, at the latest at exit). False when no successor takes connections (a plain
     shutdown, a failed restart, an older successor): close it as you would
     without grestart. Idle means nothing of it is buffered in this process."""
     fd = _fd(sock)
