@@ -18,6 +18,18 @@ use super::wire::{
 };
 use super::*;
 
+/// The old generation's side on `old_end`, for an heir (this process) that
+/// inherited the listener "http" and said `said`.
+fn heir_on(old_end: UnixStream, said: &[u8]) -> Heir {
+    let pid = std::process::id() as i32;
+    Heir::new(
+        OwnedFd::from(old_end),
+        pid,
+        vec![("http".into(), None)],
+        said,
+    )
+}
+
 /// Receives one connection message on `heir_end`: its id and the fd.
 fn receive_one(heir_end: &UnixStream) -> (u64, OwnedFd) {
     let mut message = [0u8; 64];
@@ -45,14 +57,8 @@ fn receive_one(heir_end: &UnixStream) -> (u64, OwnedFd) {
 #[test]
 fn a_receipt_names_its_connection_so_a_lost_one_closes_only_itself() {
     let (old_end, heir_end) = UnixStream::pair().unwrap();
-    let pid = std::process::id() as i32;
     let said = [ADOPT_BYTE, IDS_BYTE];
-    let mut heir = Heir::new(
-        OwnedFd::from(old_end),
-        pid,
-        vec![("http".into(), None)],
-        &said,
-    );
+    let mut heir = heir_on(old_end, &said);
     let mut clients = Vec::new();
     for _ in 0..3 {
         let (connection, client) = UnixStream::pair().unwrap();
@@ -173,12 +179,7 @@ fn a_draining_heir_relays_to_the_newest_generation() {
 #[test]
 fn a_late_hand_over_gets_the_whole_bound() {
     let (old_end, heir_end) = UnixStream::pair().unwrap();
-    let mut heir = Heir::new(
-        OwnedFd::from(old_end),
-        std::process::id() as i32,
-        vec![("http".into(), None)],
-        &[ADOPT_BYTE],
-    );
+    let mut heir = heir_on(old_end, &[ADOPT_BYTE]);
     thread::sleep(BOUND + Duration::from_millis(100)); // the heir has been ready a while
     let (connection, mut client) = UnixStream::pair().unwrap();
     heir.hand_over(connection.as_fd(), Some("http")).unwrap();
@@ -329,14 +330,8 @@ fn a_batch_cut_in_parts_gives_its_connections_once_whole() {
 fn a_batch_that_cannot_go_closes_only_its_own_connections() {
     let (old_end, heir_end) = UnixStream::pair().unwrap();
     nix::sys::socket::setsockopt(&old_end, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
-    let pid = std::process::id() as i32;
     let said = [ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE];
-    let mut heir = Heir::new(
-        OwnedFd::from(old_end),
-        pid,
-        vec![("http".into(), None)],
-        &said,
-    );
+    let mut heir = heir_on(old_end, &said);
     let mut clients = Vec::new();
     let (declined, mut its_client) = loop {
         assert!(
