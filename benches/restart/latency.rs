@@ -11,111 +11,169 @@ use testkit::{Load, LoadStats, Server, Summary, summarize};
 
 use crate::{IMPLEMENTATIONS, Plan, Table, ms, start};
 
-/// One implementation restarted idle and under load.
-pub struct Restarts {
-    name: &'static str,
-    idle: Summary,
-    loaded: Summary,
-    /// What the keep-alive clients saw, and the connection-per-request ones.
-    keep_alive: LoadStats,
-    close: LoadStats,
+/// The rounds the floor and the idle and loaded restarts are taken in. Every
+/// ratio of the table is given for the whole run and, beside it, as its range
+/// over the rounds: how far the same ratio moves between shorter runs.
+pub const ROUNDS: usize = 3;
+
+/// A ratio over the whole run and its range over the rounds: `1.25 (1.20–1.31)`.
+pub fn spread(whole: f64, rounds: impl IntoIterator<Item = f64>) -> String {
+    let (low, high) = (rounds.into_iter()).fold((f64::INFINITY, 0.0_f64), |(low, high), r| {
+        (low.min(r), high.max(r))
+    });
+    format!("{whole:.2} ({low:.2}–{high:.2})")
 }
 
-/// The floor (section 1): fork + exec of the same server until it answers,
-/// no restart logic.
-pub fn floor(binary: &Path, plan: &Plan) -> Summary {
-    let starts = (0..plan.samples)
+/// The median of `a`'s samples over the median of `b`'s.
+pub fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let median = |samples: &[Duration]| summarize(samples.to_vec()).median.as_secs_f64();
+    median(a) / median(b)
+}
+
+/// What one round measured: fresh starts of the floor, and per
+/// implementation (in the order of [`IMPLEMENTATIONS`]) idle restarts taken
+/// in turn with those starts, and restarts under load.
+struct Round {
+    floor: Vec<Duration>,
+    idle: [Vec<Duration>; 2],
+    loaded: [Vec<Duration>; 2],
+}
+
+/// The floor, and both implementations restarted idle and under load
+/// (sections 1 to 4), round by round.
+pub struct Latencies {
+    rounds: Vec<Round>,
+    /// Per implementation, what the keep-alive clients saw (answered,
+    /// failed), and the connection-per-request ones.
+    requests: [[(u64, u64); 2]; 2],
+}
+
+impl Latencies {
+    /// The floor over the whole run.
+    pub fn floor(&self) -> Summary {
+        summarize(self.whole().floor)
+    }
+
+    /// The whole run as one round: every round's samples, pooled.
+    fn whole(&self) -> Round {
+        let pooled = |pick: &dyn Fn(&Round) -> &Vec<Duration>| {
+            (self.rounds.iter()).flat_map(|r| pick(r).clone()).collect()
+        };
+        Round {
+            floor: pooled(&|r| &r.floor),
+            idle: [0, 1].map(|i| pooled(&|r| &r.idle[i])),
+            loaded: [0, 1].map(|i| pooled(&|r| &r.loaded[i])),
+        }
+    }
+}
+
+/// The floor (a fresh start of the same server until it answers, no restart
+/// logic), and both implementations' restart latency idle and under load,
+/// with the requests that failed meanwhile; their tables. Each round takes
+/// its share of every kind of sample; the idle ones in turn (a fresh start,
+/// a grestart restart, a shellflip restart, again), so that whatever the
+/// machine does meanwhile weighs on all three alike.
+pub fn latencies(table: &mut Table, binary: &Path, plan: &Plan) -> Latencies {
+    let mut requests = [[(0, 0); 2]; 2];
+    let rounds = (0..ROUNDS)
         .map(|_| {
-            let started = Instant::now();
-            let server = start(binary, "plain", 0);
-            let elapsed = started.elapsed();
-            server.stop();
-            elapsed
-        })
-        .collect();
-    summarize(starts)
-}
-
-/// Restart latency without and with load, and failures, for both (sections 2
-/// to 4); their tables.
-pub fn under_load(table: &mut Table, binary: &Path, plan: &Plan, floor: &Summary) -> Vec<Restarts> {
-    let (count, half) = (plan.restarts, plan.restarts / 2);
-    let results: Vec<Restarts> = (IMPLEMENTATIONS.into_iter())
-        .map(|(name, signal)| {
-            let (idle, _) = restarts(binary, name, signal, plan.samples, None);
-            let (keep_alive_latency, keep_alive) =
-                restarts(binary, name, signal, half, Some((8, 0)));
-            let (close_latency, close) = restarts(binary, name, signal, count - half, Some((0, 8)));
-            let mut loaded = keep_alive_latency;
-            loaded.extend(close_latency);
-            Restarts {
-                name,
-                idle: summarize(idle),
-                loaded: summarize(loaded),
-                keep_alive,
-                close,
+            let mut servers = IMPLEMENTATIONS.map(|(name, _)| start(binary, name, 0));
+            let (mut floor, mut idle) = (Vec::new(), [Vec::new(), Vec::new()]);
+            for _ in 0..plan.samples / ROUNDS {
+                let started = Instant::now();
+                let fresh = start(binary, "plain", 0);
+                floor.push(started.elapsed());
+                fresh.stop();
+                for ((server, (_, signal)), samples) in
+                    servers.iter_mut().zip(IMPLEMENTATIONS).zip(&mut idle)
+                {
+                    samples.push(server.restart(signal).latency);
+                }
+            }
+            for server in servers {
+                server.stop();
+            }
+            let per_load = plan.restarts / 2 / ROUNDS;
+            let mut loaded = [Vec::new(), Vec::new()];
+            for (((name, signal), samples), counts) in IMPLEMENTATIONS
+                .into_iter()
+                .zip(&mut loaded)
+                .zip(&mut requests)
+            {
+                for (clients, count) in [(8, 0), (0, 8)].into_iter().zip(counts.iter_mut()) {
+                    let (latencies, stats) = restarts(binary, name, signal, per_load, clients);
+                    samples.extend(latencies);
+                    *count = (count.0 + stats.ok, count.1 + stats.failed);
+                }
+            }
+            Round {
+                floor,
+                idle,
+                loaded,
             }
         })
         .collect();
+    let latencies = Latencies { rounds, requests };
 
     table.line(format!(
         "{:<34} {:>8} {:>8} {:>8} {:>8}",
         "restart latency (ms)", "min", "median", "p99", "max"
     ));
-    let row = |label: &str, s: &Summary| {
+    let row = |label: String, samples: Vec<Duration>| {
+        let (count, s) = (samples.len(), summarize(samples));
         format!(
-            "{label:<34} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            "{:<34} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            format!("{label} ({count})"),
             ms(s.min),
             ms(s.median),
             ms(s.p99),
             ms(s.max)
         )
     };
-    table.line(row(
-        &format!("fork+exec floor ({} starts)", plan.samples),
-        floor,
-    ));
-    for r in &results {
-        table.line(row(
-            &format!("{}, idle ({})", r.name, plan.samples),
-            &r.idle,
-        ));
-        table.line(row(&format!("{}, under load ({count})", r.name), &r.loaded));
+    let whole = latencies.whole();
+    table.line(row("fork+exec floor".into(), whole.floor));
+    for (((name, _), idle), loaded) in IMPLEMENTATIONS
+        .into_iter()
+        .zip(whole.idle)
+        .zip(whole.loaded)
+    {
+        table.line(row(format!("{name}, idle"), idle));
+        table.line(row(format!("{name}, under load"), loaded));
     }
     table.line(String::new());
     table.line(format!(
         "{:<34} {:>12} {:>12}",
         "requests during restarts", "answered", "failed"
     ));
-    for r in &results {
-        table.line(format!(
-            "{:<34} {:>12} {:>12}",
-            format!("{}, keep-alive", r.name),
-            r.keep_alive.ok,
-            r.keep_alive.failed
-        ));
-        table.line(format!(
-            "{:<34} {:>12} {:>12}",
-            format!("{}, connection per request", r.name),
-            r.close.ok,
-            r.close.failed
-        ));
+    for ((name, _), counts) in IMPLEMENTATIONS.into_iter().zip(&latencies.requests) {
+        for (kind, (ok, failed)) in ["keep-alive", "connection per request"]
+            .into_iter()
+            .zip(counts)
+        {
+            table.line(format!(
+                "{:<34} {:>12} {:>12}",
+                format!("{name}, {kind}"),
+                ok,
+                failed
+            ));
+        }
     }
-    results
+    latencies
 }
 
-/// Restart latencies of `count` restarts, and what a concurrent load saw.
+/// Restart latencies of `count` restarts under `keep_alive` and `close`
+/// clients, and what they saw.
 fn restarts(
     binary: &Path,
     mode: &str,
     signal: i32,
     count: usize,
-    load: Option<(usize, usize)>,
+    (keep_alive, close): (usize, usize),
 ) -> (Vec<Duration>, LoadStats) {
     let mut server = start(binary, mode, 0);
-    let load = load.map(|(keep_alive, close)| Load::start(server.addr, keep_alive, close));
+    let load = Load::start(server.addr, keep_alive, close);
     let latencies = (0..count).map(|_| server.restart(signal).latency).collect();
-    let stats = load.map(Load::finish).unwrap_or_default();
+    let stats = load.finish();
     server.stop();
     (latencies, stats)
 }
@@ -175,15 +233,18 @@ pub fn per_fd(table: &mut Table, binary: &Path, plan: &Plan) {
     table.line(format!("cost per extra fd: {:.2} µs", per_fd * 1e6));
 }
 
-/// The idle and loaded medians of grestart against the floor and shellflip.
-pub fn ratios(table: &mut Table, floor: &Summary, results: &[Restarts]) {
-    let (grestart, shellflip) = (&results[0], &results[1]);
+/// The idle and loaded medians of grestart against the floor and shellflip,
+/// over the whole run and the range over its rounds.
+pub fn ratios(table: &mut Table, latencies: &Latencies) {
+    let whole = latencies.whole();
+    let over = |pick: fn(&Round) -> f64| spread(pick(&whole), latencies.rounds.iter().map(pick));
     table.line(String::new());
     table.line(format!(
-        "ratios: grestart idle / floor = {:.2}, grestart / shellflip (idle median) = {:.2}, (loaded median) = {:.2}",
-        grestart.idle.median.as_secs_f64() / floor.median.as_secs_f64(),
-        grestart.idle.median.as_secs_f64() / shellflip.idle.median.as_secs_f64(),
-        grestart.loaded.median.as_secs_f64() / shellflip.loaded.median.as_secs_f64(),
+        "ratios of medians, whole run (range over its {ROUNDS} rounds): grestart idle / floor = {}, \
+         grestart / shellflip idle = {}, under load = {}",
+        over(|r| ratio(&r.idle[0], &r.floor)),
+        over(|r| ratio(&r.idle[0], &r.idle[1])),
+        over(|r| ratio(&r.loaded[0], &r.loaded[1])),
     ));
 }
 

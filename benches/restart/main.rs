@@ -18,7 +18,7 @@
 //! one table (`latency.rs`, `memory.rs`) and draws two pictures
 //! (`timeline.rs`, `plot.rs`). Numbers are medians over many runs on whatever
 //! machine runs it; the ratios are what carries over.
-//! `GRESTART_BENCH_RESTARTS` (default 1000) sets the restarts under load per
+//! `GRESTART_BENCH_RESTARTS` (default 1200) sets the restarts under load per
 //! implementation. `GRESTART_BENCH_QUICK=1` takes every step with a few
 //! restarts each and heaps of megabytes, not gigabytes (under a minute): a
 //! check that the benchmark runs, whose numbers mean little; it writes to
@@ -63,16 +63,19 @@ fn main() {
 /// How much the benchmark measures.
 struct Plan {
     /// Restarts under load per implementation, half of them under keep-alive
-    /// clients, half under connection-per-request ones.
+    /// clients, half under connection-per-request ones; a share in each of
+    /// the [`latency::ROUNDS`].
     restarts: usize,
-    /// Fresh starts of the floor, and idle restarts per implementation.
+    /// Fresh starts of the floor, and idle restarts per implementation; a
+    /// share in each round.
     samples: usize,
     /// Steady-state windows per mode, and their length in seconds.
     steady: (usize, u64),
     /// The listener counts of the cost per fd, and idle restarts at each.
     listeners: &'static [usize],
     per_listeners: usize,
-    /// Idle restarts per median of the breakdown and of each heap size.
+    /// Idle restarts per median of the breakdown and of each heap size (a
+    /// share in each round).
     medians: usize,
     /// The heap sizes (MB) of the memory rows: none, medium, large.
     sizes: [usize; 3],
@@ -89,8 +92,8 @@ impl Plan {
         let quick = std::env::var_os("GRESTART_BENCH_QUICK").is_some_and(|v| v == "1");
         let mut plan = if quick {
             Plan {
-                restarts: 4,
-                samples: 5,
+                restarts: 6,
+                samples: 6,
                 steady: (1, 1),
                 listeners: &[1, 10],
                 per_listeners: 3,
@@ -102,15 +105,15 @@ impl Plan {
             }
         } else {
             Plan {
-                restarts: 1000,
-                samples: 50,
+                restarts: 1200,
+                samples: 90,
                 steady: (5, 2),
                 listeners: &[1, 10, 100, 1000],
                 per_listeners: 20,
-                medians: 30,
+                medians: 18,
                 sizes: [0, 1024, 4096],
-                slowest: 20,
-                cache_mb: 1024,
+                slowest: 10,
+                cache_mb: 256,
                 out: "target/bench",
             }
         };
@@ -144,16 +147,17 @@ fn benchmark(plan: &Plan) {
         plan.restarts
     );
     let mut table = Table::default();
-    let floor = latency::floor(&binary, plan);
-    let results = latency::under_load(&mut table, &binary, plan, &floor);
-    latency::steady_state(&mut table, &binary, plan);
-    latency::per_fd(&mut table, &binary, plan);
-    latency::ratios(&mut table, &floor, &results);
-    latency::breakdown(&mut table, &binary, plan, &floor);
+    let t = &mut table;
+    let latencies = section("restarts", || latency::latencies(t, &binary, plan));
+    let floor = latencies.floor();
+    section("steady state", || latency::steady_state(t, &binary, plan));
+    section("cost per fd", || latency::per_fd(t, &binary, plan));
+    latency::ratios(t, &latencies);
+    section("breakdown", || latency::breakdown(t, &binary, plan, &floor));
     // The timelines before the gigabytes: the kernel is still reclaiming for a
     // while after them, which showed as a stall in a picture drawn afterwards.
-    let (with, without) = timeline::timelines(&binary);
-    let by_size = memory::report(&mut table, &binary, plan, &floor);
+    let (with, without) = section("timelines", || timeline::timelines(&binary));
+    let by_size = section("memory", || memory::report(t, &binary, plan, &floor));
 
     let out = testkit::repo().join(plan.out);
     std::fs::create_dir_all(&out).expect("create the output directory");
@@ -166,6 +170,15 @@ fn benchmark(plan: &Plan) {
     println!(
         "\nwrote {dir}/restart-memory.svg, {dir}/restart-timeline.svg and {dir}/restart-table.txt"
     );
+}
+
+/// Runs one section of the benchmark and says how long it took (on stderr,
+/// beside the table): where the run's minutes go.
+fn section<T>(name: &str, run: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = run();
+    eprintln!("[{name}: {:.0} s]", started.elapsed().as_secs_f64());
+    result
 }
 
 fn ms(d: std::time::Duration) -> f64 {

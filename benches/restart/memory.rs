@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use testkit::{Load, Server, Summary, summarize};
 
-use crate::{IMPLEMENTATIONS, Plan, Table, ms, start};
+use crate::latency::{self, ROUNDS};
+use crate::{IMPLEMENTATIONS, Plan, Table, ms, section, start};
 
 /// Restart cost against the server's memory (section 8 of the table); the
 /// summaries per implementation and size, for the picture.
@@ -35,11 +36,22 @@ pub fn report(
         ratio
     ));
     let mut by_size: Vec<(&str, Vec<Summary>)> = Vec::new();
+    let mut spreads = Vec::new();
     for (name, signal) in IMPLEMENTATIONS {
-        let summaries = (interleaved_restarts(binary, plan, name, signal).into_iter())
-            .map(summarize)
-            .collect();
-        by_size.push((name, summaries));
+        let latencies = section(&format!("memory: {name} idle"), || {
+            interleaved_restarts(binary, plan, name, signal)
+        });
+        let (first, last) = (&latencies[0], &latencies[latencies.len() - 1]);
+        let per_round = plan.medians / ROUNDS;
+        let rounds = (first
+            .chunks_exact(per_round)
+            .zip(last.chunks_exact(per_round)))
+        .map(|(small, large)| latency::ratio(large, small));
+        spreads.push(format!(
+            "{name} {}",
+            latency::spread(latency::ratio(last, first), rounds)
+        ));
+        by_size.push((name, latencies.into_iter().map(summarize).collect()));
     }
     for (name, summaries) in &by_size {
         for (label, pick) in [("median", 0), ("p99", 1)] {
@@ -64,6 +76,11 @@ pub fn report(
         ms(floor.median),
         "(a fresh start)"
     ));
+    table.line(format!(
+        "{ratio} of medians (range over {ROUNDS} rounds of {}): {}",
+        plan.medians / ROUNDS,
+        spreads.join(", ")
+    ));
     table.line(String::new());
     let count = plan.slowest;
     table.line(format!(
@@ -75,8 +92,9 @@ pub fn report(
     ));
     let mut paused = Vec::new();
     for (name, signal) in IMPLEMENTATIONS {
-        let [at_small, at_large] =
-            [small, large].map(|mb| slowest_during_restarts(binary, plan, name, signal, mb, 4));
+        let [at_small, at_large] = section(&format!("memory: {name} slowest"), || {
+            [small, large].map(|mb| slowest_during_restarts(binary, plan, name, signal, mb, 4))
+        });
         let slowest = |s: &Slowest| s.in_paused.map_or("-".into(), |d| format!("{:.1}", ms(d)));
         paused.push(format!(
             "{name} {} and {} of {count} (slowest in them {} and {} ms)",
@@ -104,7 +122,9 @@ pub fn report(
             ));
         }
     }
-    let exit = slowest_while_one_exits(binary, plan, large, 4);
+    let exit = section("memory: exits", || {
+        slowest_while_one_exits(binary, plan, large, 4)
+    });
     table.line(format!(
         "{:<48} {:>8} {:>8.2}",
         format!("no restart, 1 s from killing another {} one", size(large)),
