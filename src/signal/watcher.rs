@@ -31,11 +31,15 @@ struct Watcher {
     unblocked: (c_int, c_int),
     /// It runs a restart, and reads the pipe only when that is over.
     busy: bool,
+    /// It has set its mask once: before that there is nothing to wait for,
+    /// it reads [`wanted`] when it starts.
+    started: bool,
 }
 
 static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
     unblocked: (0, 0),
     busy: false,
+    started: false,
 });
 static WATCHER_CHANGED: Condvar = Condvar::new();
 
@@ -86,8 +90,12 @@ fn retune_here() {
     if !in_watcher() {
         return;
     }
-    let (signo, stop) = wanted();
     let mut watcher = watcher();
+    // Read under the lock that `retune_watcher` checks `started` under: a
+    // signal installed before this reads it is taken, one installed after is
+    // waited for.
+    let (signo, stop) = wanted();
+    watcher.started = true;
     if watcher.unblocked == (signo, stop) && signo != 0 {
         return;
     }
@@ -123,14 +131,16 @@ pub(super) fn retune_watcher() {
         return retune_here();
     }
     let wake = WAKE.load(Ordering::Relaxed);
-    if wake < 0 {
-        return; // no watcher yet: it reads WATCHED when it starts
+    let watcher = watcher();
+    if wake < 0 || !watcher.started {
+        // No watcher yet, or one that has not run: it reads WATCHED when it
+        // starts. (The engine's start does not wait for its new thread.)
+        return;
     }
     let byte = RETUNE_BYTE;
     // SAFETY: a write of one byte from a valid buffer to the self-pipe, which
     // lives as long as the process. A full pipe wakes the watcher anyway.
     unsafe { libc::write(wake, (&byte as *const u8).cast(), 1) };
-    let watcher = watcher();
     let (watcher, waited) = WATCHER_CHANGED
         .wait_timeout_while(watcher, Duration::from_secs(1), |w| {
             w.unblocked != target && !w.busy
