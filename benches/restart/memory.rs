@@ -181,8 +181,8 @@ fn cool_caches(binary: &Path, plan: &Plan) {
 
 /// `plan.medians` idle restarts of one server per size of the plan (MB held
 /// by every generation), taken in turn so that whatever the machine does
-/// meanwhile weighs on every size alike; each from cold caches. Latencies per
-/// size.
+/// meanwhile weighs on every size alike, each size first as often as the
+/// others; each from cold caches. Latencies per size.
 fn interleaved_restarts(binary: &Path, plan: &Plan, mode: &str, signal: i32) -> Vec<Vec<Duration>> {
     let sizes = &plan.sizes;
     let mut servers: Vec<Server> = (sizes.iter())
@@ -193,11 +193,13 @@ fn interleaved_restarts(binary: &Path, plan: &Plan, mode: &str, signal: i32) -> 
         })
         .collect();
     let mut latencies = vec![Vec::new(); sizes.len()];
-    for _ in 0..plan.medians {
-        for ((server, &mb), samples) in servers.iter_mut().zip(sizes).zip(&mut latencies) {
+    for round in 0..plan.medians {
+        // Each size in turn comes first, so that none always follows the
+        // growth of the largest heap and its predecessor's exit.
+        for i in (0..sizes.len()).map(|i| (i + round) % sizes.len()) {
             cool_caches(binary, plan);
-            samples.push(server.restart(signal).latency);
-            grow(server, mb);
+            latencies[i].push(servers[i].restart(signal).latency);
+            grow(&servers[i], sizes[i]);
         }
     }
     for server in servers {
