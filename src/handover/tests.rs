@@ -13,8 +13,8 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, send};
 
 use super::send::BOUND;
 use super::wire::{
-    ACK_BYTE, BATCHES_BYTE, ID_LEN, Incoming, MAX_BATCH, TAKEN_BYTE, add_record, empty_batch,
-    send_connection,
+    ACK_BYTE, BATCHES_BYTE, ID_LEN, Incoming, MAX_BATCH, NAME_MAX, TAKEN_BYTE, add_record,
+    empty_batch, send_connection,
 };
 use super::*;
 
@@ -258,6 +258,54 @@ fn a_burst_goes_in_batches_and_every_connection_arrives_on_its_listener() {
         kept
     });
     heir.finish(); // sends the last batch, waits for every receipt
+    let kept = adopter.join().unwrap();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.set_nonblocking(true).unwrap();
+        let read = client.read(&mut [0u8; 1]);
+        let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
+        assert!(open, "connection {i}, adopted, stays open");
+    }
+    drop(kept);
+}
+
+/// A batch larger than the room in the heir's buffer goes in parts: the
+/// kernel takes its fds with the first bytes, and the old generation sends
+/// the rest as the heir reads. Every connection arrives, once its record is
+/// whole, on its listener and in order, and none is closed.
+#[test]
+fn a_batch_sent_in_parts_arrives_whole() {
+    // Records of 250 bytes: a few dozen connections' worth is more than the
+    // 4 KB buffer (8 KB as the kernel counts it) holds at once.
+    let name = "h".repeat(NAME_MAX - 14);
+    let (old_end, heir_end) = UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&old_end, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+    let pid = std::process::id() as i32;
+    let adoption = Adoption::start(Some((Arc::new(OwnedFd::from(heir_end)), pid))).unwrap();
+    let said = [ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE];
+    let listeners = vec![(name.clone(), None)];
+    let mut heir = Heir::new(OwnedFd::from(old_end), pid, listeners, &said);
+    let expected = name.clone();
+    let adopter = thread::spawn(move || {
+        let mut kept = Vec::new();
+        for i in 0..MAX_BATCH {
+            let handed = adoption.adopt(Some(Duration::from_secs(10)), |_| true);
+            let handed = handed.unwrap().expect("every connection arrives");
+            assert_eq!(
+                (handed.listener.as_str(), handed.id),
+                (expected.as_str(), Some(i as u64))
+            );
+            kept.push(handed.connection);
+        }
+        kept
+    });
+    let mut clients = Vec::new();
+    for _ in 0..MAX_BATCH {
+        let (connection, client) = UnixStream::pair().unwrap();
+        let offer = heir.hand_over(connection.as_fd(), Some(&name)).unwrap();
+        assert_eq!(offer, Offer::Taken);
+        clients.push(client);
+    }
+    heir.finish(); // sends what is left, waits for every receipt
     let kept = adopter.join().unwrap();
     for (i, client) in clients.iter_mut().enumerate() {
         client.set_nonblocking(true).unwrap();
