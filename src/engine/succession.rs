@@ -173,12 +173,9 @@ impl Engine {
 /// Not from a forked child (its copy of the batch is not its to send), nor
 /// while the batch thread holds the heir (it is sending).
 extern "C" fn send_batch_at_exit() {
-    let Some(engine) = super::ENGINE.get() else {
+    let Some(engine) = super::ENGINE.get().filter(|engine| engine.is_owner()) else {
         return;
     };
-    if std::process::id() != engine.owner {
-        return;
-    }
     if let Ok(mut heir) = engine.heir.try_lock() {
         let _ = heir.as_mut().map(Heir::flush);
     }
