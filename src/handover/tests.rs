@@ -52,6 +52,14 @@ fn receive_one(heir_end: &UnixStream) -> (u64, OwnedFd) {
     (id, fd.unwrap())
 }
 
+/// Whether the connection `client` is the far end of is still open: nothing
+/// to read, and no end of stream.
+fn is_open(client: &mut UnixStream) -> bool {
+    client.set_nonblocking(true).unwrap();
+    let read = client.read(&mut [0u8; 1]);
+    read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+}
+
 /// The heir loses a connection (out of fds: no receipt for it) and takes
 /// the next: only the lost one is shut down, never one the heir serves.
 #[test]
@@ -260,10 +268,7 @@ fn a_burst_goes_in_batches_and_every_connection_arrives_on_its_listener() {
     heir.finish(); // sends the last batch, waits for every receipt
     let kept = adopter.join().unwrap();
     for (i, client) in clients.iter_mut().enumerate() {
-        client.set_nonblocking(true).unwrap();
-        let read = client.read(&mut [0u8; 1]);
-        let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
-        assert!(open, "connection {i}, adopted, stays open");
+        assert!(is_open(client), "connection {i}, adopted, stays open");
     }
     drop(kept);
 }
@@ -308,10 +313,7 @@ fn a_batch_sent_in_parts_arrives_whole() {
     heir.finish(); // sends what is left, waits for every receipt
     let kept = adopter.join().unwrap();
     for (i, client) in clients.iter_mut().enumerate() {
-        client.set_nonblocking(true).unwrap();
-        let read = client.read(&mut [0u8; 1]);
-        let open = read.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
-        assert!(open, "connection {i}, adopted, stays open");
+        assert!(is_open(client), "connection {i}, adopted, stays open");
     }
     drop(kept);
 }
