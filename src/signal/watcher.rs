@@ -31,8 +31,9 @@ struct Watcher {
     unblocked: (c_int, c_int),
     /// It runs a restart, and reads the pipe only when that is over.
     busy: bool,
-    /// It has set its mask once: before that there is nothing to wait for,
-    /// it reads [`wanted`] when it starts.
+    /// It has read [`wanted`] under this lock once (and set its mask from
+    /// it). Before that its mask is the one [`spawn_thread`] started it
+    /// with, every signal blocked: there is nothing to wait for.
     started: bool,
 }
 
@@ -124,7 +125,8 @@ fn retune_here() {
 /// Asks the watcher to unblock the signals [`wanted`] names (and block the
 /// others), and waits for it, unless it is busy with a restart: then it does
 /// so when that is over, and a signal sent meanwhile stays pending until then,
-/// never lost.
+/// never lost. A watcher that has not run yet is not waited for: it still
+/// blocks every signal, and reads [`wanted`] when it starts.
 pub(super) fn retune_watcher() {
     let target = wanted();
     if in_watcher() {
@@ -133,8 +135,10 @@ pub(super) fn retune_watcher() {
     let wake = WAKE.load(Ordering::Relaxed);
     let watcher = watcher();
     if wake < 0 || !watcher.started {
-        // No watcher yet, or one that has not run: it reads WATCHED when it
-        // starts. (The engine's start does not wait for its new thread.)
+        // Not armed yet, or a watcher that has not run: started by
+        // `spawn_thread` with every signal blocked, it takes the restart and
+        // stop signals stored before this lock when it first takes it. (So the
+        // engine's start does not wait for its new thread to be scheduled.)
         return;
     }
     let byte = RETUNE_BYTE;
