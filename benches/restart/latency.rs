@@ -33,6 +33,7 @@ pub fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
 /// What one round measured: fresh starts of the floor, and per
 /// implementation (in the order of [`IMPLEMENTATIONS`]) idle restarts taken
 /// in turn with those starts, and restarts under load.
+#[derive(Default)]
 struct Round {
     floor: Vec<Duration>,
     idle: [Vec<Duration>; 2],
@@ -56,14 +57,15 @@ impl Latencies {
 
     /// The whole run as one round: every round's samples, pooled.
     fn whole(&self) -> Round {
-        let pooled = |pick: &dyn Fn(&Round) -> &Vec<Duration>| {
-            (self.rounds.iter()).flat_map(|r| pick(r).clone()).collect()
-        };
-        Round {
-            floor: pooled(&|r| &r.floor),
-            idle: [0, 1].map(|i| pooled(&|r| &r.idle[i])),
-            loaded: [0, 1].map(|i| pooled(&|r| &r.loaded[i])),
+        let mut whole = Round::default();
+        for round in &self.rounds {
+            whole.floor.extend(&round.floor);
+            for i in 0..IMPLEMENTATIONS.len() {
+                whole.idle[i].extend(&round.idle[i]);
+                whole.loaded[i].extend(&round.loaded[i]);
+            }
         }
+        whole
     }
 }
 
