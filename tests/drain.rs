@@ -135,8 +135,14 @@ fn the_pid_file_names_the_serving_generation_while_older_ones_drain() {
             .parse()
             .unwrap()
     };
-    // A client that sends nothing holds the first generation's loop.
+    // A client that sends nothing holds the first generation's loop, once
+    // accepted (not left in the accept queue for the heir to take).
     let holder = TcpStream::connect(server.addr).unwrap();
+    assert!(testkit::wait_held_by(
+        server.pid,
+        &holder,
+        Duration::from_secs(5)
+    ));
     let mut leaving = Vec::new();
     for _ in 0..3 {
         leaving.push(server.hand_over(libc::SIGUSR2));

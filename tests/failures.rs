@@ -201,32 +201,30 @@ fn a_storm_of_signals_is_one_restart() {
 fn a_restart_while_the_parent_drains_goes_ahead_and_the_deadline_ends_the_drain() {
     let flaky = Flaky::new("drain");
     let mut server = flaky.start(&[("GR_TEST_DRAIN_DEADLINE_MS", "1500")]);
-    let first = server.pid;
     // A client that connects and never sends holds the first generation's
-    // single-threaded loop: it cannot finish draining.
+    // single-threaded loop: it cannot finish draining. Once accepted: left in
+    // the accept queue, it would hold the heir instead.
     let holder = std::net::TcpStream::connect(server.addr).unwrap();
-    let exited = testkit::pidfd(first).unwrap();
-    testkit::kill(first, libc::SIGUSR2);
-    server.wait_for_log("ready after", LOG_WAIT);
-    let heir = server.probe(Duration::from_secs(5)).unwrap();
-    server.pid = heir.pid;
-    server.pids.push(heir.pid);
-    server.generation = 2;
+    assert!(
+        testkit::wait_held_by(server.pid, &holder, LOG_WAIT),
+        "generation 1 accepted the holding client"
+    );
+    let first = server.hand_over(libc::SIGUSR2);
 
     // Not refused: generation 3 serves while generation 1 still drains.
     let second = server.hand_over(libc::SIGUSR2);
     assert!(
-        !testkit::wait_exit(&exited, Duration::ZERO),
+        !testkit::wait_exit(&first.exit, Duration::ZERO),
         "generation 1 still drains"
     );
 
     // The drain deadline ends the first generation although the client stays.
     assert!(
-        testkit::wait_exit(&exited, Duration::from_secs(10)),
+        testkit::wait_exit(&first.exit, Duration::from_secs(10)),
         "the deadline ended the drain"
     );
     server.wait_for_log("drain deadline", LOG_WAIT);
-    testkit::reap(first);
+    testkit::reap(first.pid);
     drop(holder);
     server.wait_gone(&second, Duration::from_secs(20));
     server.restart(libc::SIGUSR2);

@@ -463,15 +463,11 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
 }
 
 /// The client ports of the connections to `server_port` whose server end is
-/// still open in some process: `/proc/net/tcp` gives a socket an inode while
-/// an fd refers to it.
+/// still open in some process.
 fn held_open(server_port: u16) -> Vec<u16> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!(":{server_port:04X}");
-    (table.lines().skip(1))
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| fields[1].ends_with(&local) && fields[9] != "0")
-        .filter_map(|fields| u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok())
+    (testkit::server_ends(server_port).into_iter())
+        .filter(|&(_, inode)| inode != 0)
+        .map(|(client, _)| client)
         .collect()
 }
 

@@ -1,9 +1,11 @@
 //! Following processes: becoming the reaper of every generation, pidfds,
-//! waiting, reaping, and finding a process's children and zombies.
+//! waiting, reaping, finding a process's children and zombies, and which
+//! process holds a connection.
 
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Makes this process the reaper of its orphaned descendants, so that every
 /// generation of a server (each a child of the previous one) ends up as our
@@ -112,4 +114,46 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The server ends of the IPv4 TCP connections to `server_port`: each
+/// client's port, and the socket's inode, which `/proc/net/tcp` gives only
+/// while an fd refers to it (0 while it waits in a listener's accept queue).
+pub fn server_ends(server_port: u16) -> Vec<(u16, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{server_port:04X}");
+    (table.lines().skip(1))
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields[1].ends_with(&local))
+        .filter_map(|fields| {
+            let client = u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok()?;
+            Some((client, fields[9].parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until `pid` has accepted `client`'s connection and holds it as an
+/// fd: out of the accept queue, where another process sharing the listener
+/// (the next generation) could have taken it. False if `timeout` passed first.
+pub fn wait_held_by(pid: i32, client: &TcpStream, timeout: Duration) -> bool {
+    let server_port = client.peer_addr().unwrap().port();
+    let client_port = client.local_addr().unwrap().port();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let inode = (server_ends(server_port).into_iter())
+            .find(|&(port, inode)| port == client_port && inode != 0)
+            .map(|(_, inode)| format!("socket:[{inode}]"));
+        let held = inode.is_some_and(|inode| {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten();
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == inode.as_str())
+            })
+        });
+        if held || Instant::now() > deadline {
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
