@@ -363,6 +363,8 @@ fn a_late_heir_adopts_500_connections_from_a_busy_generation_without_freezing() 
     busy.write_all(b"GET /busy HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .unwrap(); // the head's end comes later
     let old = server.pid;
+    // Accepted by the old generation, not waiting in the queue for the heir.
+    assert!(testkit::wait_held_by(old, &busy, Duration::from_secs(5)));
     let old_exit = testkit::pidfd(old).unwrap();
     testkit::kill(old, libc::SIGUSR2);
     let heir = heir_answers(&server, old, Duration::from_secs(10), "once ready");
@@ -403,12 +405,14 @@ fn an_heir_out_of_fds_keeps_every_connection_it_adopted() {
     }
     // Busy with a request half sent: handed over only once answered, later.
     let mut later: Vec<_> = (0..LATER).map(|_| connect(server.addr)).collect();
+    let old = server.pid;
     for (stream, _) in &mut later {
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
+        // Accepted by the old generation, not waiting in the queue for the heir.
+        assert!(testkit::wait_held_by(old, stream, Duration::from_secs(5)));
     }
-    let old = server.pid;
     let old_exit = testkit::pidfd(old).unwrap();
     testkit::kill(old, libc::SIGUSR2);
     let mut lines = server.log_until("lost: out of file descriptors", Duration::from_secs(10));
