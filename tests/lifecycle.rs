@@ -2,7 +2,8 @@
 //! once and to completion whoever asks (a second thread, the drain deadline,
 //! a hook itself), a logger may call back into grestart, a failed start loses
 //! nothing it inherited, shutdown waits for the work in flight, grestart's
-//! threads take no signal of the application's, and a drain deadline of zero
+//! threads take no signal of the application's, the restart and stop signals
+//! may change from two threads at once, and a drain deadline of zero
 //! means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
 //! through this very binary run again as a child for the Rust API.
 
@@ -79,6 +80,11 @@ fn shutdown_waits_for_the_work_in_flight() {
 #[test]
 fn grestart_threads_block_every_signal_but_their_own() {
     run_scenario("thread-masks");
+}
+
+#[test]
+fn the_restart_and_stop_signals_may_change_at_once() {
+    run_scenario("signals-together");
 }
 
 #[test]

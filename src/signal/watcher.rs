@@ -126,9 +126,11 @@ fn retune_here() {
 /// others), and waits for it, unless it is busy with a restart: then it does
 /// so when that is over, and a signal sent meanwhile stays pending until then,
 /// never lost. A watcher that has not run yet is not waited for: it still
-/// blocks every signal, and reads [`wanted`] when it starts.
+/// blocks every signal, and reads [`wanted`] when it starts. What is waited
+/// for is what [`wanted`] names when the watcher answers: the restart and the
+/// stop signal may change at once, from two threads, and the watcher takes
+/// both in one retune.
 pub(super) fn retune_watcher() {
-    let target = wanted();
     if in_watcher() {
         return retune_here();
     }
@@ -147,12 +149,13 @@ pub(super) fn retune_watcher() {
     unsafe { libc::write(wake, (&byte as *const u8).cast(), 1) };
     let (watcher, waited) = WATCHER_CHANGED
         .wait_timeout_while(watcher, Duration::from_secs(1), |w| {
-            w.unblocked != target && !w.busy
+            w.unblocked != wanted() && !w.busy
         })
         .unwrap_or_else(|e| e.into_inner());
     drop(watcher);
     if waited.timed_out() {
-        warning!("the signal watcher did not take signals {target:?} within 1 s; it will");
+        let wanted = wanted();
+        warning!("the signal watcher did not take signals {wanted:?} within 1 s; it will");
     }
 }
 

@@ -31,6 +31,9 @@
  *   tls-destructor       gr_ calls (failing ones too) from a pthread key
  *                        destructor, which runs after the thread's locals are
  *                        destroyed, neither abort nor crash
+ *   signals-together     gr_set_signal and gr_set_stop_signal called at once
+ *                        from two threads: neither waits out its bound for the
+ *                        watcher (which then warns), and the masks end right
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -222,6 +225,26 @@ static int settled_thread_masks(int restart) {
         usleep(1000);
     }
     return check_thread_masks(restart, 1);
+}
+
+static int watcher_late;
+
+/* Counts the signal watcher's "did not take signals ... within 1 s". */
+static void watch_for_late_watcher(int level, const char *line, void *arg) {
+    (void)level, (void)arg;
+    if (strstr(line, "did not take signals")) {
+        __atomic_add_fetch(&watcher_late, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
+enum { SIGNAL_CHANGES = 5000 };
+
+static void *change_stop_signal(void *arg) {
+    (void)arg;
+    for (int i = 0; i < SIGNAL_CHANGES; i++) {
+        EXPECT(gr_set_stop_signal(i % 2 ? 0 : SIGTERM) == 0);
+    }
+    return NULL;
 }
 
 static void shutdown_inside(void *arg) {
@@ -435,6 +458,17 @@ int main(int argc, char **argv) {
         pthread_create(&thread, NULL, thread_with_destructor, NULL);
         pthread_join(thread, NULL);
         EXPECT(destructor_ran);
+    } else if (strcmp(scenario, "signals-together") == 0) {
+        EXPECT(gr_set_log_callback(watch_for_late_watcher, NULL) == 0);
+        EXPECT(gr_generation() == 1); /* starts the engine, and its watcher */
+        EXPECT(settled_thread_masks(SIGUSR2) >= 1); /* the watcher runs: set_signal waits */
+        pthread_create(&thread, NULL, change_stop_signal, NULL);
+        for (int i = 0; i < SIGNAL_CHANGES; i++) {
+            EXPECT(gr_set_signal(i % 2 ? SIGUSR2 : SIGHUP) == 0);
+        }
+        pthread_join(thread, NULL);
+        EXPECT(__atomic_load_n(&watcher_late, __ATOMIC_SEQ_CST) == 0);
+        EXPECT(check_thread_masks(SIGUSR2, 1) >= 1); /* the last of each: SIGUSR2, no stop */
     } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
         EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
         EXPECT(gr_ready() == 0);
