@@ -1,11 +1,12 @@
 //! Lifecycle rules that need a fresh process each: the shutdown hooks run
 //! once and to completion whoever asks (a second thread, the drain deadline,
 //! a hook itself), a logger may call back into grestart, a failed start loses
-//! nothing it inherited, shutdown waits for the work in flight, grestart's
-//! threads take no signal of the application's, the restart and stop signals
-//! may change from two threads at once, and a drain deadline of zero
-//! means "none" in Rust as in C. Driven through tests/c/lifecycle.c, and
-//! through this very binary run again as a child for the Rust API.
+//! nothing it inherited and leaves no thread behind, shutdown waits for the
+//! work in flight, grestart's threads take no signal of the application's,
+//! the restart and stop signals may change from two threads at once, and a
+//! drain deadline of zero means "none" in Rust as in C. Driven through
+//! tests/c/lifecycle.c, and through this very binary run again as a child for
+//! the Rust API.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,11 @@ fn shutdown_waits_for_the_work_in_flight() {
 #[test]
 fn grestart_threads_block_every_signal_but_their_own() {
     run_scenario("thread-masks");
+}
+
+#[test]
+fn a_start_out_of_fds_leaves_no_thread_behind() {
+    run_scenario("start-out-of-fds");
 }
 
 #[test]

@@ -33,21 +33,21 @@ impl Engine {
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| with_context(e.into(), "cannot create the shutdown eventfd"))?;
         let work = Work::new()?;
-        let (signal_pipe, wake) = signal::self_pipe()?;
-        let control = Control::bind()
-            .inspect_err(|e| warning!("`grestart restart` cannot reach this process: {e}"))
-            .ok();
-        signal::spawn_thread("grestart-signal", move || {
-            watcher::watch_signals(signal_pipe, control)
-        })?;
         let restart_signal = heritage
             .restart_signal
             .filter(|&signo| signal::check(signo).is_ok());
-        signal::arm(
-            wake,
+        let signal_pipe = signal::arm(
             restart_signal.unwrap_or(libc::SIGUSR2),
             restart_signal.is_some(),
         )?;
+        let control = Control::bind()
+            .inspect_err(|e| warning!("`grestart restart` cannot reach this process: {e}"))
+            .ok();
+        // Last of what can fail: a start that fails leaves no thread behind
+        // (what it armed is armed again by the next).
+        signal::spawn_thread("grestart-signal", move || {
+            watcher::watch_signals(signal_pipe, control)
+        })?;
 
         for problem in &heritage.problems {
             warning!("{problem}");

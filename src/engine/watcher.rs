@@ -1,7 +1,7 @@
 //! The thread that turns restart and stop signals and `grestart restart`
 //! requests into restarts and drains, outside signal context.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 
 use super::ENGINE;
 use crate::control::{Asked, Control, Reply};
@@ -13,7 +13,7 @@ use crate::stub::Watch;
 /// Reads restart and stop signals and control requests forever; a restart
 /// runs here, outside signal context. A stop signal wins over restarts that
 /// came with it. Requests that arrive during a restart get its outcome.
-pub(super) fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
+pub(super) fn watch_signals(pipe: BorrowedFd<'static>, control: Option<Control>) {
     signal::become_watcher();
     // Only the launcher keeps a probation; a generation is asked to restart.
     let requests = || {
@@ -26,7 +26,7 @@ pub(super) fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
         restarts
     };
     loop {
-        let arrived = signal::wait(&pipe, control.as_ref().map(Control::fd));
+        let arrived = signal::wait(pipe, control.as_ref().map(Control::fd));
         let mut waiting = if arrived.control {
             requests()
         } else {
@@ -62,7 +62,7 @@ pub(super) fn watch_signals(pipe: OwnedFd, control: Option<Control>) {
             let _busy = signal::Busy::new();
             let outcome = engine.restart_coalescing(
                 || {
-                    let during = signal::drain(&pipe);
+                    let during = signal::drain(pipe);
                     stop = during.stop;
                     during.restarts
                 },

@@ -19,6 +19,11 @@ use crate::log;
 /// The write end of the self-pipe; the handler's only state with [`OWNER`]
 /// and [`STOPPED`].
 pub(super) static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The self-pipe's read end, the watcher's. Made once with [`WAKE`] and never
+/// closed: the handler may write at any time, even while no watcher reads
+/// (the engine's start failed after [`arm`], and is tried again later); what it
+/// wrote then waits for the watcher of the next start.
+static PIPE: AtomicI32 = AtomicI32::new(-1);
 /// An eventfd the handler makes readable when the stop signal arrives: a
 /// restart under way gives up for it at once (the watcher, which reads the
 /// pipe, is busy with that very restart).
@@ -85,18 +90,24 @@ pub(crate) fn check(signo: c_int) -> io::Result<()> {
     ))
 }
 
-/// Points the handler at `wake`, for this process, and installs it on `signo`.
+/// Makes the self-pipe (once), points the handler at it, for this process,
+/// and installs it on `signo`; returns the pipe's read end, for the watcher.
 /// `inherited`: this process was started with `signo` ignored by its parent's
 /// grestart (see the module comment). Either way, an ignore that was ours
 /// (the parent's, or [`at_start`](super::at_start)'s) gives back the default, not "ignored".
-pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()> {
+/// Called again after a failed start, it makes nothing twice.
+pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'static>> {
     if STOPPED.load(Ordering::Relaxed) < 0 {
         let stopped = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|e| with_context(e.into(), "cannot create the stop eventfd"))?;
         STOPPED.store(OwnedFd::from(stopped).into_raw_fd(), Ordering::Relaxed);
     }
-    // The write end lives as long as the process: the handler may run at any time.
-    WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
+    if WAKE.load(Ordering::Relaxed) < 0 {
+        let (pipe, wake) = super::self_pipe()?;
+        // Both ends live as long as the process: the handler may run at any time.
+        PIPE.store(pipe.into_raw_fd(), Ordering::Relaxed);
+        WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
+    }
     OWNER.store(std::process::id() as i32, Ordering::Relaxed);
     install(signo)?;
     if inherited || GUARDED.load(Ordering::Relaxed) == signo {
@@ -107,7 +118,8 @@ pub(crate) fn arm(wake: OwnedFd, signo: c_int, inherited: bool) -> io::Result<()
             }
         }
     }
-    Ok(())
+    // SAFETY: made above or by an earlier call, and never closed.
+    Ok(unsafe { BorrowedFd::borrow_raw(PIPE.load(Ordering::Relaxed)) })
 }
 
 /// The restart signal now (`SIGUSR2` until the engine started or the

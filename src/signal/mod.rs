@@ -50,8 +50,8 @@ const RETUNE_BYTE: u8 = 2;
 /// ... or the stop signal, from the handler.
 const STOP_BYTE: u8 = 3;
 
-/// Creates the self-pipe: (read end for the watcher, write end for [`arm`]).
-pub(crate) fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// Creates the self-pipe: (read end for the watcher, write end for the handler).
+fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
         .map_err(|e| with_context(e.into(), "cannot create the signal pipe"))
 }

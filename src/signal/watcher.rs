@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::ffi::c_int;
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -192,9 +192,9 @@ pub(crate) struct Arrivals {
 /// Blocks until a restart or stop signal arrived at least once (and swallows
 /// every arrival since) or `control` has a client waiting. Only the watcher
 /// calls it.
-pub(crate) fn wait(pipe: &OwnedFd, control: Option<BorrowedFd<'_>>) -> Arrivals {
+pub(crate) fn wait(pipe: BorrowedFd<'_>, control: Option<BorrowedFd<'_>>) -> Arrivals {
     loop {
-        let mut fds = vec![PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(pipe, PollFlags::POLLIN)];
         fds.extend(control.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         // EINTR and spurious wake-ups only loop again.
         let _ = poll(&mut fds, PollTimeout::NONE);
@@ -211,11 +211,11 @@ pub(crate) fn wait(pipe: &OwnedFd, control: Option<BorrowedFd<'_>>) -> Arrivals 
 
 /// Reads away every pending byte of the pipe; a request to retune the
 /// watcher is carried out. Only the watcher calls it.
-pub(crate) fn drain(pipe: &OwnedFd) -> Arrivals {
+pub(crate) fn drain(pipe: BorrowedFd<'_>) -> Arrivals {
     let mut buf = [0u8; 256];
     let mut arrivals = Arrivals::default();
     // The pipe is non-blocking: EAGAIN once it is empty.
-    while let Ok(n @ 1..) = read(pipe.as_fd(), &mut buf) {
+    while let Ok(n @ 1..) = read(pipe, &mut buf) {
         for &byte in &buf[..n] {
             match byte {
                 RESTART_BYTE => arrivals.restarts += 1,

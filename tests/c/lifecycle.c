@@ -34,6 +34,9 @@
  *   signals-together     gr_set_signal and gr_set_stop_signal called at once
  *                        from two threads: neither waits out its bound for the
  *                        watcher (which then warns), and the masks end right
+ *   start-out-of-fds     the engine starts under every fd limit from none to
+ *                        plenty: a start that fails leaves no grestart thread
+ *                        behind, and the next, with fds, starts one watcher
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -225,6 +228,59 @@ static int settled_thread_masks(int restart) {
         usleep(1000);
     }
     return check_thread_masks(restart, 1);
+}
+
+/* How many of this process's threads are named `name`. */
+static int threads_named(const char *name) {
+    int count = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    EXPECT(tasks != NULL);
+    struct dirent *task;
+    while (tasks && (task = readdir(tasks))) {
+        char path[300], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", task->d_name);
+        FILE *f = task->d_name[0] == '.' ? NULL : fopen(path, "r");
+        if (f && fgets(comm, sizeof comm, f)) {
+            comm[strcspn(comm, "\n")] = '\0';
+            count += strcmp(comm, name) == 0;
+        }
+        if (f) {
+            fclose(f);
+        }
+    }
+    if (tasks) {
+        closedir(tasks);
+    }
+    return count;
+}
+
+/* threads_named once it is `expected`, within 2 s (a thread ends on its own time). */
+static int settled_threads_named(const char *name, int expected) {
+    for (int i = 0; i < 2000 && threads_named(name) != expected; i++) {
+        usleep(1000);
+    }
+    return threads_named(name);
+}
+
+/* In a child: starts the engine with `room` fds left under RLIMIT_NOFILE,
+ * then with the limit as it was. Exits 3 if the first start failed, 0 if it
+ * succeeded, 1 if an expectation failed. */
+static void start_with_fds_left(int room) {
+    failures = 0; /* this process's own */
+    struct rlimit before;
+    EXPECT(getrlimit(RLIMIT_NOFILE, &before) == 0);
+    int lowest = dup(0); /* the next fd the start would get */
+    close(lowest);
+    struct rlimit tight = {(rlim_t)(lowest + room), before.rlim_max};
+    EXPECT(setrlimit(RLIMIT_NOFILE, &tight) == 0);
+    int64_t first = gr_generation();
+    EXPECT(setrlimit(RLIMIT_NOFILE, &before) == 0);
+    if (first < 0) {
+        EXPECT(settled_threads_named("grestart-signal", 0) == 0);
+    }
+    EXPECT(gr_generation() == 1);
+    EXPECT(settled_threads_named("grestart-signal", 1) == 1);
+    _exit(failures ? 1 : first < 0 ? 3 : 0);
 }
 
 static int watcher_late;
@@ -469,6 +525,20 @@ int main(int argc, char **argv) {
         pthread_join(thread, NULL);
         EXPECT(__atomic_load_n(&watcher_late, __ATOMIC_SEQ_CST) == 0);
         EXPECT(check_thread_masks(SIGUSR2, 1) >= 1); /* the last of each: SIGUSR2, no stop */
+    } else if (strcmp(scenario, "start-out-of-fds") == 0) {
+        int failed_starts = 0, room = 0;
+        for (int started = 0; !started && room < 32; room++) {
+            pid_t child = fork();
+            if (child == 0) {
+                start_with_fds_left(room);
+            }
+            int code = exit_code(child);
+            EXPECT(code == 0 || code == 3);
+            failed_starts += code == 3;
+            started = code == 0;
+        }
+        fprintf(stderr, "the start needs %d fds\n", room - 1);
+        EXPECT(failed_starts == room - 1 && room < 32);
     } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
         EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
         EXPECT(gr_ready() == 0);
