@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 use super::ENGINE;
 use crate::control::{Asked, Control, Reply};
 use crate::handover::Heir;
-use crate::log::info;
+use crate::log::{info, warning};
 use crate::signal;
 use crate::stub::Watch;
 
@@ -54,6 +54,12 @@ pub(super) fn watch_signals(pipe: BorrowedFd<'static>, control: Option<Control>)
                 info!("forwarding signal {signo} to the serving generation, pid {serving}");
                 // SAFETY: kill has no memory-safety requirements.
                 unsafe { libc::kill(serving, signo) };
+            } else if arrived.restarts > 0 {
+                let signo = signal::current();
+                warning!(
+                    "signal {signo} restarts nothing here: this process drains; pid {serving} \
+                     serves, send it there"
+                );
             }
             continue;
         }

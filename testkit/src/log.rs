@@ -51,6 +51,19 @@ impl Log {
         }
     }
 
+    /// Waits for a line that contains any of `needles`.
+    pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok((_, line)) if needles.iter().any(|n| line.contains(n)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with any of {needles:?} within {timeout:?}"),
+            }
+        }
+    }
+
     /// Waits for a line with each of `needles`, in any order (lines of two
     /// generations may come either way); returns them in the order asked.
     pub fn wait_for_all(&self, needles: &[&str], timeout: Duration) -> Vec<String> {

@@ -93,6 +93,11 @@ impl Server {
         self.log.wait_for_at(needle, timeout)
     }
 
+    /// [`Log::wait_for_any`] on the servers' stderr.
+    pub fn wait_for_log_any(&self, needles: &[&str], timeout: Duration) -> String {
+        self.log.wait_for_any(needles, timeout)
+    }
+
     /// [`Log::wait_for_all`] on the servers' stderr.
     pub fn wait_for_logs(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
         self.log.wait_for_all(needles, timeout)
