@@ -164,6 +164,39 @@ static void pose_as_heir(void) {
     setenv("LISTEN_FDNAMES", "http", 1);
 }
 
+/* The name of this process's thread `task` (its tid), "" if it has gone. */
+static void thread_name(const char *task, char *name, size_t size) {
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", task);
+    FILE *f = fopen(path, "r");
+    name[0] = '\0';
+    if (f && fgets(name, (int)size, f)) {
+        name[strcspn(name, "\n")] = '\0';
+    }
+    if (f) {
+        fclose(f);
+    }
+}
+
+/* How many of this process's threads are named `name`. */
+static int threads_named(const char *name) {
+    int count = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    EXPECT(tasks != NULL);
+    struct dirent *task;
+    while (tasks && (task = readdir(tasks))) {
+        char comm[64];
+        if (task->d_name[0] != '.') {
+            thread_name(task->d_name, comm, sizeof comm);
+            count += strcmp(comm, name) == 0;
+        }
+    }
+    if (tasks) {
+        closedir(tasks);
+    }
+    return count;
+}
+
 /* Checks the signal masks of this process's threads other than the main one:
  * the one named grestart-signal blocks every signal but `restart`, the others
  * every signal. The kernel never blocks SIGKILL and SIGSTOP, glibc never its
@@ -178,18 +211,11 @@ static int check_thread_masks(int restart, int report) {
         if (task->d_name[0] == '.' || atoi(task->d_name) == (int)getpid()) {
             continue;
         }
-        char path[300], name[64] = "", line[256];
+        char path[300], name[64], line[256];
         unsigned long long blocked = 0;
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", task->d_name);
-        FILE *f = fopen(path, "r");
-        if (f && fgets(name, sizeof name, f)) {
-            name[strcspn(name, "\n")] = '\0';
-        }
-        if (f) {
-            fclose(f);
-        }
+        thread_name(task->d_name, name, sizeof name);
         snprintf(path, sizeof path, "/proc/self/task/%s/status", task->d_name);
-        f = fopen(path, "r");
+        FILE *f = fopen(path, "r");
         while (f && fgets(line, sizeof line, f)) {
             sscanf(line, "SigBlk: %llx", &blocked);
         }
@@ -222,36 +248,16 @@ static int check_thread_masks(int restart, int report) {
 
 /* check_thread_masks once the watcher has set its mask: it does so when it
  * first runs, which may come after the call that started it returned (the
- * engine does not wait for its new thread), so look again for up to 2 s. */
+ * engine does not wait for its new thread), so look again for up to 2 s.
+ * Until the new thread has its name it passes for one of the others, whose
+ * mask it still has: wait for the name too. */
 static int settled_thread_masks(int restart) {
-    for (int i = 0; i < 2000 && check_thread_masks(restart, 0) < 0; i++) {
+    for (int i = 0;
+         i < 2000 && (threads_named("grestart-signal") == 0 || check_thread_masks(restart, 0) < 0);
+         i++) {
         usleep(1000);
     }
     return check_thread_masks(restart, 1);
-}
-
-/* How many of this process's threads are named `name`. */
-static int threads_named(const char *name) {
-    int count = 0;
-    DIR *tasks = opendir("/proc/self/task");
-    EXPECT(tasks != NULL);
-    struct dirent *task;
-    while (tasks && (task = readdir(tasks))) {
-        char path[300], comm[64] = "";
-        snprintf(path, sizeof path, "/proc/self/task/%s/comm", task->d_name);
-        FILE *f = task->d_name[0] == '.' ? NULL : fopen(path, "r");
-        if (f && fgets(comm, sizeof comm, f)) {
-            comm[strcspn(comm, "\n")] = '\0';
-            count += strcmp(comm, name) == 0;
-        }
-        if (f) {
-            fclose(f);
-        }
-    }
-    if (tasks) {
-        closedir(tasks);
-    }
-    return count;
 }
 
 /* threads_named once it is `expected`, within 2 s (a thread ends on its own time). */
