@@ -40,26 +40,30 @@ impl Log {
 
     /// [`Log::wait_for`], with the moment the line was read.
     pub fn wait_for_at(&self, needle: &str, timeout: Duration) -> (Instant, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.0.recv_timeout(left) {
-                Ok((read, line)) if line.contains(needle) => return (read, line),
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {timeout:?}"),
-            }
-        }
+        self.first_line(|line| line.contains(needle), timeout)
+            .unwrap_or_else(|| panic!("no log line with {needle:?} within {timeout:?}"))
     }
 
     /// Waits for a line that contains any of `needles`.
     pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> String {
+        self.first_line(|line| needles.iter().any(|n| line.contains(n)), timeout)
+            .unwrap_or_else(|| panic!("no log line with any of {needles:?} within {timeout:?}"))
+            .1
+    }
+
+    /// The first line (and when it was read) that `fits`, within `timeout`.
+    fn first_line(
+        &self,
+        fits: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.0.recv_timeout(left) {
-                Ok((_, line)) if needles.iter().any(|n| line.contains(n)) => return line,
+                Ok((read, line)) if fits(&line) => return Some((read, line)),
                 Ok(_) => {}
-                Err(_) => panic!("no log line with any of {needles:?} within {timeout:?}"),
+                Err(_) => return None,
             }
         }
     }
