@@ -31,16 +31,16 @@ struct Watcher {
     unblocked: (c_int, c_int),
     /// It runs a restart, and reads the pipe only when that is over.
     busy: bool,
-    /// It has read [`wanted`] under this lock once (and set its mask from
-    /// it). Before that its mask is the one [`spawn_thread`] started it
-    /// with, every signal blocked: there is nothing to wait for.
-    started: bool,
+    /// How many times it has read [`wanted`] under this lock (and set its
+    /// mask from it). Before the first its mask is the one [`spawn_thread`]
+    /// started it with, every signal blocked: there is nothing to wait for.
+    retunes: u64,
 }
 
 static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
     unblocked: (0, 0),
     busy: false,
-    started: false,
+    retunes: 0,
 });
 static WATCHER_CHANGED: Condvar = Condvar::new();
 
@@ -92,11 +92,12 @@ fn retune_here() {
         return;
     }
     let mut watcher = watcher();
-    // Read under the lock that `retune_watcher` checks `started` under: a
+    // Read under the lock that `retune_watcher` counts the retunes under: a
     // signal installed before this reads it is taken, one installed after is
     // waited for.
     let (signo, stop) = wanted();
-    watcher.started = true;
+    watcher.retunes += 1;
+    WATCHER_CHANGED.notify_all();
     if watcher.unblocked == (signo, stop) && signo != 0 {
         return;
     }
@@ -119,7 +120,6 @@ fn retune_here() {
         return;
     }
     watcher.unblocked = (signo, stop);
-    WATCHER_CHANGED.notify_all();
 }
 
 /// Asks the watcher to unblock the signals [`wanted`] names (and block the
@@ -127,29 +127,31 @@ fn retune_here() {
 /// so when that is over, and a signal sent meanwhile stays pending until then,
 /// never lost. A watcher that has not run yet is not waited for: it still
 /// blocks every signal, and reads [`wanted`] when it starts. What is waited
-/// for is what [`wanted`] names when the watcher answers: the restart and the
-/// stop signal may change at once, from two threads, and the watcher takes
-/// both in one retune.
+/// for is the watcher's next retune, which reads [`wanted`] after this
+/// caller's change (and after any other's: the restart and the stop signal may
+/// change at once, from two threads).
 pub(super) fn retune_watcher() {
     if in_watcher() {
         return retune_here();
     }
     let wake = WAKE.load(Ordering::Relaxed);
     let watcher = watcher();
-    if wake < 0 || !watcher.started {
-        // Not armed yet, or a watcher that has not run: started by
-        // `spawn_thread` with every signal blocked, it takes the restart and
-        // stop signals stored before this lock when it first takes it. (So the
-        // engine's start does not wait for its new thread to be scheduled.)
+    if wake < 0 || watcher.retunes == 0 {
+        // Not armed yet, or no watcher has run: none yet (the engine starts
+        // its watcher last), one not scheduled yet (started by `spawn_thread`
+        // with every signal blocked, it takes the restart and stop signals
+        // stored before this lock when it first takes it), or none since a
+        // start that failed.
         return;
     }
+    let seen = watcher.retunes;
     let byte = RETUNE_BYTE;
     // SAFETY: a write of one byte from a valid buffer to the self-pipe, which
     // lives as long as the process. A full pipe wakes the watcher anyway.
     unsafe { libc::write(wake, (&byte as *const u8).cast(), 1) };
     let (watcher, waited) = WATCHER_CHANGED
         .wait_timeout_while(watcher, Duration::from_secs(1), |w| {
-            w.unblocked != wanted() && !w.busy
+            w.retunes == seen && !w.busy
         })
         .unwrap_or_else(|e| e.into_inner());
     drop(watcher);
