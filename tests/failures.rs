@@ -213,7 +213,7 @@ fn a_restart_while_the_parent_drains_goes_ahead_and_the_deadline_ends_the_drain(
     // A restart signal sent to the draining generation says where it belongs;
     // one that comes while it still ends its restart is coalesced into that.
     let points_on = format!(
-        "grestart[{}] warn: signal {} restarts nothing here: this process drains; pid {} serves",
+        "grestart[{}] info: signal {} restarts nothing here: this process drains; pid {} serves",
         first.pid,
         libc::SIGUSR2,
         server.pid

@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 use super::ENGINE;
 use crate::control::{Asked, Control, Reply};
 use crate::handover::Heir;
-use crate::log::{info, warning};
+use crate::log::info;
 use crate::signal;
 use crate::stub::Watch;
 
@@ -55,8 +55,9 @@ pub(super) fn watch_signals(pipe: BorrowedFd<'static>, control: Option<Control>)
                 // SAFETY: kill has no memory-safety requirements.
                 unsafe { libc::kill(serving, signo) };
             } else if arrived.restarts > 0 {
+                // Not a warning: `systemctl kill -s USR2` signals every process.
                 let signo = signal::current();
-                warning!(
+                info!(
                     "signal {signo} restarts nothing here: this process drains; pid {serving} \
                      serves, send it there"
                 );
