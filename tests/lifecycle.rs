@@ -89,6 +89,11 @@ fn a_start_out_of_fds_leaves_no_thread_behind() {
 }
 
 #[test]
+fn a_child_forked_after_a_failed_start_reads_a_signal_pipe_of_its_own() {
+    run_scenario("fork-after-failed-start");
+}
+
+#[test]
 fn the_restart_and_stop_signals_may_change_at_once() {
     run_scenario("signals-together");
 }

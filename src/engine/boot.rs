@@ -44,7 +44,7 @@ impl Engine {
             .inspect_err(|e| warning!("`grestart restart` cannot reach this process: {e}"))
             .ok();
         // Last of what can fail: a start that fails leaves no thread behind
-        // (what it armed is armed again by the next).
+        // (what `arm` made stays, for the next start).
         signal::spawn_thread("grestart-signal", move || {
             watcher::watch_signals(signal_pipe, control)
         })?;

@@ -3,12 +3,14 @@
 use std::ffi::c_int;
 use std::io;
 use std::mem;
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use nix::fcntl::OFlag;
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::unistd::pipe2;
 
 use super::start::GUARDED;
 use super::watcher::{WATCHED, retune_watcher};
@@ -19,11 +21,15 @@ use crate::log;
 /// The write end of the self-pipe; the handler's only state with [`OWNER`]
 /// and [`STOPPED`].
 pub(super) static WAKE: AtomicI32 = AtomicI32::new(-1);
-/// The self-pipe's read end, the watcher's. Made once with [`WAKE`] and never
-/// closed: the handler may write at any time, even while no watcher reads
-/// (the engine's start failed after [`arm`], and is tried again later); what it
-/// wrote then waits for the watcher of the next start.
+/// The self-pipe's read end, the watcher's. Made with [`WAKE`] once per
+/// process ([`MADE_IN`]) and never closed: the handler may write at any
+/// time, also while no watcher reads (the engine's start failed after
+/// [`arm`]; the next start's watcher reads the pipe).
 static PIPE: AtomicI32 = AtomicI32::new(-1);
+/// The process that made [`PIPE`], [`WAKE`] and [`STOPPED`]: a process forked
+/// from it after a start that failed makes its own, or its watcher and its
+/// parent's would read each other's bytes.
+static MADE_IN: AtomicI32 = AtomicI32::new(0);
 /// An eventfd the handler makes readable when the stop signal arrives: a
 /// restart under way gives up for it at once (the watcher, which reads the
 /// pipe, is busy with that very restart).
@@ -90,25 +96,35 @@ pub(crate) fn check(signo: c_int) -> io::Result<()> {
     ))
 }
 
-/// Makes the self-pipe (once), points the handler at it, for this process,
-/// and installs it on `signo`; returns the pipe's read end, for the watcher.
+/// Makes the self-pipe and the stop eventfd (once per process), points the
+/// handler at them, for this process, and installs it on `signo`; returns the
+/// pipe's read end, for the watcher.
 /// `inherited`: this process was started with `signo` ignored by its parent's
 /// grestart (see the module comment). Either way, an ignore that was ours
 /// (the parent's, or [`at_start`](super::at_start)'s) gives back the default, not "ignored".
 /// Called again after a failed start, it makes nothing twice.
 pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'static>> {
-    if STOPPED.load(Ordering::Relaxed) < 0 {
+    let pid = std::process::id() as i32;
+    if MADE_IN.load(Ordering::Relaxed) != pid {
         let stopped = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|e| with_context(e.into(), "cannot create the stop eventfd"))?;
-        STOPPED.store(OwnedFd::from(stopped).into_raw_fd(), Ordering::Relaxed);
+        let (pipe, wake) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| with_context(e.into(), "cannot create the signal pipe"))?;
+        // They live as long as the process: the handler may run at any time.
+        // A parent's, inherited, are closed: the handler writes to them only
+        // in the process OWNER (set below) names, which is not this one yet.
+        let parents = [
+            STOPPED.swap(OwnedFd::from(stopped).into_raw_fd(), Ordering::Relaxed),
+            PIPE.swap(pipe.into_raw_fd(), Ordering::Relaxed),
+            WAKE.swap(wake.into_raw_fd(), Ordering::Relaxed),
+        ];
+        for fd in parents.into_iter().filter(|&fd| fd >= 0) {
+            // SAFETY: our copy of the parent's, which nothing here uses now.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        MADE_IN.store(pid, Ordering::Relaxed);
     }
-    if WAKE.load(Ordering::Relaxed) < 0 {
-        let (pipe, wake) = super::self_pipe()?;
-        // Both ends live as long as the process: the handler may run at any time.
-        PIPE.store(pipe.into_raw_fd(), Ordering::Relaxed);
-        WAKE.store(wake.into_raw_fd(), Ordering::Relaxed);
-    }
-    OWNER.store(std::process::id() as i32, Ordering::Relaxed);
+    OWNER.store(pid, Ordering::Relaxed);
     install(signo)?;
     if inherited || GUARDED.load(Ordering::Relaxed) == signo {
         let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,7 +150,8 @@ pub(crate) fn current() -> c_int {
 /// Readable once the stop signal has arrived (see [`STOPPED`]).
 pub(crate) fn stopped_fd() -> Option<BorrowedFd<'static>> {
     let fd = STOPPED.load(Ordering::Relaxed);
-    // SAFETY: once made, the eventfd is never closed.
+    // SAFETY: once made in this process, the eventfd is never closed here
+    // (only a copy inherited from a parent is, in `arm`, before it is used).
     (fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(fd) })
 }
 

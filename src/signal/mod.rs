@@ -31,14 +31,6 @@ mod handler;
 mod start;
 mod watcher;
 
-use std::io;
-use std::os::fd::OwnedFd;
-
-use nix::fcntl::OFlag;
-use nix::unistd::pipe2;
-
-use crate::error::with_context;
-
 pub(crate) use handler::{arm, check, current, install, install_stop, stop_signal, stopped_fd};
 pub(crate) use start::{at_start, bit, started_ignoring};
 pub(crate) use watcher::{Busy, become_watcher, drain, spawn_thread, wait};
@@ -49,9 +41,3 @@ const RESTART_BYTE: u8 = 1;
 const RETUNE_BYTE: u8 = 2;
 /// ... or the stop signal, from the handler.
 const STOP_BYTE: u8 = 3;
-
-/// Creates the self-pipe: (read end for the watcher, write end for the handler).
-fn self_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .map_err(|e| with_context(e.into(), "cannot create the signal pipe"))
-}

@@ -37,6 +37,10 @@
  *   start-out-of-fds     the engine starts under every fd limit from none to
  *                        plenty: a start that fails leaves no grestart thread
  *                        behind, and the next, with fds, starts one watcher
+ *   fork-after-failed-start  a start that failed (no memory for its thread),
+ *                        then a fork: the child's engine and the parent's,
+ *                        started again, each read a self-pipe of their own
+ *                        (the child's gr_set_signal never waits out its bound)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -178,6 +182,21 @@ static void thread_name(const char *task, char *name, size_t size) {
     }
 }
 
+/* How many threads this process has. */
+static int threads(void) {
+    int count = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    EXPECT(tasks != NULL);
+    struct dirent *task;
+    while (tasks && (task = readdir(tasks))) {
+        count += task->d_name[0] != '.';
+    }
+    if (tasks) {
+        closedir(tasks);
+    }
+    return count;
+}
+
 /* How many of this process's threads are named `name`. */
 static int threads_named(const char *name) {
     int count = 0;
@@ -273,6 +292,8 @@ static int settled_threads_named(const char *name, int expected) {
  * succeeded, 1 if an expectation failed. */
 static void start_with_fds_left(int room) {
     failures = 0; /* this process's own */
+    alarm(10);    /* fork cleared the parent's */
+    unsetenv("NOTIFY_SOCKET"); /* a service manager's: its watch would be a thread too */
     struct rlimit before;
     EXPECT(getrlimit(RLIMIT_NOFILE, &before) == 0);
     int lowest = dup(0); /* the next fd the start would get */
@@ -282,10 +303,11 @@ static void start_with_fds_left(int room) {
     int64_t first = gr_generation();
     EXPECT(setrlimit(RLIMIT_NOFILE, &before) == 0);
     if (first < 0) {
-        EXPECT(settled_threads_named("grestart-signal", 0) == 0);
+        EXPECT(threads() == 1); /* this one: nothing of grestart's, named yet or not */
     }
     EXPECT(gr_generation() == 1);
-    EXPECT(settled_threads_named("grestart-signal", 1) == 1);
+    EXPECT(threads() == 2);
+    EXPECT(settled_threads_named("grestart-signal", 1) == 1); /* the other is the watcher */
     _exit(failures ? 1 : first < 0 ? 3 : 0);
 }
 
@@ -545,6 +567,35 @@ int main(int argc, char **argv) {
         }
         fprintf(stderr, "the start needs %d fds\n", room - 1);
         EXPECT(failed_starts == room - 1 && room < 32);
+    } else if (strcmp(scenario, "fork-after-failed-start") == 0) {
+        struct rlimit before;
+        getrlimit(RLIMIT_AS, &before);
+        struct rlimit tight = {address_space_now() + (1 << 20), before.rlim_max};
+        EXPECT(setrlimit(RLIMIT_AS, &tight) == 0);
+        int64_t failed = gr_generation(); /* armed, but no thread to read the pipe */
+        EXPECT(setrlimit(RLIMIT_AS, &before) == 0);
+        EXPECT(failed < 0);
+        int go[2];
+        EXPECT(pipe(go) == 0);
+        pid_t child = fork();
+        if (child == 0) {
+            failures = 0;
+            alarm(15);
+            char byte;
+            EXPECT(gr_set_log_callback(watch_for_late_watcher, NULL) == 0);
+            EXPECT(gr_generation() == 1);
+            EXPECT(settled_thread_masks(SIGUSR2) == 1);
+            EXPECT(read(go[0], &byte, 1) == 1); /* the parent's watcher runs too */
+            for (int i = 0; i < 10; i++) {
+                EXPECT(gr_set_signal(i % 2 ? SIGUSR2 : SIGHUP) == 0);
+            }
+            EXPECT(__atomic_load_n(&watcher_late, __ATOMIC_SEQ_CST) == 0);
+            _exit(failures != 0);
+        }
+        EXPECT(gr_generation() == 1);
+        EXPECT(settled_thread_masks(SIGUSR2) == 1);
+        EXPECT(write(go[1], "g", 1) == 1);
+        EXPECT(exit_code(child) == 0);
     } else if (strcmp(scenario, "hook-calls-shutdown") == 0) {
         EXPECT(gr_on_shutdown(shutdown_inside, NULL) == 0);
         EXPECT(gr_ready() == 0);
