@@ -155,13 +155,7 @@ fn a_pool_of_idle_clients_keeps_its_connections_across_restarts() {
 /// close-on-exec: none leaks into a program the server launches.
 fn assert_sockets_close_on_exec(pid: i32, name: &str) {
     let mut sockets = 0;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-        let entry = entry.unwrap();
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
-        if !target.to_string_lossy().starts_with("socket:") {
-            continue;
-        }
-        let fd = entry.file_name().to_string_lossy().to_string();
+    for (fd, _) in testkit::sockets_of(pid) {
         let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
         let flags = info
             .lines()

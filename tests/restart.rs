@@ -158,13 +158,8 @@ fn python_example_sends_without_waiting_for_acks() {
 /// those that are not connected TCP sockets answer no peer address.
 fn connections_of(pid: i32) -> Vec<TcpStream> {
     let pidfd = testkit::pidfd(pid).expect("pidfd");
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("its fds");
-    (fds.flatten())
-        .filter(|e| {
-            (std::fs::read_link(e.path())).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|fd| {
+    (testkit::sockets_of(pid).into_iter())
+        .filter_map(|(fd, _)| {
             // SAFETY: pidfd_getfd takes a pidfd, an fd number in that process
             // and flags, and returns a new fd of ours or -1.
             let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };

@@ -132,6 +132,24 @@ pub fn server_ends(server_port: u16) -> Vec<(u16, u64)> {
         .collect()
 }
 
+/// The sockets process `pid` holds: each fd's number and its socket's inode
+/// (none once the process has gone).
+pub fn sockets_of(pid: i32) -> Vec<(i32, u64)> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten();
+    (fds.flatten())
+        .filter_map(|entry| {
+            let link = std::fs::read_link(entry.path()).ok()?;
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some((
+                entry.file_name().to_str()?.parse().ok()?,
+                inode.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// Waits until `pid` has accepted `client`'s connection and holds it as an
 /// fd: out of the accept queue, where another process sharing the listener
 /// (the next generation) could have taken it. False if `timeout` passed first.
@@ -142,15 +160,9 @@ pub fn wait_held_by(pid: i32, client: &TcpStream, timeout: Duration) -> bool {
     loop {
         let inode = (server_ends(server_port).into_iter())
             .find(|&(port, inode)| port == client_port && inode != 0)
-            .map(|(_, inode)| format!("socket:[{inode}]"));
-        let held = inode.is_some_and(|inode| {
-            let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-                .into_iter()
-                .flatten();
-            fds.flatten().any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == inode.as_str())
-            })
-        });
+            .map(|(_, inode)| inode);
+        let held =
+            inode.is_some_and(|inode| sockets_of(pid).iter().any(|&(_, held)| held == inode));
         if held || Instant::now() > deadline {
             return held;
         }

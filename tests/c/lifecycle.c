@@ -182,22 +182,7 @@ static void thread_name(const char *task, char *name, size_t size) {
     }
 }
 
-/* How many threads this process has. */
-static int threads(void) {
-    int count = 0;
-    DIR *tasks = opendir("/proc/self/task");
-    EXPECT(tasks != NULL);
-    struct dirent *task;
-    while (tasks && (task = readdir(tasks))) {
-        count += task->d_name[0] != '.';
-    }
-    if (tasks) {
-        closedir(tasks);
-    }
-    return count;
-}
-
-/* How many of this process's threads are named `name`. */
+/* How many of this process's threads are named `name` (NULL: any name). */
 static int threads_named(const char *name) {
     int count = 0;
     DIR *tasks = opendir("/proc/self/task");
@@ -207,7 +192,7 @@ static int threads_named(const char *name) {
         char comm[64];
         if (task->d_name[0] != '.') {
             thread_name(task->d_name, comm, sizeof comm);
-            count += strcmp(comm, name) == 0;
+            count += name == NULL || strcmp(comm, name) == 0;
         }
     }
     if (tasks) {
@@ -303,10 +288,10 @@ static void start_with_fds_left(int room) {
     int64_t first = gr_generation();
     EXPECT(setrlimit(RLIMIT_NOFILE, &before) == 0);
     if (first < 0) {
-        EXPECT(threads() == 1); /* this one: nothing of grestart's, named yet or not */
+        EXPECT(threads_named(NULL) == 1); /* this one: nothing of grestart's, named yet or not */
     }
     EXPECT(gr_generation() == 1);
-    EXPECT(threads() == 2);
+    EXPECT(threads_named(NULL) == 2);
     EXPECT(settled_threads_named("grestart-signal", 1) == 1); /* the other is the watcher */
     _exit(failures ? 1 : first < 0 ? 3 : 0);
 }
