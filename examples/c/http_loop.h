@@ -386,19 +386,31 @@ static void sweep(void) {
     }
 }
 
-/* Serves HTTP on `listener` (non-blocking) until this process must drain and
- * every connection is finished or handed over. `adopt_fd` (gr_adopt_fd, or -1)
- * brings the connections the previous generation handed over. epoll, not
- * poll(): a wake-up costs what is ready, not every connection held. Returns
- * 0, or 1 when epoll failed. */
-static int serve_http(int listener, int adopt_fd) {
-    int shutdown_fd = gr_shutdown_fd();
+/* Makes the loop's epoll instance, watching grestart's shutdown fd,
+ * `listener` and `adopt_fd` (gr_adopt_fd, or -1). Call it before gr_ready:
+ * from then on the connections handed over take fds, and a loop that could
+ * not be made after the predecessor began to drain would leave nobody
+ * serving. Returns 0, or 1 when epoll failed. */
+static int open_http_loop(int listener, int adopt_fd) {
     epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-    if (epoll_fd < 0 || watch_fd(shutdown_fd, &shutdown_event) < 0 || watch_fd(listener, &listener_event) < 0 ||
-        watch_fd(adopt_fd, &adopt_event) < 0) {
+    if (epoll_fd < 0 || watch_fd(gr_shutdown_fd(), &shutdown_event) < 0 ||
+        watch_fd(listener, &listener_event) < 0 || watch_fd(adopt_fd, &adopt_event) < 0) {
         perror("epoll");
         return 1;
     }
+    return 0;
+}
+
+/* Serves HTTP on `listener` (non-blocking) until this process must drain and
+ * every connection is finished or handed over. `adopt_fd` (gr_adopt_fd, or -1)
+ * brings the connections the previous generation handed over. epoll, not
+ * poll(): a wake-up costs what is ready, not every connection held. Opens the
+ * loop unless open_http_loop did. Returns 0, or 1 when epoll failed. */
+static int serve_http(int listener, int adopt_fd) {
+    if (epoll_fd < 0 && open_http_loop(listener, adopt_fd) != 0) {
+        return 1;
+    }
+    int shutdown_fd = gr_shutdown_fd();
     int draining = 0;
     long long swept_ms = 0;
     static struct epoll_event events[256];

@@ -40,6 +40,9 @@ int main(int argc, char **argv) {
     }
     handing_over = 1;
     print_listening("http_server", listener);
+    if (open_http_loop(listener, adopt_fd) != 0) { /* before gr_ready: it needs an fd */
+        return 1;
+    }
     if (gr_ready() < 0) {
         fprintf(stderr, "http_server: %s\n", gr_last_error());
         return 1;

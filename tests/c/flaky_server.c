@@ -444,6 +444,9 @@ int main(int argc, char **argv) {
             while (nanosleep(&delay, &delay) < 0 && errno == EINTR) {
             }
         }
+        if (open_http_loop(listener, adopt_fd) != 0) { /* before gr_ready: it needs an fd */
+            return 1;
+        }
         if (gr_ready() < 0) {
             die("ready");
         }
