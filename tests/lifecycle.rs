@@ -99,6 +99,11 @@ fn the_restart_and_stop_signals_may_change_at_once() {
 }
 
 #[test]
+fn one_signal_cannot_both_restart_and_stop() {
+    run_scenario("one-signal-one-role");
+}
+
+#[test]
 fn a_log_callback_replaced_is_no_longer_running() {
     run_scenario("log-swap");
 }

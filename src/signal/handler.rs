@@ -5,15 +5,15 @@ use std::io;
 use std::mem;
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use nix::fcntl::OFlag;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::unistd::pipe2;
 
 use super::start::GUARDED;
-use super::watcher::{WATCHED, retune_watcher};
+use super::watcher::retune_watcher;
 use super::{RESTART_BYTE, STOP_BYTE};
 use crate::error::{fail, os_fail, with_context};
 use crate::log;
@@ -39,12 +39,30 @@ static STOPPED: AtomicI32 = AtomicI32::new(-1);
 /// not a request to restart its master.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
-/// The restart signal we handle now and the disposition it had before us.
-static INSTALLED: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
-/// The stop signal, if the application chose one, and its disposition before us.
-static STOP: Mutex<Option<(c_int, libc::sigaction)>> = Mutex::new(None);
+/// The signals we handle, each with the disposition it had before us. One
+/// lock for both, so that one signal never becomes the restart and the stop
+/// signal at once (two threads choosing the same one each see it free).
+struct Handled {
+    /// The restart signal; `None` until [`arm`].
+    restart: Option<(c_int, libc::sigaction)>,
+    /// The stop signal, if the application chose one.
+    stop: Option<(c_int, libc::sigaction)>,
+}
+
+static HANDLED: Mutex<Handled> = Mutex::new(Handled {
+    restart: None,
+    stop: None,
+});
+/// The restart signal's number (0: none yet), read without [`HANDLED`]'s
+/// lock: the watcher reads it while [`install`], holding that lock, waits
+/// for the watcher.
+pub(super) static RESTART_SIGNO: AtomicI32 = AtomicI32::new(0);
 /// The stop signal's number for the handler (0: none).
 static STOP_SIGNO: AtomicI32 = AtomicI32::new(0);
+
+fn handled() -> MutexGuard<'static, Handled> {
+    HANDLED.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 extern "C" fn on_signal(signo: c_int) {
     // Async-signal-safe: one write to a non-blocking pipe, or in a forked
@@ -127,8 +145,7 @@ pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'stati
     OWNER.store(pid, Ordering::Relaxed);
     install(signo)?;
     if inherited || GUARDED.load(Ordering::Relaxed) == signo {
-        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, previous)) = installed.as_mut() {
+        if let Some((_, previous)) = handled().restart.as_mut() {
             if previous.sa_sigaction == libc::SIG_IGN {
                 previous.sa_sigaction = libc::SIG_DFL;
             }
@@ -141,10 +158,10 @@ pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'stati
 /// The restart signal now (`SIGUSR2` until the engine started or the
 /// application chose another).
 pub(crate) fn current() -> c_int {
-    let installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    installed
-        .as_ref()
-        .map_or(libc::SIGUSR2, |(signo, _)| *signo)
+    match RESTART_SIGNO.load(Ordering::Relaxed) {
+        0 => libc::SIGUSR2,
+        signo => signo,
+    }
 }
 
 /// Readable once the stop signal has arrived (see [`STOPPED`]).
@@ -163,26 +180,25 @@ pub(crate) fn stop_signal() -> c_int {
 /// Makes `signo` the restart signal, giving the previous one back its old disposition.
 pub(crate) fn install(signo: c_int) -> io::Result<()> {
     check(signo)?;
-    if signo == stop_signal() {
+    // What this logs goes out once the lock is released: a logger may call in.
+    let _defer = log::Defer::new();
+    let mut handled = handled();
+    if handled.stop.is_some_and(|(stop, _)| stop == signo) {
         return Err(fail(
             libc::EINVAL,
             format!("signal {signo} is the stop signal; it cannot restart too"),
         ));
     }
-    // What this logs goes out once the lock is released: a logger may call in.
-    let _defer = log::Defer::new();
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if matches!(*installed, Some((current, _)) if current == signo) {
+    if handled.restart.is_some_and(|(current, _)| current == signo) {
         return Ok(());
     }
     let previous = handle(signo)?;
     // The watcher unblocks the new signal and blocks the old one before the old
     // one gets its disposition back: an application that blocks the old signal
     // everywhere (to `sigwait` for it) must not see it handled on our thread.
-    WATCHED.store(signo, Ordering::Relaxed);
+    RESTART_SIGNO.store(signo, Ordering::Relaxed);
     retune_watcher();
-    give_back(installed.take());
-    *installed = Some((signo, previous));
+    give_back(handled.restart.replace((signo, previous)));
     Ok(())
 }
 
@@ -191,23 +207,22 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
 pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
     if let Some(signo) = signo {
         check(signo)?;
-        if signo == current() {
-            return Err(fail(
-                libc::EINVAL,
-                format!("signal {signo} is the restart signal; it cannot stop too"),
-            ));
-        }
     }
     let _defer = log::Defer::new();
-    let mut installed = STOP.lock().unwrap_or_else(|e| e.into_inner());
-    if installed.map(|(current, _)| current) == signo {
+    let mut handled = handled();
+    if let Some(signo) = signo.filter(|&signo| signo == current()) {
+        return Err(fail(
+            libc::EINVAL,
+            format!("signal {signo} is the restart signal; it cannot stop too"),
+        ));
+    }
+    if handled.stop.map(|(current, _)| current) == signo {
         return Ok(());
     }
     let previous = signo.map(handle).transpose()?;
     STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
     retune_watcher();
-    give_back(installed.take());
-    *installed = signo.zip(previous);
+    give_back(mem::replace(&mut handled.stop, signo.zip(previous)));
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::io;
 use std::mem;
 use std::os::fd::BorrowedFd;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
@@ -16,14 +16,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::read;
 
-use super::handler::{WAKE, stop_signal};
+use super::handler::{RESTART_SIGNO, WAKE, stop_signal};
 use super::{RESTART_BYTE, RETUNE_BYTE, STOP_BYTE};
 use crate::error::with_context;
 use crate::log::warning;
-
-/// The signal the watcher thread must leave unblocked (0: none yet), besides
-/// the stop signal.
-pub(super) static WATCHED: AtomicI32 = AtomicI32::new(0);
 
 /// What the watcher's own mask is now, for [`install`](super::install) to wait on.
 struct Watcher {
@@ -82,7 +78,7 @@ pub(crate) fn become_watcher() {
 
 /// The restart and stop signals the watcher's mask must leave unblocked.
 fn wanted() -> (c_int, c_int) {
-    (WATCHED.load(Ordering::Relaxed), stop_signal())
+    (RESTART_SIGNO.load(Ordering::Relaxed), stop_signal())
 }
 
 /// Gives the watcher's mask the signals [`wanted`] names, unless it has them.

@@ -34,6 +34,9 @@
  *   signals-together     gr_set_signal and gr_set_stop_signal called at once
  *                        from two threads: neither waits out its bound for the
  *                        watcher (which then warns), and the masks end right
+ *   one-signal-one-role  gr_set_signal(SIGHUP) and gr_set_stop_signal(SIGHUP)
+ *                        called at once from two threads: one of them is
+ *                        refused (EINVAL), never both taken
  *   start-out-of-fds     the engine starts under every fd limit from none to
  *                        plenty: a start that fails leaves no grestart thread
  *                        behind, and the next, with fds, starts one watcher
@@ -316,6 +319,21 @@ static void *change_stop_signal(void *arg) {
     return NULL;
 }
 
+static pthread_barrier_t both_start, both_done;
+static int stop_taken;
+
+/* The stop half of one-signal-one-role: each round, SIGHUP as the stop signal. */
+static void *claim_sighup_to_stop(void *arg) {
+    (void)arg;
+    for (int i = 0; i < SIGNAL_CHANGES; i++) {
+        pthread_barrier_wait(&both_start);
+        stop_taken = gr_set_stop_signal(SIGHUP) == 0;
+        pthread_barrier_wait(&both_done);
+        pthread_barrier_wait(&both_start); /* the main thread checked and reset */
+    }
+    return NULL;
+}
+
 static void shutdown_inside(void *arg) {
     (void)arg;
     /* Nested: returns at once instead of waiting for the hooks it is part of. */
@@ -538,6 +556,27 @@ int main(int argc, char **argv) {
         pthread_join(thread, NULL);
         EXPECT(__atomic_load_n(&watcher_late, __ATOMIC_SEQ_CST) == 0);
         EXPECT(check_thread_masks(SIGUSR2, 1) >= 1); /* the last of each: SIGUSR2, no stop */
+    } else if (strcmp(scenario, "one-signal-one-role") == 0) {
+        EXPECT(gr_generation() == 1);
+        EXPECT(settled_thread_masks(SIGUSR2) >= 1); /* the watcher runs: set_signal waits */
+        pthread_barrier_init(&both_start, NULL, 2);
+        pthread_barrier_init(&both_done, NULL, 2);
+        pthread_create(&thread, NULL, claim_sighup_to_stop, NULL);
+        int both = 0, restart_taken = 0;
+        for (int i = 0; i < SIGNAL_CHANGES; i++) {
+            pthread_barrier_wait(&both_start);
+            int restart = gr_set_signal(SIGHUP) == 0;
+            pthread_barrier_wait(&both_done);
+            restart_taken += restart;
+            both += restart && stop_taken;
+            EXPECT(restart || stop_taken); /* the first to come takes it */
+            EXPECT(gr_set_stop_signal(0) == 0 && gr_set_signal(SIGUSR2) == 0);
+            pthread_barrier_wait(&both_start);
+        }
+        pthread_join(thread, NULL);
+        fprintf(stderr, "SIGHUP restarts in %d rounds of %d, stops in %d\n", restart_taken,
+                SIGNAL_CHANGES, SIGNAL_CHANGES - restart_taken);
+        EXPECT(both == 0);
     } else if (strcmp(scenario, "start-out-of-fds") == 0) {
         int failed_starts = 0, room = 0;
         for (int started = 0; !started && room < 32; room++) {
