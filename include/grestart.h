@@ -345,7 +345,9 @@ int gr_adopt_counted(char *listener, size_t size, int timeout_ms);
 
 /**
  * Makes `signo` the restart signal (default `SIGUSR2`); the previous restart
- * signal gets back the disposition it had before grestart installed it.
+ * signal gets back the disposition it had before grestart installed it (if a
+ * restart runs, when it is over: until then a restart signal sent by its old
+ * number still joins that restart).
  *
  * Returns 0, or -1 with errno `EINVAL` for `SIGKILL`, `SIGSTOP`, fault signals
  * (`SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`, `SIGTRAP`, `SIGSYS`), signals the

@@ -154,7 +154,8 @@ pub fn on_shutdown(hook: impl FnOnce() + Send + 'static) -> io::Result<()> {
 }
 
 /// Makes `signo` the restart signal (default `SIGUSR2`) and gives the previous
-/// one back the disposition it had before grestart.
+/// one back the disposition it had before grestart (if a restart runs, when
+/// it is over: until then a signal sent by its old number still joins it).
 ///
 /// `SIGKILL`, `SIGSTOP`, fault signals (`SIGSEGV`, `SIGBUS`, ...) and numbers
 /// that are no signal are refused with `EINVAL`.

@@ -99,6 +99,11 @@ fn the_restart_and_stop_signals_may_change_at_once() {
 }
 
 #[test]
+fn the_restart_signal_changed_during_a_restart_stays_caught_until_it_is_over() {
+    run_scenario("signal-changed-in-restart");
+}
+
+#[test]
 fn one_signal_cannot_both_restart_and_stop() {
     run_scenario("one-signal-one-role");
 }

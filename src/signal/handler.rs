@@ -13,7 +13,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::unistd::pipe2;
 
 use super::start::GUARDED;
-use super::watcher::retune_watcher;
+use super::watcher::{reclaim, retune_watcher};
 use super::{RESTART_BYTE, STOP_BYTE};
 use crate::error::{fail, os_fail, with_context};
 use crate::log;
@@ -193,12 +193,8 @@ pub(crate) fn install(signo: c_int) -> io::Result<()> {
         return Ok(());
     }
     let previous = handle(signo)?;
-    // The watcher unblocks the new signal and blocks the old one before the old
-    // one gets its disposition back: an application that blocks the old signal
-    // everywhere (to `sigwait` for it) must not see it handled on our thread.
     RESTART_SIGNO.store(signo, Ordering::Relaxed);
-    retune_watcher();
-    give_back(handled.restart.replace((signo, previous)));
+    retune_watcher(handled.restart.replace((signo, previous)));
     Ok(())
 }
 
@@ -221,21 +217,22 @@ pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
     }
     let previous = signo.map(handle).transpose()?;
     STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
-    retune_watcher();
-    give_back(mem::replace(&mut handled.stop, signo.zip(previous)));
+    retune_watcher(mem::replace(&mut handled.stop, signo.zip(previous)));
     Ok(())
 }
 
 /// Restores the disposition a signal had before we installed our handler.
-fn give_back(held: Option<(c_int, libc::sigaction)>) {
-    if let Some((signo, previous)) = held {
-        // SAFETY: restoring a disposition sigaction gave us earlier.
-        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
-    }
+pub(super) fn give_back((signo, previous): (c_int, libc::sigaction)) {
+    // SAFETY: restoring a disposition sigaction gave us earlier.
+    unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
 }
 
-/// Installs our handler on `signo`; returns the disposition it had.
+/// Installs our handler on `signo` (or finds it still there, let go but not
+/// given back yet); returns the disposition it had before us.
 fn handle(signo: c_int) -> io::Result<libc::sigaction> {
+    if let Some(previous) = reclaim(signo) {
+        return Ok(previous);
+    }
     // libc's sigaction, not nix's: nix cannot name the real-time signals,
     // which an application may choose as its restart signal.
     // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).

@@ -16,7 +16,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::read;
 
-use super::handler::{RESTART_SIGNO, WAKE, stop_signal};
+use super::handler::{RESTART_SIGNO, WAKE, give_back, stop_signal};
 use super::{RESTART_BYTE, RETUNE_BYTE, STOP_BYTE};
 use crate::error::with_context;
 use crate::log::warning;
@@ -31,12 +31,19 @@ struct Watcher {
     /// mask from it). Before the first its mask is the one [`spawn_thread`]
     /// started it with, every signal blocked: there is nothing to wait for.
     retunes: u64,
+    /// Signals that are no longer ours, each with the disposition to give it
+    /// back once this mask blocks it: they changed while the watcher ran a
+    /// restart, and until it retunes it takes them (our handler still
+    /// catches them there, rather than their default action ending the
+    /// process).
+    returning: Vec<(c_int, libc::sigaction)>,
 }
 
 static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
     unblocked: (0, 0),
     busy: false,
     retunes: 0,
+    returning: Vec::new(),
 });
 static WATCHER_CHANGED: Condvar = Condvar::new();
 
@@ -95,6 +102,7 @@ fn retune_here() {
     watcher.retunes += 1;
     WATCHER_CHANGED.notify_all();
     if watcher.unblocked == (signo, stop) && signo != 0 {
+        watcher.returning.drain(..).for_each(give_back);
         return;
     }
     // libc's sigset, not nix's SigSet: nix cannot name real-time signals.
@@ -116,6 +124,7 @@ fn retune_here() {
         return;
     }
     watcher.unblocked = (signo, stop);
+    watcher.returning.drain(..).for_each(give_back);
 }
 
 /// Asks the watcher to unblock the signals [`wanted`] names (and block the
@@ -126,18 +135,26 @@ fn retune_here() {
 /// for is the watcher's next retune, which reads [`wanted`] after this
 /// caller's change (and after any other's: the restart and the stop signal may
 /// change at once, from two threads).
-pub(super) fn retune_watcher() {
+///
+/// `letting_go`, the signal this change makes no longer ours, gets back its
+/// disposition once the watcher blocks it: an application that blocks it
+/// everywhere (to `sigwait` for it) must not see it take its default action
+/// on our thread.
+pub(super) fn retune_watcher(letting_go: Option<(c_int, libc::sigaction)>) {
+    let mut watcher = watcher();
+    watcher.returning.extend(letting_go);
     if in_watcher() {
+        drop(watcher);
         return retune_here();
     }
     let wake = WAKE.load(Ordering::Relaxed);
-    let watcher = watcher();
     if wake < 0 || watcher.retunes == 0 {
         // Not armed yet, or no watcher has run: none yet (the engine starts
         // its watcher last), one not scheduled yet (started by `spawn_thread`
         // with every signal blocked, it takes the restart and stop signals
         // stored before this lock when it first takes it), or none since a
-        // start that failed.
+        // start that failed. No thread of ours takes the signal let go.
+        watcher.returning.drain(..).for_each(give_back);
         return;
     }
     let seen = watcher.retunes;
@@ -155,6 +172,15 @@ pub(super) fn retune_watcher() {
         let wanted = wanted();
         warning!("the signal watcher did not take signals {wanted:?} within 1 s; it will");
     }
+}
+
+/// Takes back `signo`, let go while the watcher ran a restart and not given
+/// back yet: returns the disposition it had before us (our handler is still
+/// installed on it).
+pub(super) fn reclaim(signo: c_int) -> Option<libc::sigaction> {
+    let mut watcher = watcher();
+    let at = watcher.returning.iter().position(|&(s, _)| s == signo)?;
+    Some(watcher.returning.swap_remove(at).1)
 }
 
 /// Held by the watcher while it runs a restart: [`install`](super::install)

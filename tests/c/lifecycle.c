@@ -37,6 +37,12 @@
  *   one-signal-one-role  gr_set_signal(SIGHUP) and gr_set_stop_signal(SIGHUP)
  *                        called at once from two threads: one of them is
  *                        refused (EINVAL), never both taken
+ *   signal-changed-in-restart  an application that sigwaits for its signals
+ *                        makes SIGHUP the restart signal while a restart runs
+ *                        (its successor never gets ready): a SIGUSR2 sent
+ *                        then is taken by grestart, not by its default action,
+ *                        and once the restart is over SIGUSR2 is the
+ *                        application's again
  *   start-out-of-fds     the engine starts under every fd limit from none to
  *                        plenty: a start that fails leaves no grestart thread
  *                        behind, and the next, with fds, starts one watcher
@@ -334,6 +340,26 @@ static void *claim_sighup_to_stop(void *arg) {
     return NULL;
 }
 
+static int restart_log[2], coalesced;
+
+/* One byte per line about a restart: 'r' requested, 'f' failed. */
+static void watch_restart(int level, const char *line, void *arg) {
+    (void)level, (void)arg;
+    if (strstr(line, "restart requested")) {
+        EXPECT(write(restart_log[1], "r", 1) == 1);
+    } else if (strstr(line, "restart failed")) {
+        EXPECT(write(restart_log[1], "f", 1) == 1);
+    } else if (strstr(line, "coalesced into it")) {
+        __atomic_add_fetch(&coalesced, 1, __ATOMIC_SEQ_CST);
+    }
+}
+
+static char next_restart_line(void) {
+    char line = 0;
+    EXPECT(read(restart_log[0], &line, 1) == 1);
+    return line;
+}
+
 static void shutdown_inside(void *arg) {
     (void)arg;
     /* Nested: returns at once instead of waiting for the hooks it is part of. */
@@ -577,6 +603,33 @@ int main(int argc, char **argv) {
         fprintf(stderr, "SIGHUP restarts in %d rounds of %d, stops in %d\n", restart_taken,
                 SIGNAL_CHANGES, SIGNAL_CHANGES - restart_taken);
         EXPECT(both == 0);
+    } else if (strcmp(scenario, "signal-changed-in-restart") == 0) {
+        signal(SIGUSR2, SIG_DFL); /* as from a shell (this test's runner passes it on ignored) */
+        sigset_t waited;
+        sigemptyset(&waited);
+        sigaddset(&waited, SIGUSR2);
+        sigaddset(&waited, SIGHUP);
+        EXPECT(pthread_sigmask(SIG_BLOCK, &waited, NULL) == 0); /* to sigwait for them */
+        EXPECT(pipe(restart_log) == 0);
+        EXPECT(gr_set_log_callback(watch_restart, NULL) == 0);
+        const char *const never_ready[] = {"sleep", "3", NULL};
+        EXPECT(gr_set_executable("/bin/sleep", never_ready) == 0);
+        EXPECT(gr_set_ready_timeout_ms(1000) == 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(settled_thread_masks(SIGUSR2) >= 1);
+        EXPECT(kill(getpid(), SIGUSR2) == 0);
+        EXPECT(next_restart_line() == 'r'); /* the watcher runs the restart */
+        EXPECT(gr_set_signal(SIGHUP) == 0);
+        EXPECT(kill(getpid(), SIGUSR2) == 0); /* the watcher still takes it */
+        EXPECT(next_restart_line() == 'f'); /* the successor's ready timeout */
+        EXPECT(settled_thread_masks(SIGHUP) >= 1); /* the watcher now blocks SIGUSR2 */
+        EXPECT(gr_set_stop_signal(SIGTERM) == 0); /* and has given it back (it waits for that) */
+        struct sigaction now;
+        EXPECT(sigaction(SIGUSR2, NULL, &now) == 0 && now.sa_handler == SIG_DFL);
+        EXPECT(kill(getpid(), SIGUSR2) == 0);
+        struct timespec bound = {2, 0};
+        EXPECT(sigtimedwait(&waited, NULL, &bound) == SIGUSR2);
+        EXPECT(__atomic_load_n(&coalesced, __ATOMIC_SEQ_CST) == 1);
     } else if (strcmp(scenario, "start-out-of-fds") == 0) {
         int failed_starts = 0, room = 0;
         for (int started = 0; !started && room < 32; room++) {
