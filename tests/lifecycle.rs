@@ -104,6 +104,11 @@ fn the_restart_signal_changed_during_a_restart_stays_caught_until_it_is_over() {
 }
 
 #[test]
+fn a_restart_signal_before_the_start_is_counted_and_not_passed_on() {
+    run_scenario("signal-before-start");
+}
+
+#[test]
 fn one_signal_cannot_both_restart_and_stop() {
     run_scenario("one-signal-one-role");
 }

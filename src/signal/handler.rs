@@ -12,11 +12,11 @@ use nix::fcntl::OFlag;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::unistd::pipe2;
 
-use super::start::GUARDED;
+use super::start::{arrived_early, is_guard};
 use super::watcher::{reclaim, retune_watcher};
 use super::{RESTART_BYTE, STOP_BYTE};
 use crate::error::{fail, os_fail, with_context};
-use crate::log;
+use crate::log::{self, info};
 
 /// The write end of the self-pipe; the handler's only state with [`OWNER`]
 /// and [`STOPPED`].
@@ -118,8 +118,9 @@ pub(crate) fn check(signo: c_int) -> io::Result<()> {
 /// handler at them, for this process, and installs it on `signo`; returns the
 /// pipe's read end, for the watcher.
 /// `inherited`: this process was started with `signo` ignored by its parent's
-/// grestart (see the module comment). Either way, an ignore that was ours
-/// (the parent's, or [`at_start`](super::at_start)'s) gives back the default, not "ignored".
+/// grestart (see the module comment). Either way, a disposition that was
+/// ours (the parent's ignore, or [`at_start`](super::at_start)'s guard)
+/// gives back the default.
 /// Called again after a failed start, it makes nothing twice.
 pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'static>> {
     let pid = std::process::id() as i32;
@@ -144,12 +145,14 @@ pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'stati
     }
     OWNER.store(pid, Ordering::Relaxed);
     install(signo)?;
-    if inherited || GUARDED.load(Ordering::Relaxed) == signo {
-        if let Some((_, previous)) = handled().restart.as_mut() {
-            if previous.sa_sigaction == libc::SIG_IGN {
-                previous.sa_sigaction = libc::SIG_DFL;
-            }
+    if let Some((_, previous)) = handled().restart.as_mut() {
+        if is_guard(previous) || (inherited && previous.sa_sigaction == libc::SIG_IGN) {
+            previous.sa_sigaction = libc::SIG_DFL;
         }
+    }
+    let early = arrived_early();
+    if early > 0 {
+        info!("{early} restart signal(s) arrived before grestart started; they restart nothing");
     }
     // SAFETY: made above or by an earlier call, and never closed.
     Ok(unsafe { BorrowedFd::borrow_raw(PIPE.load(Ordering::Relaxed)) })

@@ -2,13 +2,42 @@
 //! every successor starts with them again.
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::mem;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// The signals ignored when this process started (bit `signo - 1`).
 static STARTED_IGNORING: AtomicU64 = AtomicU64::new(0);
 static STARTED_IGNORING_KNOWN: AtomicBool = AtomicBool::new(false);
-/// The restart signal [`at_start`] ignored because it had its default action.
-pub(super) static GUARDED: AtomicI32 = AtomicI32::new(0);
+/// How many restart signals [`guard`] caught before the engine's handler.
+static EARLY: AtomicU32 = AtomicU32::new(0);
+
+/// The restart signal's handler from [`at_start`] until the engine's: it
+/// counts, and the process lives on. A handler, not "ignored", which every
+/// program this process starts meanwhile would inherit (a shell script could
+/// not even trap it).
+extern "C" fn guard(_signo: c_int) {
+    EARLY.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The address [`at_start`] installed [`guard`] with (0: it did not). Kept,
+/// not taken again: two pointers to one function may differ (one per
+/// codegen unit).
+static GUARD: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `action` is [`guard`]: a disposition that was ours, whose default
+/// is to be given back.
+pub(super) fn is_guard(action: &libc::sigaction) -> bool {
+    let guard = GUARD.load(Ordering::Relaxed);
+    guard != 0 && action.sa_sigaction == guard
+}
+
+/// How many restart signals arrived before the engine handled them (and
+/// restarted nothing: a process that does not serve yet has nothing to hand
+/// over); counted once.
+pub(super) fn arrived_early() -> u32 {
+    EARLY.swap(0, Ordering::Relaxed)
+}
 
 /// `signo` as a bit of a disposition mask.
 pub(crate) fn bit(signo: c_int) -> u64 {
@@ -19,17 +48,22 @@ pub(crate) fn bit(signo: c_int) -> u64 {
 }
 
 /// Before `main` (the library's constructor): notes which signals this
-/// process was started with ignored, and ignores `restart` if it has its
-/// default action, so that a restart signal that arrives before the engine
-/// is set up (`./server & kill -USR2 $!`) never kills the process.
+/// process was started with ignored, and gives `restart` the [`guard`]
+/// handler if it has its default action, so that a restart signal that
+/// arrives before the engine is set up (`./server & kill -USR2 $!`) never
+/// kills the process.
 pub(crate) fn at_start(restart: c_int) {
     let ignored = ignored_now();
     STARTED_IGNORING.store(ignored, Ordering::Relaxed);
     STARTED_IGNORING_KNOWN.store(true, Ordering::Relaxed);
     if ignored & bit(restart) == 0 {
-        // SAFETY: setting SIG_IGN on a catchable signal has no requirements.
-        if unsafe { libc::signal(restart, libc::SIG_IGN) } != libc::SIG_ERR {
-            GUARDED.store(restart, Ordering::Relaxed);
+        // SAFETY: all-zero is a valid `struct sigaction` (no flags, empty mask).
+        let mut action: libc::sigaction = unsafe { mem::zeroed() };
+        action.sa_sigaction = guard as extern "C" fn(c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: a valid sigaction; the handler is async-signal-safe.
+        if unsafe { libc::sigaction(restart, &action, ptr::null_mut()) } == 0 {
+            GUARD.store(action.sa_sigaction, Ordering::Relaxed);
         }
     }
 }

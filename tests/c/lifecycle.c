@@ -43,6 +43,11 @@
  *                        then is taken by grestart, not by its default action,
  *                        and once the restart is over SIGUSR2 is the
  *                        application's again
+ *   signal-before-start  a restart signal before the first gr_ call does not
+ *                        kill the process (the library's constructor guards
+ *                        it), a program the process starts meanwhile still
+ *                        has its default action, and the engine's start
+ *                        says one came
  *   start-out-of-fds     the engine starts under every fd limit from none to
  *                        plenty: a start that fails leaves no grestart thread
  *                        behind, and the next, with fds, starts one watcher
@@ -354,6 +359,15 @@ static void watch_restart(int level, const char *line, void *arg) {
     }
 }
 
+static int early_lines;
+
+static void count_early(int level, const char *line, void *arg) {
+    (void)level, (void)arg;
+    if (strstr(line, "1 restart signal(s) arrived before grestart started")) {
+        early_lines++;
+    }
+}
+
 static char next_restart_line(void) {
     char line = 0;
     EXPECT(read(restart_log[0], &line, 1) == 1);
@@ -604,7 +618,6 @@ int main(int argc, char **argv) {
                 SIGNAL_CHANGES, SIGNAL_CHANGES - restart_taken);
         EXPECT(both == 0);
     } else if (strcmp(scenario, "signal-changed-in-restart") == 0) {
-        signal(SIGUSR2, SIG_DFL); /* as from a shell (this test's runner passes it on ignored) */
         sigset_t waited;
         sigemptyset(&waited);
         sigaddset(&waited, SIGUSR2);
@@ -630,6 +643,23 @@ int main(int argc, char **argv) {
         struct timespec bound = {2, 0};
         EXPECT(sigtimedwait(&waited, NULL, &bound) == SIGUSR2);
         EXPECT(__atomic_load_n(&coalesced, __ATOMIC_SEQ_CST) == 1);
+    } else if (strcmp(scenario, "signal-before-start") == 0) {
+        signal(SIGUSR2, SIG_DFL); /* as a shell starts it, whatever started this */
+        execl("/proc/self/exe", argv[0], "signal-before-start-exec", scratch, (char *)NULL);
+        EXPECT(0); /* exec failed */
+    } else if (strcmp(scenario, "signal-before-start-exec") == 0) {
+        EXPECT(raise(SIGUSR2) == 0); /* before any gr_ call: this process lives on */
+        pid_t child = fork();
+        if (child == 0) {
+            execl("/bin/sh", "sh", "-c", "kill -USR2 $$; exit 3", (char *)NULL);
+            _exit(4);
+        }
+        int status;
+        EXPECT(waitpid(child, &status, 0) == child);
+        EXPECT(WIFSIGNALED(status) && WTERMSIG(status) == SIGUSR2); /* its default action */
+        EXPECT(gr_set_log_callback(count_early, NULL) == 0);
+        EXPECT(gr_generation() == 1);
+        EXPECT(early_lines == 1);
     } else if (strcmp(scenario, "start-out-of-fds") == 0) {
         int failed_starts = 0, room = 0;
         for (int started = 0; !started && room < 32; room++) {
