@@ -101,10 +101,19 @@ fn retune_here() {
     let (signo, stop) = wanted();
     watcher.retunes += 1;
     WATCHER_CHANGED.notify_all();
-    if watcher.unblocked == (signo, stop) && signo != 0 {
-        watcher.returning.drain(..).for_each(give_back);
-        return;
+    if watcher.unblocked != (signo, stop) || signo == 0 {
+        if let Err(e) = unblock_only(signo, stop) {
+            warning!("cannot unblock signal {signo} in the signal watcher: {e}");
+            return;
+        }
+        watcher.unblocked = (signo, stop);
     }
+    // Blocked here now, the signals let go are the application's again.
+    watcher.returning.drain(..).for_each(give_back);
+}
+
+/// Blocks every signal in the calling thread but `signo` and `stop`.
+fn unblock_only(signo: c_int, stop: c_int) -> io::Result<()> {
     // libc's sigset, not nix's SigSet: nix cannot name real-time signals.
     // SAFETY: all-zero is a valid sigset for sigfillset to fill.
     let mut mask: libc::sigset_t = unsafe { mem::zeroed() };
@@ -115,16 +124,10 @@ fn retune_here() {
         libc::sigdelset(&mut mask, stop);
     }
     // SAFETY: a valid sigset; changes this thread's mask only.
-    let changed = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, ptr::null_mut()) };
-    if changed != 0 {
-        warning!(
-            "cannot unblock signal {signo} in the signal watcher: {}",
-            io::Error::from_raw_os_error(changed)
-        );
-        return;
+    match unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
-    watcher.unblocked = (signo, stop);
-    watcher.returning.drain(..).for_each(give_back);
 }
 
 /// Asks the watcher to unblock the signals [`wanted`] names (and block the
