@@ -357,7 +357,12 @@ extern "C" fn at_start() {
             std::process::id(),
             crate::sys::fd_is_socket,
         );
-        crate::signal::at_start(heritage.restart_signal.unwrap_or(libc::SIGUSR2));
+        // As the engine's start reads it: a number no restart signal may be
+        // (SIGSEGV, say) is not guarded.
+        let restart = (heritage.restart_signal)
+            .filter(|&signo| crate::signal::check(signo).is_ok())
+            .unwrap_or(libc::SIGUSR2);
+        crate::signal::at_start(restart);
         for fd in heritage
             .fds
             .iter()

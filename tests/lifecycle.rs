@@ -104,6 +104,11 @@ fn the_restart_signal_changed_during_a_restart_stays_caught_until_it_is_over() {
 }
 
 #[test]
+fn the_stop_signal_let_go_during_a_restart_stops_until_it_is_over() {
+    run_scenario("stop-changed-in-restart");
+}
+
+#[test]
 fn a_restart_signal_before_the_start_is_counted_and_not_passed_on() {
     run_scenario("signal-before-start");
 }

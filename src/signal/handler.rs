@@ -5,14 +5,14 @@ use std::io;
 use std::mem;
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use nix::fcntl::OFlag;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::unistd::pipe2;
 
-use super::start::{arrived_early, is_guard};
+use super::start::{arrived_early, bit, is_guard};
 use super::watcher::{reclaim, retune_watcher};
 use super::{RESTART_BYTE, STOP_BYTE};
 use crate::error::{fail, os_fail, with_context};
@@ -59,6 +59,12 @@ static HANDLED: Mutex<Handled> = Mutex::new(Handled {
 pub(super) static RESTART_SIGNO: AtomicI32 = AtomicI32::new(0);
 /// The stop signal's number for the handler (0: none).
 static STOP_SIGNO: AtomicI32 = AtomicI32::new(0);
+/// Former stop signals our handler still catches, until they are given back
+/// (bit `signo - 1`): they keep their role meanwhile.
+static FORMER_STOPS: AtomicU64 = AtomicU64::new(0);
+/// The address [`handle`] installed [`on_signal`] with, to tell a signal
+/// still ours from one the application has taken since.
+static ON_SIGNAL: AtomicUsize = AtomicUsize::new(0);
 
 fn handled() -> MutexGuard<'static, Handled> {
     HANDLED.lock().unwrap_or_else(|e| e.into_inner())
@@ -71,7 +77,8 @@ extern "C" fn on_signal(signo: c_int) {
     // SAFETY: errno is thread-local; we restore it so the interrupted code
     // does not see our write's errno.
     unsafe {
-        let stop = signo == STOP_SIGNO.load(Ordering::Relaxed);
+        let stop = signo == STOP_SIGNO.load(Ordering::Relaxed)
+            || FORMER_STOPS.load(Ordering::Relaxed) & bit(signo) != 0;
         if libc::getpid() != OWNER.load(Ordering::Relaxed) {
             // A forked worker: a restart signal is not for it, but a stop
             // signal (SIGTERM) must still end it as it would without us.
@@ -219,21 +226,38 @@ pub(crate) fn install_stop(signo: Option<c_int>) -> io::Result<()> {
         return Ok(());
     }
     let previous = signo.map(handle).transpose()?;
+    if let Some((former, _)) = handled.stop {
+        FORMER_STOPS.fetch_or(bit(former), Ordering::Relaxed);
+    }
     STOP_SIGNO.store(signo.unwrap_or(0), Ordering::Relaxed);
     retune_watcher(mem::replace(&mut handled.stop, signo.zip(previous)));
     Ok(())
 }
 
-/// Restores the disposition a signal had before we installed our handler.
+/// Restores the disposition a signal had before we installed our handler,
+/// unless the application has given it one of its own since.
 pub(super) fn give_back((signo, previous): (c_int, libc::sigaction)) {
-    // SAFETY: restoring a disposition sigaction gave us earlier.
-    unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+    if still_ours(signo) {
+        // SAFETY: restoring a disposition sigaction gave us earlier.
+        unsafe { libc::sigaction(signo, &previous, ptr::null_mut()) };
+    }
+    FORMER_STOPS.fetch_and(!bit(signo), Ordering::Relaxed);
+}
+
+/// Whether our handler is `signo`'s disposition now.
+fn still_ours(signo: c_int) -> bool {
+    // SAFETY: all-zero is a valid `struct sigaction` for sigaction to fill.
+    let mut now: libc::sigaction = unsafe { mem::zeroed() };
+    // SAFETY: no new action: only reads the current one into `now`.
+    let read = unsafe { libc::sigaction(signo, ptr::null(), &mut now) };
+    read == 0 && now.sa_sigaction == ON_SIGNAL.load(Ordering::Relaxed)
 }
 
 /// Installs our handler on `signo` (or finds it still there, let go but not
 /// given back yet); returns the disposition it had before us.
 fn handle(signo: c_int) -> io::Result<libc::sigaction> {
-    if let Some(previous) = reclaim(signo) {
+    FORMER_STOPS.fetch_and(!bit(signo), Ordering::Relaxed);
+    if let Some(previous) = reclaim(signo).filter(|_| still_ours(signo)) {
         return Ok(previous);
     }
     // libc's sigaction, not nix's: nix cannot name the real-time signals,
@@ -254,6 +278,7 @@ fn handle(signo: c_int) -> io::Result<libc::sigaction> {
             "cannot install a handler for signal {signo}"
         )));
     }
+    ON_SIGNAL.store(action.sa_sigaction, Ordering::Relaxed);
     Ok(previous)
 }
 

@@ -42,7 +42,10 @@
  *                        (its successor never gets ready): a SIGUSR2 sent
  *                        then is taken by grestart, not by its default action,
  *                        and once the restart is over SIGUSR2 is the
- *                        application's again
+ *                        application's again; a signal the application gave
+ *                        a handler of its own meanwhile keeps that handler
+ *   stop-changed-in-restart  no stop signal chosen while a restart runs: the
+ *                        old one (SIGTERM) still stops until the restart is over
  *   signal-before-start  a restart signal before the first gr_ call does not
  *                        kill the process (the library's constructor guards
  *                        it), a program the process starts meanwhile still
@@ -368,6 +371,13 @@ static void count_early(int level, const char *line, void *arg) {
     }
 }
 
+/* A successor that never says it is ready. */
+static const char *const never_ready[] = {"sleep", "10", NULL};
+
+static void own_handler(int signo) {
+    (void)signo;
+}
+
 static char next_restart_line(void) {
     char line = 0;
     EXPECT(read(restart_log[0], &line, 1) == 1);
@@ -625,24 +635,39 @@ int main(int argc, char **argv) {
         EXPECT(pthread_sigmask(SIG_BLOCK, &waited, NULL) == 0); /* to sigwait for them */
         EXPECT(pipe(restart_log) == 0);
         EXPECT(gr_set_log_callback(watch_restart, NULL) == 0);
-        const char *const never_ready[] = {"sleep", "3", NULL};
         EXPECT(gr_set_executable("/bin/sleep", never_ready) == 0);
-        EXPECT(gr_set_ready_timeout_ms(1000) == 0);
+        EXPECT(gr_set_ready_timeout_ms(3000) == 0);
         EXPECT(gr_ready() == 0);
         EXPECT(settled_thread_masks(SIGUSR2) >= 1);
         EXPECT(kill(getpid(), SIGUSR2) == 0);
         EXPECT(next_restart_line() == 'r'); /* the watcher runs the restart */
         EXPECT(gr_set_signal(SIGHUP) == 0);
         EXPECT(kill(getpid(), SIGUSR2) == 0); /* the watcher still takes it */
+        EXPECT(gr_set_signal(SIGUSR1) == 0);
+        signal(SIGHUP, own_handler); /* the application's own, while grestart still holds it */
         EXPECT(next_restart_line() == 'f'); /* the successor's ready timeout */
-        EXPECT(settled_thread_masks(SIGHUP) >= 1); /* the watcher now blocks SIGUSR2 */
+        EXPECT(settled_thread_masks(SIGUSR1) >= 1); /* the watcher now blocks SIGUSR2 */
         EXPECT(gr_set_stop_signal(SIGTERM) == 0); /* and has given it back (it waits for that) */
         struct sigaction now;
         EXPECT(sigaction(SIGUSR2, NULL, &now) == 0 && now.sa_handler == SIG_DFL);
+        EXPECT(sigaction(SIGHUP, NULL, &now) == 0 && now.sa_handler == own_handler);
         EXPECT(kill(getpid(), SIGUSR2) == 0);
         struct timespec bound = {2, 0};
         EXPECT(sigtimedwait(&waited, NULL, &bound) == SIGUSR2);
         EXPECT(__atomic_load_n(&coalesced, __ATOMIC_SEQ_CST) == 1);
+    } else if (strcmp(scenario, "stop-changed-in-restart") == 0) {
+        EXPECT(pipe(restart_log) == 0);
+        EXPECT(gr_set_log_callback(watch_restart, NULL) == 0);
+        EXPECT(gr_set_executable("/bin/sleep", never_ready) == 0);
+        EXPECT(gr_set_ready_timeout_ms(3000) == 0);
+        EXPECT(gr_ready() == 0);
+        EXPECT(gr_set_stop_signal(SIGTERM) == 0);
+        EXPECT(kill(getpid(), SIGUSR2) == 0);
+        EXPECT(next_restart_line() == 'r');
+        EXPECT(gr_set_stop_signal(0) == 0);
+        EXPECT(kill(getpid(), SIGTERM) == 0); /* still stops: the restart is not over */
+        EXPECT(gr_wait_shutdown(2000) == 1);  /* the restart gave up for it, at once */
+        EXPECT(gr_shutdown() == 0);
     } else if (strcmp(scenario, "signal-before-start") == 0) {
         signal(SIGUSR2, SIG_DFL); /* as a shell starts it, whatever started this */
         execl("/proc/self/exe", argv[0], "signal-before-start-exec", scratch, (char *)NULL);
