@@ -359,10 +359,14 @@ extern "C" fn at_start() {
         );
         // As the engine's start reads it: a number no restart signal may be
         // (SIGSEGV, say) is not guarded.
-        let restart = (heritage.restart_signal)
-            .filter(|&signo| crate::signal::check(signo).is_ok())
-            .unwrap_or(libc::SIGUSR2);
-        crate::signal::at_start(restart);
+        let inherited =
+            (heritage.restart_signal).filter(|&signo| crate::signal::check(signo).is_ok());
+        let restart = inherited.unwrap_or(libc::SIGUSR2);
+        // The parent's grestart ignored it for the exec, unless the first
+        // generation was started with it ignored.
+        let parents_ignore = inherited.is_some()
+            && (heritage.ignored).is_none_or(|mask| mask & crate::signal::bit(restart) == 0);
+        crate::signal::at_start(restart, parents_ignore);
         for fd in heritage
             .fds
             .iter()

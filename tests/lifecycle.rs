@@ -114,6 +114,11 @@ fn a_restart_signal_before_the_start_is_counted_and_not_passed_on() {
 }
 
 #[test]
+fn a_successor_passes_on_no_ignored_restart_signal_before_its_start() {
+    run_scenario("signal-before-start-as-heir");
+}
+
+#[test]
 fn one_signal_cannot_both_restart_and_stop() {
     run_scenario("one-signal-one-role");
 }

@@ -4,9 +4,12 @@
 //!
 //! A successor is started with the restart signal *ignored* (an ignored signal
 //! stays ignored across exec), so that `systemctl kill -s USR2` or `pkill -USR2`
-//! during a restart cannot kill a successor that is still starting. Its engine
-//! then installs the handler on that same signal; the ignore was ours, so the
-//! disposition to give back later is the default, not "ignored".
+//! during a restart cannot kill a successor that is still starting. The
+//! library's constructor replaces the ignore with a handler that only counts
+//! (`start.rs`; a handler is not inherited by the programs the successor
+//! starts before its engine does), as it guards the first generation; the
+//! engine then installs the real handler on that same signal. Both were ours,
+//! so the disposition to give back later is the default.
 //!
 //! grestart's threads never take the application's signals: each starts with
 //! every signal blocked ([`spawn_thread`]), so a process-directed `SIGINT` or

@@ -51,12 +51,14 @@ pub(crate) fn bit(signo: c_int) -> u64 {
 /// process was started with ignored, and gives `restart` the [`guard`]
 /// handler if it has its default action, so that a restart signal that
 /// arrives before the engine is set up (`./server & kill -USR2 $!`) never
-/// kills the process.
-pub(crate) fn at_start(restart: c_int) {
+/// kills the process; or if it is ignored only for the exec
+/// (`parents_ignore`: a successor, started so by its parent's grestart),
+/// which the programs it starts must not inherit.
+pub(crate) fn at_start(restart: c_int, parents_ignore: bool) {
     let ignored = ignored_now();
     STARTED_IGNORING.store(ignored, Ordering::Relaxed);
     STARTED_IGNORING_KNOWN.store(true, Ordering::Relaxed);
-    if ignored & bit(restart) == 0 {
+    if ignored & bit(restart) == 0 || parents_ignore {
         // SAFETY: all-zero is a valid `struct sigaction` (no flags, empty mask).
         let mut action: libc::sigaction = unsafe { mem::zeroed() };
         action.sa_sigaction = guard as extern "C" fn(c_int) as usize;

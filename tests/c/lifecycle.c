@@ -51,6 +51,8 @@
  *                        it), a program the process starts meanwhile still
  *                        has its default action, and the engine's start
  *                        says one came
+ *   signal-before-start-as-heir  the same in a successor, which its parent
+ *                        starts with the restart signal ignored
  *   start-out-of-fds     the engine starts under every fd limit from none to
  *                        plenty: a start that fails leaves no grestart thread
  *                        behind, and the next, with fds, starts one watcher
@@ -670,6 +672,14 @@ int main(int argc, char **argv) {
         EXPECT(gr_shutdown() == 0);
     } else if (strcmp(scenario, "signal-before-start") == 0) {
         signal(SIGUSR2, SIG_DFL); /* as a shell starts it, whatever started this */
+        execl("/proc/self/exe", argv[0], "signal-before-start-exec", scratch, (char *)NULL);
+        EXPECT(0); /* exec failed */
+    } else if (strcmp(scenario, "signal-before-start-as-heir") == 0) {
+        /* As a grestart parent execs its successor: the restart signal ignored. */
+        signal(SIGUSR2, SIG_IGN);
+        pose_as_heir();
+        setenv("GRESTART_SIGNAL", "12", 1);
+        setenv("GRESTART_IGNORED", "0", 1); /* the first generation ignored none */
         execl("/proc/self/exe", argv[0], "signal-before-start-exec", scratch, (char *)NULL);
         EXPECT(0); /* exec failed */
     } else if (strcmp(scenario, "signal-before-start-exec") == 0) {
