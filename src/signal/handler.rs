@@ -125,9 +125,9 @@ pub(crate) fn check(signo: c_int) -> io::Result<()> {
 /// handler at them, for this process, and installs it on `signo`; returns the
 /// pipe's read end, for the watcher.
 /// `inherited`: this process was started with `signo` ignored by its parent's
-/// grestart (see the module comment). Either way, a disposition that was
-/// ours (the parent's ignore, or [`at_start`](super::at_start)'s guard)
-/// gives back the default.
+/// grestart (see the module comment). That ignore, if still there, was ours,
+/// as is [`at_start`](super::at_start)'s guard ([`handle`] sees to that):
+/// the disposition to give back is the default.
 /// Called again after a failed start, it makes nothing twice.
 pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'static>> {
     let pid = std::process::id() as i32;
@@ -152,9 +152,11 @@ pub(crate) fn arm(signo: c_int, inherited: bool) -> io::Result<BorrowedFd<'stati
     }
     OWNER.store(pid, Ordering::Relaxed);
     install(signo)?;
-    if let Some((_, previous)) = handled().restart.as_mut() {
-        if is_guard(previous) || (inherited && previous.sa_sigaction == libc::SIG_IGN) {
-            previous.sa_sigaction = libc::SIG_DFL;
+    if inherited {
+        if let Some((_, previous)) = handled().restart.as_mut() {
+            if previous.sa_sigaction == libc::SIG_IGN {
+                previous.sa_sigaction = libc::SIG_DFL;
+            }
         }
     }
     let early = arrived_early();
@@ -279,6 +281,10 @@ fn handle(signo: c_int) -> io::Result<libc::sigaction> {
         )));
     }
     ON_SIGNAL.store(action.sa_sigaction, Ordering::Relaxed);
+    if is_guard(&previous) {
+        // The constructor's guard was ours too: what was there before it is the default.
+        previous.sa_sigaction = libc::SIG_DFL;
+    }
     Ok(previous)
 }
 
