@@ -114,6 +114,12 @@ pub(crate) fn set_disposition(signo: i32, action: &KernelSigaction) {
 
 /// Whether `signo` is ignored (`SIG_IGN`) in this process now.
 pub(crate) fn is_ignored(signo: i32) -> bool {
+    handler_of(signo) == Some(libc::SIG_IGN)
+}
+
+/// `signo`'s handler in this process now (`SIG_DFL`, `SIG_IGN` or a
+/// function's address); `None` for a number that is no signal.
+pub(crate) fn handler_of(signo: i32) -> Option<libc::sighandler_t> {
     let mut now = KernelSigaction::default();
     // SAFETY: rt_sigaction with no new action only writes the current one
     // into `now`, a kernel sigaction of the size we pass.
@@ -126,7 +132,7 @@ pub(crate) fn is_ignored(signo: i32) -> bool {
             KERNEL_SIGSET_SIZE,
         )
     };
-    read == 0 && now.handler == libc::SIG_IGN
+    (read == 0).then_some(now.handler)
 }
 
 /// Sends `signo` to the process `pidfd` refers to (never a recycled pid).

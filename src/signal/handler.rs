@@ -248,11 +248,7 @@ pub(super) fn give_back((signo, previous): (c_int, libc::sigaction)) {
 
 /// Whether our handler is `signo`'s disposition now.
 fn still_ours(signo: c_int) -> bool {
-    // SAFETY: all-zero is a valid `struct sigaction` for sigaction to fill.
-    let mut now: libc::sigaction = unsafe { mem::zeroed() };
-    // SAFETY: no new action: only reads the current one into `now`.
-    let read = unsafe { libc::sigaction(signo, ptr::null(), &mut now) };
-    read == 0 && now.sa_sigaction == ON_SIGNAL.load(Ordering::Relaxed)
+    crate::sys::handler_of(signo) == Some(ON_SIGNAL.load(Ordering::Relaxed))
 }
 
 /// Installs our handler on `signo` (or finds it still there, let go but not
@@ -262,11 +258,27 @@ fn handle(signo: c_int) -> io::Result<libc::sigaction> {
     if let Some(previous) = reclaim(signo).filter(|_| still_ours(signo)) {
         return Ok(previous);
     }
+    let (installed, mut previous) = set_handler(signo, on_signal)?;
+    ON_SIGNAL.store(installed, Ordering::Relaxed);
+    if is_guard(&previous) {
+        // The constructor's guard was ours too: what was there before it is the default.
+        previous.sa_sigaction = libc::SIG_DFL;
+    }
+    Ok(previous)
+}
+
+/// Installs `handler` on `signo`; returns the address it was installed with
+/// (two pointers to one function may differ, one per codegen unit: compare
+/// with this one) and the disposition `signo` had.
+pub(super) fn set_handler(
+    signo: c_int,
+    handler: extern "C" fn(c_int),
+) -> io::Result<(libc::sighandler_t, libc::sigaction)> {
     // libc's sigaction, not nix's: nix cannot name the real-time signals,
     // which an application may choose as its restart signal.
     // SAFETY: all-zero is a valid `struct sigaction` (SIG_DFL, no flags).
     let mut action: libc::sigaction = unsafe { mem::zeroed() };
-    action.sa_sigaction = on_signal as extern "C" fn(c_int) as usize;
+    action.sa_sigaction = handler as libc::sighandler_t;
     // SA_RESTART: the application's blocking calls must not fail with EINTR
     // just because an operator asked for a restart.
     action.sa_flags = libc::SA_RESTART;
@@ -274,18 +286,13 @@ fn handle(signo: c_int) -> io::Result<libc::sigaction> {
     unsafe { libc::sigemptyset(&mut action.sa_mask) };
     // SAFETY: as above; sigaction fills it.
     let mut previous: libc::sigaction = unsafe { mem::zeroed() };
-    // SAFETY: valid sigaction structs; the handler is async-signal-safe.
+    // SAFETY: valid sigaction structs; the handlers are async-signal-safe.
     if unsafe { libc::sigaction(signo, &action, &mut previous) } < 0 {
         return Err(os_fail(format!(
             "cannot install a handler for signal {signo}"
         )));
     }
-    ON_SIGNAL.store(action.sa_sigaction, Ordering::Relaxed);
-    if is_guard(&previous) {
-        // The constructor's guard was ours too: what was there before it is the default.
-        previous.sa_sigaction = libc::SIG_DFL;
-    }
-    Ok(previous)
+    Ok((action.sa_sigaction, previous))
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! every successor starts with them again.
 
 use std::ffi::c_int;
-use std::mem;
-use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use super::handler::set_handler;
 
 /// The signals ignored when this process started (bit `signo - 1`).
 static STARTED_IGNORING: AtomicU64 = AtomicU64::new(0);
@@ -20,9 +20,7 @@ extern "C" fn guard(_signo: c_int) {
     EARLY.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The address [`at_start`] installed [`guard`] with (0: it did not). Kept,
-/// not taken again: two pointers to one function may differ (one per
-/// codegen unit).
+/// The address [`at_start`] installed [`guard`] with (0: it did not).
 static GUARD: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `action` is [`guard`]: a disposition that was ours, whose default
@@ -59,13 +57,8 @@ pub(crate) fn at_start(restart: c_int, parents_ignore: bool) {
     STARTED_IGNORING.store(ignored, Ordering::Relaxed);
     STARTED_IGNORING_KNOWN.store(true, Ordering::Relaxed);
     if ignored & bit(restart) == 0 || parents_ignore {
-        // SAFETY: all-zero is a valid `struct sigaction` (no flags, empty mask).
-        let mut action: libc::sigaction = unsafe { mem::zeroed() };
-        action.sa_sigaction = guard as extern "C" fn(c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
-        // SAFETY: a valid sigaction; the handler is async-signal-safe.
-        if unsafe { libc::sigaction(restart, &action, ptr::null_mut()) } == 0 {
-            GUARD.store(action.sa_sigaction, Ordering::Relaxed);
+        if let Ok((installed, _)) = set_handler(restart, guard) {
+            GUARD.store(installed, Ordering::Relaxed);
         }
     }
 }
