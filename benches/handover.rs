@@ -131,8 +131,10 @@ fn exit_time(server: &Path, flaky: &Path, mode: &Path, count: usize, adopting: b
         std::fs::rename(server.with_extension("new"), server).unwrap();
     }
     let leaving = running.hand_over(libc::SIGUSR2);
-    running.wait_gone(&leaving, Duration::from_secs(30));
+    // Timed when its pidfd turns readable, before the reaping and the checks.
+    assert!(testkit::wait_exit(&leaving.exit, Duration::from_secs(30)));
     let total = leaving.signalled.elapsed();
+    running.wait_gone(&leaving, Duration::from_secs(1));
     // The old generation's own lines, as read (stderr is unbuffered).
     let (drain, _) = running.wait_for_log_at("draining", Duration::from_secs(1));
     let (hooks, _) = running.wait_for_log_at("shutdown hooks", Duration::from_secs(1));

@@ -1,7 +1,7 @@
 //! The small fd and socket questions several modules ask, answered once,
 //! through `nix` where it can serve.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -23,6 +23,25 @@ pub(crate) fn fd_is_socket(fd: RawFd) -> bool {
 /// The socket's type, or `None` when `fd` is not a socket.
 pub(crate) fn socket_type(fd: BorrowedFd<'_>) -> Option<SockType> {
     getsockopt(&fd, sockopt::SockType).ok()
+}
+
+/// The state of a TCP socket (`TCP_ESTABLISHED` and the kernel's other
+/// `TCP_*` states), or `None` when `fd` is no TCP socket: the first byte of
+/// its `TCP_INFO`, the only byte asked for.
+pub(crate) fn tcp_state(fd: BorrowedFd<'_>) -> Option<u8> {
+    let mut state = 0u8;
+    let mut len: libc::socklen_t = 1;
+    // SAFETY: the kernel writes at most `len` (1) bytes to `state`.
+    let got = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut state).cast(),
+            &raw mut len,
+        )
+    };
+    (got == 0 && len == 1).then_some(state)
 }
 
 /// Whether a stream socket is listening (`SO_ACCEPTCONN`).

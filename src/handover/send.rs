@@ -20,7 +20,7 @@ use super::wire::{
 };
 use crate::error::{fail, with_context};
 use crate::log::warning;
-use crate::sys::socket_type;
+use crate::sys::{socket_type, tcp_state};
 
 pub(crate) use crate::limits::HAND_OVER_BOUND as BOUND;
 /// How many connections are handed over between two reads of the receipts.
@@ -211,11 +211,7 @@ impl Heir {
                  or runs an older grestart): close the connection"
             )));
         }
-        if socket_type(connection) != Some(SockType::Stream) {
-            return Err(fail(libc::EINVAL, "not a stream socket"));
-        }
-        getpeername::<SockaddrStorage>(connection.as_raw_fd())
-            .map_err(|e| with_context(io::Error::from(e), "the connection is not connected"))?;
+        connected_stream(connection)?;
         let name = listener_of(&self.listeners, connection, name)?;
         let ours = connection
             .try_clone_to_owned()
@@ -378,4 +374,27 @@ impl Heir {
             let _ = poll(&mut fds, poll_timeout(left));
         }
     }
+}
+
+/// `gr_hand_over`'s contract: `connection` is a connected stream socket
+/// (`EINVAL` when it is no stream socket, `ENOTCONN` when not connected). A
+/// TCP socket, the common case, takes one system call, its state (on the
+/// rule `getpeername` has: not connected while closed, listening or still
+/// connecting); any other, its type and its peer address.
+fn connected_stream(connection: BorrowedFd<'_>) -> io::Result<()> {
+    const NOT_CONNECTED: &str = "the connection is not connected";
+    // The kernel's TCP_SYN_SENT, TCP_CLOSE and TCP_LISTEN (include/net/tcp_states.h).
+    const UNCONNECTED: [u8; 3] = [2, 7, 10];
+    if let Some(state) = tcp_state(connection) {
+        return match UNCONNECTED.contains(&state) {
+            true => Err(fail(libc::ENOTCONN, NOT_CONNECTED)),
+            false => Ok(()),
+        };
+    }
+    if socket_type(connection) != Some(SockType::Stream) {
+        return Err(fail(libc::EINVAL, "not a stream socket"));
+    }
+    getpeername::<SockaddrStorage>(connection.as_raw_fd())
+        .map_err(|e| with_context(io::Error::from(e), NOT_CONNECTED))?;
+    Ok(())
 }

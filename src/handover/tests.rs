@@ -450,3 +450,65 @@ fn sent_ids(heir_end: &UnixStream) -> Vec<u64> {
     assert_eq!(incoming.take(&mut records), Ok(0));
     records.iter().map(|r| r.id).collect()
 }
+
+/// `hand_over` takes connected stream sockets only, TCP ones (known by
+/// their state alone) and any other (by their type and their peer), and
+/// says with its errno what is wrong with anything else.
+#[test]
+fn only_a_connected_stream_socket_is_handed_over() {
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::unix::net::UnixDatagram;
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+
+    let (old_end, _heir_end) = UnixStream::pair().unwrap();
+    let mut heir = heir_on(old_end, &[ADOPT_BYTE, IDS_BYTE, BATCHES_BYTE]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (established, _) = listener.accept().unwrap();
+    let client_gone = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (half_closed, _) = listener.accept().unwrap();
+    drop(client_gone);
+    let unconnected = |family| socket(family, SockType::Stream, SockFlag::empty(), None).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.connect(udp.local_addr().unwrap()).unwrap();
+    let (unix, _unix_peer) = UnixStream::pair().unwrap();
+    let (datagrams, _datagram_peer) = UnixDatagram::pair().unwrap();
+    let (pipe, _pipe_write) = nix::unistd::pipe().unwrap();
+    let cases: [(OwnedFd, Result<Offer, i32>, &str); 9] = [
+        (
+            established.into(),
+            Ok(Offer::Taken),
+            "an established TCP connection",
+        ),
+        (
+            half_closed.into(),
+            Ok(Offer::Taken),
+            "one its client closed",
+        ),
+        (unix.into(), Ok(Offer::Taken), "a Unix stream socket"),
+        (listener.into(), Err(libc::ENOTCONN), "a TCP listener"),
+        (
+            unconnected(AddressFamily::Inet),
+            Err(libc::ENOTCONN),
+            "a TCP socket never connected",
+        ),
+        (
+            unconnected(AddressFamily::Unix),
+            Err(libc::ENOTCONN),
+            "a Unix one",
+        ),
+        (udp.into(), Err(libc::EINVAL), "a connected UDP socket"),
+        (datagrams.into(), Err(libc::EINVAL), "a Unix datagram pair"),
+        (pipe, Err(libc::EINVAL), "a pipe"),
+    ];
+    for (fd, expected, what) in cases {
+        let offer = heir.hand_over(fd.as_fd(), Some("http"));
+        assert_eq!(
+            offer.map_err(|e| crate::error::errno_of(&e)),
+            expected,
+            "{what}"
+        );
+    }
+    drop(client);
+}
