@@ -67,12 +67,10 @@ pub(crate) fn accept(
             return Ok(None); // the successor accepts the connections now
         }
         if fds.get(2).and_then(PollFd::any) == Some(true) {
-            match engine.adopt_on(listener) {
-                Some(adopted) => {
-                    engine.begin_work();
-                    return Ok(Some(adopted));
-                }
-                None => others_until = Some(now + OTHERS_WAIT),
+            match counted(engine, || engine.adopt_on(listener).ok_or(())) {
+                None => return Ok(None),
+                Some(Ok(adopted)) => return Ok(Some(adopted)),
+                Some(Err(())) => others_until = Some(now + OTHERS_WAIT),
             }
         }
         if fds[1].any() != Some(true) {
@@ -84,10 +82,13 @@ pub(crate) fn accept(
         {
             return Err(fail(libc::EINVAL, "the listener is not a listening socket"));
         }
-        match accept4(listener, SockFlag::SOCK_CLOEXEC) {
+        let accepted = match counted(engine, || accept4(listener, SockFlag::SOCK_CLOEXEC)) {
+            None => return Ok(None),
+            Some(accepted) => accepted,
+        };
+        match accepted {
             Ok(connection) => {
                 let _ = BACKOFF.try_with(|b| b.set(Duration::ZERO));
-                engine.begin_work();
                 return Ok(Some(connection));
             }
             // Taken by the successor or another worker, or given up by the client.
@@ -102,6 +103,28 @@ pub(crate) fn accept(
             Err(e) => return Err(with_context(e.into(), "accept")),
         }
     }
+}
+
+/// Takes a connection with `take`, counted as work in flight from before the
+/// last look at the shutdown fd; `None`, counting nothing, when this process
+/// drains. A shutdown that finds no work in flight either came before the
+/// count, and the look sees the drain, or waits for the connection taken
+/// here; counted after the take instead, a connection taken as the shutdown
+/// found none would be cut off by the process's exit. Nothing stays counted
+/// when `take` fails.
+fn counted<T, E>(
+    engine: &'static Engine,
+    take: impl FnOnce() -> Result<T, E>,
+) -> Option<Result<T, E>> {
+    engine.begin_work();
+    let taken = match engine.wait_shutdown(Some(Duration::ZERO)) {
+        true => None,
+        false => Some(take()),
+    };
+    if !matches!(taken, Some(Ok(_))) {
+        let _ = engine.end_work();
+    }
+    taken
 }
 
 /// How long an accept leaves connections handed over on other listeners to

@@ -202,12 +202,26 @@ impl<L: Listener> Incoming<L> {
             self.drain = None;
             return Poll::Ready(drain.err().map(Err));
         }
+        // Counted before the last look at the drain, which asks the shutdown
+        // fd itself (the reactor may not have told the future yet): a
+        // `drained` that finds no work in flight either came before this, and
+        // the look sees the drain, or waits for the connection taken here.
+        // Counted after the accept instead, a connection taken as `drained`
+        // resolved would be cut by the framework's graceful shutdown.
+        let work = match work() {
+            Ok(work) => work,
+            Err(e) => return Poll::Ready(Some(Err(e))),
+        };
+        if crate::wait_shutdown(Some(Duration::ZERO)).unwrap_or(false) {
+            self.drain = None;
+            return Poll::Ready(None);
+        }
         loop {
             return match self.listener.poll_accept(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok((stream, addr))) => Poll::Ready(Some(
-                    work().map(|work| (Connection::new(stream, work), addr)),
-                )),
+                Poll::Ready(Ok((stream, addr))) => {
+                    Poll::Ready(Some(Ok((Connection::new(stream, work), addr))))
+                }
                 Poll::Ready(Err(e)) if gone_before_accept(&e) => continue,
                 Poll::Ready(Err(e)) => Poll::Ready(Some(Err(with_context(e, "accept")))),
             };
