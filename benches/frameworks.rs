@@ -175,6 +175,12 @@ impl Wrk {
         let errors: u64 = line("Socket errors").map_or(0, |l| numbers(l).iter().sum());
         let non_2xx = line("Non-2xx").map_or(0, |l| numbers(l).last().copied().unwrap_or(0));
         assert!(requests > 0, "wrk got no answer:\n{out}");
+        if errors + non_2xx > 0 {
+            // Which kind failed: a table's count alone cannot tell a refused
+            // connection from a reset one, a timeout or an error status.
+            let said = ["Socket errors", "Non-2xx"].map(|needle| line(needle).unwrap_or(""));
+            eprintln!("wrk: {}", said.join(" ").trim());
+        }
         (requests - non_2xx, errors + non_2xx)
     }
 }
